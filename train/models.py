@@ -1,0 +1,256 @@
+"""Teachers (ANNs) and Loihi-deployable students (snnTorch SNNs).
+
+Students take input of shape (T, B, C, H, W) (spikes from a rate encoder, or analog frames for direct
+input) and run layer by layer: every synaptic layer is applied to all T steps at once, every neuron
+layer loops over T (the network is feed-forward, so this equals a step-by-step run).
+The readout is a non-spiking integrator: per-step logits z[t] = W s[t], logits = mean_t z[t]
+(= integrator state after T steps / T). See `StudentOutput`.
+"""
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .layers import QuantConv2d, QuantLinear
+from .neurons import LoihiCUBA
+
+
+@dataclass
+class StudentOutput:
+    logits_t: torch.Tensor                                  # (T, B, K) per-step logits
+    spikes: dict = field(default_factory=dict)              # layer name -> (T, B, ...) spikes
+    features: dict = field(default_factory=dict)            # stage name -> (T, B, C, H, W) spikes
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return self.logits_t.mean(0)
+
+    @property
+    def rates(self) -> dict:
+        """Per-layer firing rates (B, ...)."""
+        return {k: s.mean(0) for k, s in self.spikes.items()}
+
+
+def _time_batched(module, x):
+    """Apply a stateless module to (T, B, ...) by folding T into the batch."""
+    t, b = x.shape[:2]
+    y = module(x.reshape(t * b, *x.shape[2:]))
+    return y.reshape(t, b, *y.shape[1:])
+
+
+class SpikingCNN(nn.Module):
+    """conv -> LIF (x len(channels)) -> flatten -> [linear -> LIF] -> linear integrator readout.
+
+    Strided convolutions replace pooling (netx cannot run pooling layers).
+    """
+
+    def __init__(self, in_shape=(1, 28, 28), num_classes=10, channels=(16, 32), kernels=(5, 3),
+                 strides=(2, 2), hidden=(128,), alpha=0.5, beta=0.75, threshold=1.0,
+                 weight_step=1 / 64):
+        super().__init__()
+        self.config = dict(in_shape=tuple(in_shape), num_classes=num_classes,
+                           channels=tuple(channels), kernels=tuple(kernels),
+                           strides=tuple(strides), hidden=tuple(hidden), alpha=alpha, beta=beta,
+                           threshold=threshold, weight_step=weight_step)
+        neuron = dict(alpha=alpha, beta=beta, threshold=threshold, weight_step=weight_step)
+        layers, names = [], []
+        c, h, w = in_shape
+        for i, (cout, k, s) in enumerate(zip(channels, kernels, strides), start=1):
+            layers += [QuantConv2d(c, cout, k, stride=s, padding=k // 2, weight_step=weight_step),
+                       LoihiCUBA((cout, 1, 1), **neuron)]
+            names += [f"conv{i}", f"lif{i}"]
+            c, h, w = cout, (h + 2 * (k // 2) - k) // s + 1, (w + 2 * (k // 2) - k) // s + 1
+        layers.append(nn.Flatten())
+        names.append("flatten")
+        n = c * h * w
+        for j, width in enumerate(hidden, start=len(channels) + 1):
+            layers += [QuantLinear(n, width, weight_step=weight_step),
+                       LoihiCUBA((width,), **neuron)]
+            names += [f"fc{j}", f"lif{j}"]
+            n = width
+        layers.append(QuantLinear(n, num_classes, weight_step=weight_step))
+        names.append("readout")
+        self.layers = nn.ModuleDict(zip(names, layers))
+        self.last_conv_neuron = f"lif{len(channels)}"  # spatial stage used by SAMD / feature KD
+
+    def forward(self, x) -> StudentOutput:
+        out = StudentOutput(logits_t=None)
+        for name, layer in self.layers.items():
+            if isinstance(layer, LoihiCUBA):
+                x = layer.run(x)
+                out.spikes[name] = x
+                if name == self.last_conv_neuron:
+                    out.features["last"] = x
+            else:
+                x = _time_batched(layer, x)
+        out.logits_t = x
+        return out
+
+
+class SpikingBlock(nn.Module):
+    """Residual block: s1 = LIF(conv_a(s_in)); s_out = LIF(conv_b(s1) + shortcut(s_in)).
+
+    The shortcut adds synaptic current (identity, or a strided 1x1 conv when the shape changes),
+    so the block stays spike-in, spike-out.
+    """
+
+    def __init__(self, cin, cout, stride, neuron, weight_step):
+        super().__init__()
+        self.conv_a = QuantConv2d(cin, cout, 3, stride, 1, weight_step)
+        self.lif_a = LoihiCUBA((cout, 1, 1), **neuron)
+        self.conv_b = QuantConv2d(cout, cout, 3, 1, 1, weight_step)
+        self.shortcut = (QuantConv2d(cin, cout, 1, stride, 0, weight_step)
+                         if stride != 1 or cin != cout else None)
+        self.lif_b = LoihiCUBA((cout, 1, 1), **neuron)
+
+    def forward(self, x, spikes, prefix):
+        s1 = self.lif_a.run(_time_batched(self.conv_a, x))
+        cur = _time_batched(self.conv_b, s1)
+        cur = cur + (x if self.shortcut is None else _time_batched(self.shortcut, x))
+        s2 = self.lif_b.run(cur)
+        spikes[f"{prefix}.lif_a"], spikes[f"{prefix}.lif_b"] = s1, s2
+        return s2
+
+
+class SpikingResNet(nn.Module):
+    """ResNet-style student for CIFAR: stem conv -> residual stages -> strided conv -> readout."""
+
+    def __init__(self, in_shape=(3, 32, 32), num_classes=10, widths=(64, 128, 256), blocks=(1, 1, 1),
+                 alpha=0.5, beta=0.75, threshold=1.0, weight_step=1 / 64):
+        super().__init__()
+        self.config = dict(in_shape=tuple(in_shape), num_classes=num_classes, widths=tuple(widths),
+                           blocks=tuple(blocks), alpha=alpha, beta=beta, threshold=threshold,
+                           weight_step=weight_step)
+        neuron = dict(alpha=alpha, beta=beta, threshold=threshold, weight_step=weight_step)
+        c, h, w = in_shape
+        self.stem = QuantConv2d(c, widths[0], 3, 1, 1, weight_step)
+        self.stem_lif = LoihiCUBA((widths[0], 1, 1), **neuron)
+        stages, cin = [], widths[0]
+        for i, (width, nblocks) in enumerate(zip(widths, blocks)):
+            for j in range(nblocks):
+                stride = 2 if (i > 0 and j == 0) else 1
+                stages.append(SpikingBlock(cin, width, stride, neuron, weight_step))
+                h, w = (h - 1) // stride + 1, (w - 1) // stride + 1
+                cin = width
+        self.blocks = nn.ModuleList(stages)
+        self.head = QuantConv2d(cin, cin, 3, 2, 1, weight_step)
+        self.head_lif = LoihiCUBA((cin, 1, 1), **neuron)
+        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        self.readout = QuantLinear(cin * h * w, num_classes, weight_step)
+
+    def forward(self, x) -> StudentOutput:
+        out = StudentOutput(logits_t=None)
+        x = self.stem_lif.run(_time_batched(self.stem, x))
+        out.spikes["stem_lif"] = x
+        for i, block in enumerate(self.blocks):
+            x = block(x, out.spikes, f"blocks.{i}")
+        out.features["last"] = x
+        x = self.head_lif.run(_time_batched(self.head, x))
+        out.spikes["head_lif"] = x
+        out.logits_t = _time_batched(self.readout, x.flatten(2))
+        return out
+
+
+class SmallCNN(nn.Module):
+    """ANN teacher for 28x28 / 8x8 inputs: 3 x (conv-BN-ReLU), global average pool, fc.
+
+    The fc after global pooling gives the class activation map SAMD needs.
+    """
+
+    def __init__(self, in_shape=(1, 28, 28), num_classes=10, channels=(32, 64, 128)):
+        super().__init__()
+        self.config = dict(in_shape=tuple(in_shape), num_classes=num_classes,
+                           channels=tuple(channels))
+        c = in_shape[0]
+        stages = []
+        for i, cout in enumerate(channels):
+            stages.append(nn.Sequential(nn.Conv2d(c, cout, 3, 1 if i == 0 else 2, 1, bias=False),
+                                        nn.BatchNorm2d(cout), nn.ReLU(inplace=True)))
+            c = cout
+        self.stages = nn.ModuleList(stages)
+        self.fc = nn.Linear(c, num_classes)
+
+    def forward(self, x, return_features=False):
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        logits = self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        return (logits, feats) if return_features else logits
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                     if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + self.down(x))
+
+
+class ResNet19(nn.Module):
+    """ResNet-19 teacher (CIFAR), as used by CKDSNN: stem 128, stages [3, 3, 2] x [128, 256, 512]."""
+
+    def __init__(self, in_shape=(3, 32, 32), num_classes=10, widths=(128, 256, 512),
+                 blocks=(3, 3, 2)):
+        super().__init__()
+        self.config = dict(in_shape=tuple(in_shape), num_classes=num_classes,
+                           widths=tuple(widths), blocks=tuple(blocks))
+        self.stem = nn.Sequential(nn.Conv2d(in_shape[0], widths[0], 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        stages, cin = [], widths[0]
+        for i, (width, n) in enumerate(zip(widths, blocks)):
+            layers = [BasicBlock(cin if j == 0 else width, width, 2 if (i > 0 and j == 0) else 1)
+                      for j in range(n)]
+            stages.append(nn.Sequential(*layers))
+            cin = width
+        self.stages = nn.ModuleList(stages)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x, return_features=False):
+        x = self.stem(x)
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        logits = self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        return (logits, feats) if return_features else logits
+
+
+ARCHS = {"scnn": SpikingCNN, "sresnet": SpikingResNet, "smallcnn": SmallCNN, "resnet19": ResNet19}
+STUDENTS = ("scnn", "sresnet")
+
+
+def build_model(arch: dict) -> nn.Module:
+    """Rebuild a model from {'name': ..., 'config': {...}} as stored in checkpoints."""
+    name = arch.get("name")
+    if name not in ARCHS:
+        raise ValueError(f"unknown architecture {name!r} (known: {', '.join(ARCHS)})")
+    return ARCHS[name](**arch.get("config", {}))
+
+
+def arch_of(model: nn.Module) -> dict:
+    name = {cls: n for n, cls in ARCHS.items()}[type(model)]
+    return {"name": name, "config": dict(model.config)}
+
+
+def default_arch(dataset_info, student: bool) -> dict:
+    """Default teacher / student for a dataset (see train.data.DatasetInfo)."""
+    shape, k = tuple(dataset_info.in_shape), dataset_info.num_classes
+    small = shape[1] <= 28
+    if student:
+        if small:
+            cfg = dict(in_shape=shape, num_classes=k)
+            if shape[1] <= 8:
+                cfg.update(channels=(16, 32), kernels=(3, 3), strides=(1, 2))
+            return {"name": "scnn", "config": cfg}
+        return {"name": "sresnet", "config": dict(in_shape=shape, num_classes=k)}
+    return {"name": "smallcnn" if small else "resnet19",
+            "config": dict(in_shape=shape, num_classes=k)}

@@ -153,7 +153,7 @@ class SpikingResNet(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """ANN teacher for 28x28 / 8x8 inputs: 3 x (conv-BN-ReLU), global average pool, fc.
+    """ANN teacher for 28x28 / 8x8 inputs: 3 stages of 2 x (conv-BN-ReLU), global average pool, fc.
 
     The fc after global pooling gives the class activation map SAMD needs.
     """
@@ -165,8 +165,11 @@ class SmallCNN(nn.Module):
         c = in_shape[0]
         stages = []
         for i, cout in enumerate(channels):
-            stages.append(nn.Sequential(nn.Conv2d(c, cout, 3, 1 if i == 0 else 2, 1, bias=False),
-                                        nn.BatchNorm2d(cout), nn.ReLU(inplace=True)))
+            stages.append(nn.Sequential(
+                nn.Conv2d(c, cout, 3, 1 if i == 0 else 2, 1, bias=False), nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True)))
             c = cout
         self.stages = nn.ModuleList(stages)
         self.fc = nn.Linear(c, num_classes)

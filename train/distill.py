@@ -1,0 +1,333 @@
+"""Train (or load) an ANN teacher and distil a Loihi-deployable SNN student.
+
+    python -m train.distill                       # mnist5k, runs/default, plain logit KD
+    python -m train.distill --method none         # cross-entropy only
+    torchrun --nproc_per_node 2 -m train.distill  # DistributedDataParallel (gloo on CPU, nccl on GPU)
+
+Writes to the run dir: teacher.pt, student.pt (resumable with --resume), train_metrics.json,
+curves.png. Read top to bottom: arguments, data, teacher, student, report.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint, load_model, save_checkpoint
+from .data import DATASETS, ENCODINGS, DataError, encode, load_dataset
+from .losses import METHODS, TeacherOutput, add_method_args, build_loss
+from .models import build_model, default_arch
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m train.distill", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", default="mnist5k", choices=DATASETS)
+    p.add_argument("--data-dir", default="data", help="root of on-disk datasets (cifar, dvs)")
+    p.add_argument("--run", default="runs/default", help="run directory for checkpoints and reports")
+    p.add_argument("--method", default="kd", choices=sorted(METHODS), help="distillation method")
+    p.add_argument("--backprop", default="bptt", choices=("bptt", "rate"),
+                   help="BPTT through all steps, or rate-based backprop (memory flat in T)")
+    p.add_argument("--teacher", default=None, help="load this teacher checkpoint instead of training")
+    p.add_argument("--teacher-epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=12, help="student epochs")
+    p.add_argument("--timesteps", type=int, default=8)
+    p.add_argument("--encoding", default=None, choices=ENCODINGS,
+                   help="input encoding (default: rate for images, frames for event data)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3, help="student learning rate (Adam)")
+    p.add_argument("--teacher-lr", type=float, default=2e-3)
+    p.add_argument("--train-samples", type=int, default=None, help="use only the first N training samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_method_args(p)
+    return p.parse_args(argv)
+
+
+# ---- process set-up ----------------------------------------------------------------------------
+
+def setup(args):
+    """Seed everything; join a torchrun process group if there is one. Returns (device, rank, world)."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but CUDA is not available")
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(not use_cuda)
+    return device, rank, world
+
+
+def loader(ds, batch_size, shuffle, seed, world):
+    if world > 1:
+        sampler = DistributedSampler(ds, shuffle=shuffle, seed=seed)
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler)
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen)
+
+
+def set_epoch(dl, epoch):
+    if isinstance(dl.sampler, DistributedSampler):
+        dl.sampler.set_epoch(epoch)
+
+
+def all_sum(values, device, world):
+    """Sum a list of numbers over processes (identity when not distributed)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if world > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+# ---- evaluation --------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model, dl, device, world, encoding=None):
+    """Accuracy over the (distributed) test loader; students get the recorded encoding (epoch 0)."""
+    model.eval()
+    correct = total = 0
+    for x, y, idx in dl:
+        x, y = x.to(device), y.to(device)
+        logits = model(encode(x, idx, encoding)).logits if encoding else model(x)
+        correct += (logits.argmax(1) == y).sum().item()
+        total += y.numel()
+    correct, total = all_sum([correct, total], device, world)
+    return correct / max(total, 1)
+
+
+def progress(dl, desc, quiet):
+    return tqdm(dl, desc=desc, leave=False, disable=quiet, dynamic_ncols=True)
+
+
+def lr_schedule(opt, epochs, steps_per_epoch):
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=epochs * steps_per_epoch,
+        pct_start=0.15)
+
+
+# ---- teacher -----------------------------------------------------------------------------------
+
+def train_teacher(args, info, train_dl, test_dl, device, rank, world, run):
+    path = run / "teacher.pt"
+    if args.teacher:
+        teacher, ckpt = load_model(args.teacher, "teacher")
+        if tuple(ckpt["arch"]["config"].get("in_shape", ())) != tuple(info.in_shape):
+            raise CheckpointError(f"{args.teacher}: teacher input shape "
+                                  f"{ckpt['arch']['config'].get('in_shape')} != dataset {info.in_shape}")
+        return teacher.to(device), evaluate(teacher.to(device), test_dl, device, world)
+    start, ckpt = 0, None
+    if path.exists():
+        ckpt = load_checkpoint(path, "teacher")
+        if ckpt.get("complete"):
+            teacher, _ = load_model(path, "teacher")
+            print(f"teacher: loaded {path} (test acc {ckpt['test_accuracy']:.4f})") if rank == 0 else None
+            return teacher.to(device), ckpt["test_accuracy"]
+        if not args.resume:
+            ckpt = None
+    teacher = build_model(default_arch(info, student=False)).to(device)
+    opt = torch.optim.Adam(teacher.parameters(), lr=args.teacher_lr, weight_decay=1e-4)
+    sched = lr_schedule(opt, args.teacher_epochs, len(train_dl))
+    if ckpt is not None:
+        teacher.load_state_dict(ckpt["state_dict"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        start = ckpt["epoch"] + 1
+    net = DistributedDataParallel(teacher) if world > 1 else teacher
+    acc = 0.0
+    for epoch in range(start, args.teacher_epochs):
+        set_epoch(train_dl, epoch)
+        net.train()
+        t0, loss_sum, n = time.time(), 0.0, 0
+        for x, y, _ in progress(train_dl, f"teacher {epoch + 1}/{args.teacher_epochs}",
+                                args.quiet or rank):
+            x, y = x.to(device), y.to(device)
+            loss = F.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum, n = loss_sum + loss.item() * len(y), n + len(y)
+        acc = evaluate(teacher, test_dl, device, world)
+        done = epoch + 1 == args.teacher_epochs
+        if rank == 0:
+            print(f"teacher epoch {epoch + 1}/{args.teacher_epochs}: loss {loss_sum / n:.4f} "
+                  f"test acc {acc:.4f} ({time.time() - t0:.1f}s)")
+            save_checkpoint(path, teacher, "teacher", dataset=info.name, epoch=epoch,
+                            epochs=args.teacher_epochs, complete=done, test_accuracy=acc,
+                            optimizer=opt.state_dict(), scheduler=sched.state_dict())
+    return teacher, acc
+
+
+def teacher_output(teacher, x):
+    with torch.no_grad():
+        logits, feats = teacher(x, return_features=True)
+    return TeacherOutput(logits=logits, features=feats, fc_weight=teacher.fc.weight.detach())
+
+
+# ---- student -----------------------------------------------------------------------------------
+
+def student_forward(model, spikes, backprop):
+    if backprop == "rate":
+        from .ratebp import rate_forward
+        return rate_forward(model, spikes)
+    return model(spikes)
+
+
+def train_student(args, info, encoding, teacher, train_dl, test_dl, device, rank, world, run):
+    path = run / "student.pt"
+    student = build_model(default_arch(info, student=True)).to(device)
+    loss_fn = build_loss(args.method, args, student, teacher).to(device)
+    params = list(student.parameters()) + list(loss_fn.parameters())
+    opt = torch.optim.Adam(params, lr=args.lr)
+    sched = lr_schedule(opt, args.epochs, len(train_dl))
+    start, history = 0, []
+    if args.resume and path.exists():
+        ckpt = load_checkpoint(path, "student")
+        if ckpt.get("method") != args.method or ckpt.get("encoding") != encoding:
+            raise CheckpointError(f"{path}: was trained with method {ckpt.get('method')!r} and "
+                                  f"encoding {ckpt.get('encoding')}; cannot resume with these flags")
+        student.load_state_dict(ckpt["state_dict"])
+        loss_fn.load_state_dict(ckpt["loss_state"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        start, history = ckpt["epoch"] + 1, ckpt["history"]
+        if rank == 0:
+            print(f"student: resuming {path} after epoch {start}/{args.epochs}")
+    net = DistributedDataParallel(student) if world > 1 else student
+    for epoch in range(start, args.epochs):
+        set_epoch(train_dl, epoch)
+        net.train()
+        loss_fn.train()
+        t0, sums = time.time(), {}
+        for x, y, idx in progress(train_dl, f"student {epoch + 1}/{args.epochs}", args.quiet or rank):
+            x, y = x.to(device), y.to(device)
+            t_out = teacher_output(teacher, x) if loss_fn.needs_teacher else None
+            out = student_forward(net, encode(x, idx, encoding, epoch=epoch + 1), args.backprop)
+            loss, parts = loss_fn(out, y, t_out)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            parts = {"loss": loss.item(), **parts,
+                     "train_acc": (out.logits.argmax(1) == y).float().mean().item()}
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * len(y)
+            sums["n"] = sums.get("n", 0) + len(y)
+        keys = sorted(k for k in sums if k != "n")
+        totals = all_sum([sums[k] for k in keys] + [sums["n"]], device, world)
+        row = {k: v / totals[-1] for k, v in zip(keys, totals)}
+        row.update(epoch=epoch + 1, test_acc=evaluate(student, test_dl, device, world, encoding),
+                   time_s=time.time() - t0, lr=sched.get_last_lr()[0])
+        history.append(row)
+        if rank == 0:
+            print(f"student epoch {epoch + 1}/{args.epochs}: loss {row['loss']:.4f} "
+                  f"train acc {row['train_acc']:.4f} test acc {row['test_acc']:.4f} "
+                  f"({row['time_s']:.1f}s)")
+            save_checkpoint(path, student, "student", dataset=info.name, encoding=encoding,
+                            timesteps=encoding["timesteps"], method=args.method, epoch=epoch,
+                            epochs=args.epochs, complete=epoch + 1 == args.epochs,
+                            test_accuracy=row["test_acc"], history=history,
+                            loss_state=loss_fn.state_dict(), optimizer=opt.state_dict(),
+                            scheduler=sched.state_dict(), args=vars(args))
+    if start >= args.epochs and rank == 0:
+        print(f"student: {path} is already complete ({args.epochs} epochs)")
+    return student, history
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+def write_report(run, args, info, encoding, teacher_acc, student_acc, history, seconds):
+    metrics = {"method": args.method, "backprop": args.backprop, "dataset": info.name,
+               "timesteps": encoding["timesteps"], "encoding": encoding,
+               "teacher_accuracy": teacher_acc, "student_accuracy": student_acc,
+               "train_time_s": seconds, "history": history}
+    atomic_write(run / "train_metrics.json",
+                 lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
+    plot_curves(run / "curves.png", history, args.method)
+
+
+def plot_curves(path, history, method):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.plot(epochs, [h["loss"] for h in history], marker="o")
+    a.set(xlabel="epoch", ylabel="training loss", title=f"student ({method})")
+    b.plot(epochs, [h["train_acc"] for h in history], marker="o", label="train")
+    b.plot(epochs, [h["test_acc"] for h in history], marker="o", label="test")
+    b.set(xlabel="epoch", ylabel="accuracy")
+    b.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def run(args):
+    device, rank, world = setup(args)
+    run_dir = Path(args.run)
+    train_ds, test_ds, info = load_dataset(args.dataset, args.data_dir, timesteps=args.timesteps)
+    if args.train_samples:
+        train_ds = Subset(train_ds, range(min(args.train_samples, len(train_ds))))
+    kind = args.encoding or ("direct" if info.in_shape[0] == 3 else "rate")
+    encoding = {"kind": "frames" if info.frames else kind, "timesteps": args.timesteps,
+                "seed": args.seed}
+    train_dl = loader(train_ds, args.batch_size, True, args.seed, world)
+    test_dl = loader(test_ds, 256, False, args.seed, world)
+    if rank == 0:
+        print(f"{info.name}: {len(train_ds)} train / {len(test_ds)} test, T={args.timesteps}, "
+              f"{encoding['kind']} input, method {args.method}, {device}, {world} process(es)")
+    t0 = time.time()
+    needs_teacher = METHODS[args.method].needs_teacher
+    teacher, teacher_acc = (train_teacher(args, info, train_dl, test_dl, device, rank, world, run_dir)
+                            if needs_teacher or args.teacher else (None, None))
+    if teacher is not None:
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    student, history = train_student(args, info, encoding, teacher, train_dl, test_dl, device,
+                                     rank, world, run_dir)
+    student_acc = history[-1]["test_acc"] if history else float("nan")
+    if rank == 0:
+        write_report(run_dir, args, info, encoding, teacher_acc, student_acc, history,
+                     time.time() - t0)
+        t_txt = "n/a" if teacher_acc is None else f"{teacher_acc:.4f}"
+        print(f"done in {time.time() - t0:.0f}s: teacher acc {t_txt}, student acc "
+              f"{student_acc:.4f} -> {run_dir}")
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"teacher_accuracy": teacher_acc, "student_accuracy": student_acc, "history": history}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""Export a trained student to NIR (docs/nir.md) and prove the file faithful.
+
+    python -m export.to_nir --run runs/default      # student.pt -> student.nir, checked
+
+Every student layer becomes one NIR node with the parameters the student computes with; the file is
+read back and simulated by `export.interpreter`, whose per-step spikes of every neuron layer must
+equal the student's exactly and whose readout must match within READOUT_RTOL.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import nir
+from train.checkpoint import CheckpointError, atomic_write, load_model
+from train.data import DataError, encode, load_dataset
+from train.layers import QuantConv2d, QuantLinear
+from train.models import SpikingCNN, SpikingResNet
+from train.neurons import LoihiCUBA
+
+from .interpreter import DEFAULT_DT, run_graph
+
+PRODUCER = "snn-kd-loihi export.to_nir"
+READOUT_RTOL, READOUT_ATOL = 1e-5, 1e-6
+
+
+class ExportError(ValueError):
+    """A student (or layer) that NIR / Loihi cannot represent."""
+
+
+# ---- one mapping per layer type ----------------------------------------------------------------
+
+def _check_synapse(name, layer, cls, in_shape, expected):
+    if getattr(layer, "bias", None) is not None:
+        raise ExportError(f"layer {name!r}: {type(layer).__name__} has a bias "
+                          f"(Loihi synapses have none; train without bias)")
+    if not isinstance(layer, cls):
+        raise ExportError(f"layer {name!r}: {type(layer).__name__} is not quantised "
+                          f"(use train.layers.{cls.__name__})")
+    if tuple(in_shape) != expected:
+        raise ExportError(f"layer {name!r}: expects input {expected}, gets {tuple(in_shape)}")
+
+
+def _synapse_metadata(layer):
+    return {"weight_step": float(layer.weight_step), "weight_bits": 8}
+
+
+def conv_node(name, layer, in_shape):
+    """Conv2d: y[t] = W * x[t] (no bias), W = weight_step * int8, as the student's F.conv2d."""
+    _check_synapse(name, layer, QuantConv2d, in_shape, (layer.in_channels, *in_shape[1:]))
+    if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+        raise ExportError(f"layer {name!r}: only explicit zero padding maps to Conv2d")
+    w = layer.quantized_weight().detach().numpy()
+    return nir.Conv2d(input_shape=tuple(in_shape[1:]), weight=w, stride=layer.stride,
+                      padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+                      bias=np.zeros(w.shape[0], dtype=w.dtype), metadata=_synapse_metadata(layer))
+
+
+def dense_node(name, layer, in_shape):
+    """Affine: y[t] = W x[t] + 0, W = weight_step * int8, as the student's F.linear."""
+    _check_synapse(name, layer, QuantLinear, in_shape, (layer.in_features,))
+    w = layer.quantized_weight().detach().numpy()
+    return nir.Affine(weight=w, bias=np.zeros(w.shape[0], dtype=w.dtype),
+                      metadata=_synapse_metadata(layer))
+
+
+def neuron_node(name, layer, shape, dt):
+    """LoihiCUBA -> CubaLIF (LIF when alpha = 0 everywhere), per neuron of `shape`.
+
+    Discrete step I = alpha I + x; V = beta V + I; S = V > theta; V <- 0 where S equals the Euler
+    step of tau_syn dI/dt = -I + w_in x, tau_mem dv/dt = -v + r I with tau_syn = dt/(1-alpha),
+    w_in = tau_syn/dt, tau_mem = dt/(1-beta), r = tau_mem/dt, v_threshold = theta, v_reset = 0.
+    """
+    if getattr(layer, "reset_mechanism", None) != "zero":
+        raise ExportError(f"layer {name!r}: reset mechanism {layer.reset_mechanism!r} "
+                          f"(NIR and Loihi reset to zero)")
+    alpha, beta, theta = (np.broadcast_to(p.detach().double().numpy(), shape).copy()
+                          for p in layer.quantized())
+    for label, keep in (("alpha", alpha), ("beta", beta)):
+        if np.any(keep >= 1.0) or np.any(keep < 0.0):
+            raise ExportError(f"layer {name!r}: {label} must lie in [0, 1) for a finite NIR "
+                              f"time constant (got {keep.min():g}..{keep.max():g})")
+    tau_mem = dt / (1.0 - beta)
+    zero = np.zeros(shape)
+    meta = {"reset": "zero", "dt": float(dt)}
+    if np.all(alpha == 0.0):
+        return nir.LIF(tau=tau_mem, r=tau_mem / dt, v_leak=zero, v_threshold=theta,
+                       v_reset=zero, metadata=meta)
+    tau_syn = dt / (1.0 - alpha)
+    return nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau_mem, r=tau_mem / dt, v_leak=zero,
+                       v_threshold=theta, v_reset=zero.copy(), w_in=tau_syn / dt, metadata=meta)
+
+
+def flatten_node(shape):
+    """Flatten: (C, H, W) -> (C*H*W,), dims counted without the batch (start_dim 0)."""
+    return nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1)
+
+
+def integrator_node(n, dt):
+    """I: dv/dt = r x with r = 1/dt, i.e. v[t] = v[t-1] + x[t]; logits = v[T] / T."""
+    return nir.I(r=np.full(n, 1.0 / dt))
+
+
+# ---- graph builders ----------------------------------------------------------------------------
+
+class GraphBuilder:
+    """Collects nodes, edges and the shape flowing out of each node."""
+
+    def __init__(self, in_shape):
+        self.nodes, self.edges, self.shapes = {}, [], {}
+        self.add("input", nir.Input(input_type=np.array(in_shape)), [], tuple(in_shape))
+
+    def add(self, name, node, sources, shape):
+        self.nodes[name] = node
+        self.edges += [(src, name) for src in sources]
+        self.shapes[name] = tuple(int(s) for s in shape)
+        return name
+
+    def synapse(self, name, layer, source):
+        shape = self.shapes[source]
+        if isinstance(layer, nn.Conv2d):
+            node = conv_node(name, layer, shape)
+        elif isinstance(layer, nn.Linear):
+            node = dense_node(name, layer, shape)
+        else:
+            raise ExportError(f"layer {name!r}: {type(layer).__name__} has no NIR/Loihi mapping")
+        return self.add(name, node, [source], node.output_type["output"])
+
+    def neuron(self, name, layer, sources, dt):
+        if not isinstance(layer, LoihiCUBA):
+            raise ExportError(f"layer {name!r}: {type(layer).__name__} is not a LoihiCUBA neuron")
+        shape = self.shapes[sources[0]]
+        return self.add(name, neuron_node(name, layer, shape, dt), sources, shape)
+
+    def flatten(self, name, source):
+        shape = self.shapes[source]
+        return self.add(name, flatten_node(shape), [source], (int(np.prod(shape)),))
+
+    def readout(self, name, layer, source, dt):
+        if not isinstance(layer, QuantLinear):
+            raise ExportError(f"layer {name!r}: the readout must be a QuantLinear, "
+                              f"not {type(layer).__name__}")
+        out = self.synapse(name, layer, source)
+        n = self.shapes[out][0]
+        self.add("integrator", integrator_node(n, dt), [out], (n,))
+        self.add("output", nir.Output(output_type=np.array([n])), ["integrator"], (n,))
+
+
+def _scnn_nodes(model, b, dt):
+    """SpikingCNN: its `layers` in execution order, the last one being the readout."""
+    items = list(model.layers.items())
+    src = "input"
+    for name, layer in items[:-1]:
+        if isinstance(layer, LoihiCUBA):
+            src = b.neuron(name, layer, [src], dt)
+        elif isinstance(layer, nn.Flatten):
+            if (layer.start_dim, layer.end_dim) != (1, -1):
+                raise ExportError(f"layer {name!r}: only Flatten(1, -1) is supported")
+            src = b.flatten(name, src)
+        elif isinstance(layer, (nn.Conv2d, nn.Linear)):
+            src = b.synapse(name, layer, src)
+        else:
+            raise ExportError(f"layer {name!r}: {type(layer).__name__} has no NIR/Loihi mapping")
+    name, layer = items[-1]
+    b.readout(name, layer, src, dt)
+
+
+def _sresnet_nodes(model, b, dt):
+    """SpikingResNet: residual blocks as edges; lif_b sums conv_b and the shortcut."""
+    src = b.neuron("stem_lif", model.stem_lif, [b.synapse("stem", model.stem, "input")], dt)
+    for i, block in enumerate(model.blocks):
+        p = f"blocks.{i}"
+        s1 = b.neuron(f"{p}.lif_a", block.lif_a, [b.synapse(f"{p}.conv_a", block.conv_a, src)], dt)
+        cur = b.synapse(f"{p}.conv_b", block.conv_b, s1)
+        short = src if block.shortcut is None else b.synapse(f"{p}.shortcut", block.shortcut, src)
+        if b.shapes[short] != b.shapes[cur]:
+            raise ExportError(f"layer {p}.shortcut: shape {b.shapes[short]} does not match "
+                              f"{p}.conv_b {b.shapes[cur]}")
+        src = b.neuron(f"{p}.lif_b", block.lif_b, [cur, short], dt)
+    src = b.neuron("head_lif", model.head_lif, [b.synapse("head", model.head, src)], dt)
+    b.readout("readout", model.readout, b.flatten("flatten", src), dt)
+
+
+def student_to_nir(model, ckpt=None, dt=DEFAULT_DT) -> nir.NIRGraph:
+    """Map a SpikingCNN / SpikingResNet student to a type-checked NIR graph (docs/nir.md)."""
+    builders = {SpikingCNN: _scnn_nodes, SpikingResNet: _sresnet_nodes}
+    if type(model) not in builders:
+        raise ExportError(f"model {type(model).__name__}: no NIR mapping (students: "
+                          f"SpikingCNN, SpikingResNet)")
+    b = GraphBuilder(model.config["in_shape"])
+    builders[type(model)](model, b, float(dt))
+    meta = {"dt": float(dt), "reset": "zero", "producer": PRODUCER,
+            "weight_step": float(model.config["weight_step"])}
+    if ckpt is not None and "encoding" in ckpt:
+        meta["timesteps"] = int(ckpt["encoding"]["timesteps"])
+        meta["encoding"] = {k: v for k, v in ckpt["encoding"].items() if v is not None}
+    try:
+        return nir.NIRGraph(nodes=b.nodes, edges=b.edges, metadata=meta, type_check=True)
+    except ValueError as e:
+        raise ExportError(f"NIR type check failed: {str(e).splitlines()[0]}") from None
+
+
+# ---- faithfulness ------------------------------------------------------------------------------
+
+def neuron_names(graph) -> list:
+    return [name for name, node in graph.nodes.items() if isinstance(node, (nir.CubaLIF, nir.LIF))]
+
+
+def compare(graph, out, x) -> dict:
+    """Run the interpreter on x and compare with a StudentOutput `out` of the same input.
+
+    `graph` is one of ours: neuron nodes named as the student's spike layers, readout -> integrator.
+
+    Returns {'spikes': {layer: mismatching spike count}, 'spike_total', 'readout_max_abs',
+    'logits_max_abs', 'ok'}; ok needs every spike equal and the readout within tolerance.
+    """
+    ref = run_graph(graph, x)
+    mismatches = {n: int((ref[n] != out.spikes[n]).sum()) for n in neuron_names(graph)}
+    readout_t = ref[graph_readout(graph)]
+    logits = ref["integrator"][-1] / x.shape[0]
+    readout_ok = torch.allclose(readout_t, out.logits_t, rtol=READOUT_RTOL, atol=READOUT_ATOL)
+    logits_ok = torch.allclose(logits, out.logits, rtol=READOUT_RTOL, atol=READOUT_ATOL)
+    return {"spikes": mismatches, "spike_total": int(sum(int(ref[n].sum()) for n in mismatches)),
+            "readout_max_abs": float((readout_t - out.logits_t).abs().max()),
+            "logits_max_abs": float((logits - out.logits).abs().max()),
+            "ok": readout_ok and logits_ok and not any(mismatches.values())}
+
+
+def graph_readout(graph) -> str:
+    return next(src for src, dst in graph.edges if dst == "integrator")
+
+
+def check_file(path, model, batches) -> dict:
+    """Read `path` back with nir.read and compare it with the student on every (T, B, ...) batch."""
+    graph = nir.read(str(path))
+    total = {"spikes": {}, "spike_total": 0, "readout_max_abs": 0.0, "logits_max_abs": 0.0,
+             "ok": True, "samples": 0}
+    with torch.no_grad():
+        for x in batches:
+            r = compare(graph, model(x), x)
+            for k, v in r["spikes"].items():
+                total["spikes"][k] = total["spikes"].get(k, 0) + v
+            total["spike_total"] += r["spike_total"]
+            total["readout_max_abs"] = max(total["readout_max_abs"], r["readout_max_abs"])
+            total["logits_max_abs"] = max(total["logits_max_abs"], r["logits_max_abs"])
+            total["ok"] = total["ok"] and r["ok"]
+            total["samples"] += x.shape[1]
+    return total
+
+
+# ---- command line ------------------------------------------------------------------------------
+
+def node_table(graph) -> str:
+    rows = [("name", "type", "shape", "params")]
+    for name, node in graph.nodes.items():
+        shape = "x".join(str(int(s)) for s in node.output_type["output"])
+        rows.append((name, type(node).__name__, shape, _params(node)))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}"
+                     for r in rows)
+
+
+def _params(node) -> str:
+    if isinstance(node, (nir.Conv2d, nir.Affine)):
+        k = sorted(np.unique(np.round(node.weight / node.metadata["weight_step"])))
+        text = f"weight {tuple(node.weight.shape)} step {node.metadata['weight_step']:g} " \
+               f"int {int(k[0])}..{int(k[-1])}"
+        if isinstance(node, nir.Conv2d):
+            text += f" stride {tuple(int(s) for s in node.stride)} " \
+                    f"pad {tuple(int(p) for p in node.padding)}"
+        return text
+    if isinstance(node, (nir.CubaLIF, nir.LIF)):
+        dt = node.metadata["dt"]
+        tau_mem = node.tau_mem if isinstance(node, nir.CubaLIF) else node.tau
+        alpha = 1 - dt / node.tau_syn if isinstance(node, nir.CubaLIF) else np.zeros(1)
+        return (f"alpha {_span(alpha)} beta {_span(1 - dt / tau_mem)} "
+                f"theta {_span(node.v_threshold)}")
+    if isinstance(node, nir.I):
+        return f"r {_span(node.r)}"
+    return ""
+
+
+def _span(a) -> str:
+    lo, hi = float(np.min(a)), float(np.max(a))
+    return f"{lo:.6g}" if lo == hi else f"{lo:.6g}..{hi:.6g}"
+
+
+def sample_batches(ckpt, samples, data_dir, batch_size=32):
+    """(T, B, ...) batches of the first `samples` test inputs, encoded as in training."""
+    _, test, _ = load_dataset(ckpt.get("dataset", "mnist5k"), data_dir=data_dir,
+                              timesteps=int(ckpt["encoding"]["timesteps"]))
+    n = min(samples, len(test))
+    for start in range(0, n, batch_size):
+        items = [test[i] for i in range(start, min(n, start + batch_size))]
+        x = torch.stack([it[0] for it in items])
+        idx = torch.tensor([it[2] for it in items])
+        yield encode(x, idx, ckpt["encoding"])
+
+
+class MismatchError(RuntimeError):
+    pass
+
+
+def export(checkpoint, out, dt=DEFAULT_DT, samples=64, data_dir="data", log=print):
+    """student.pt -> student.nir; the file is put in place only when the check passes."""
+    model, ckpt = load_model(checkpoint, "student")
+    graph = student_to_nir(model, ckpt, dt)
+    log(node_table(graph))
+    n_batches = -(-samples // 32)
+    report = {}
+
+    def write_and_check(tmp):
+        nir.write(tmp, graph)
+        batches = tqdm(sample_batches(ckpt, samples, data_dir), total=n_batches,
+                       desc="faithfulness", unit="batch", file=sys.stderr)
+        report.update(check_file(tmp, model, batches))
+        if not report["ok"]:
+            raise MismatchError(_summary(report))
+
+    atomic_write(out, write_and_check)
+    log(_summary(report))
+    log(f"wrote {out}")
+    return report
+
+
+def _summary(r) -> str:
+    bad = {k: v for k, v in r["spikes"].items() if v}
+    spikes = (f"spikes identical ({r['spike_total']} spikes in {len(r['spikes'])} layers)"
+              if not bad else "spike mismatches: " + ", ".join(f"{k} {v}" for k, v in bad.items()))
+    return (f"faithfulness on {r['samples']} test samples: {spikes}; readout max |diff| "
+            f"{r['readout_max_abs']:.3g}, logits max |diff| {r['logits_max_abs']:.3g} "
+            f"(tolerance rtol {READOUT_RTOL:g}, atol {READOUT_ATOL:g}): "
+            f"{'PASS' if r['ok'] else 'FAIL'}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m export.to_nir", description=__doc__.splitlines()[0])
+    p.add_argument("--run", default="runs/default", help="run directory (default: runs/default)")
+    p.add_argument("--checkpoint", help="student checkpoint (default: RUN/student.pt)")
+    p.add_argument("--out", help="NIR file to write (default: RUN/student.nir)")
+    p.add_argument("--dt", type=float, default=DEFAULT_DT, help="NIR time step (default: 1e-4)")
+    p.add_argument("--samples", type=int, default=64,
+                   help="test samples for the faithfulness check (default: 64)")
+    p.add_argument("--data-dir", default="data", help="dataset folder (default: data)")
+    args = p.parse_args(argv)
+    if args.samples < 1:
+        p.error("--samples must be at least 1")
+    run = Path(args.run)
+    checkpoint = Path(args.checkpoint or run / "student.pt")
+    out = Path(args.out or run / "student.nir")
+    try:
+        export(checkpoint, out, args.dt, args.samples, args.data_dir)
+    except MismatchError as e:
+        sys.exit(f"error: {out} not written: {e}")
+    except (ExportError, CheckpointError, DataError, OSError) as e:
+        sys.exit(f"error: {str(e).splitlines()[0]}")
+
+
+if __name__ == "__main__":
+    main()

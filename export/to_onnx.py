@@ -1,0 +1,116 @@
+"""Export the ANN teacher to ONNX and check it against PyTorch.
+
+    python -m export.to_onnx --run runs/default     # teacher.pt -> teacher.onnx, checked
+
+The model is exported with a dynamic batch axis, validated with onnx.checker and run with
+onnxruntime on real test images; its logits must equal PyTorch's within ATOL (absolute) + RTOL
+(relative). The file is put in place only when every check passes.
+"""
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+from tqdm import tqdm
+
+from train.checkpoint import CheckpointError, atomic_write, load_model
+from train.data import DataError, load_dataset
+
+ATOL, RTOL = 1e-4, 1e-4
+OPSET = 17
+
+
+class MismatchError(RuntimeError):
+    pass
+
+
+def export_onnx(model, in_shape, path):
+    """torch.onnx.export with input 'images' (B, C, H, W) and output 'logits' (B, K), B dynamic."""
+    model.eval()
+    example = torch.zeros(2, *in_shape)
+    with warnings.catch_warnings():  # the teacher's `return_features` flag is traced as a constant
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(model, example, str(path), input_names=["images"],
+                          output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                          opset_version=OPSET)
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def compare(path, model, batches) -> dict:
+    """Run onnxruntime and PyTorch on every batch: max |diff| and whether all are within tolerance.
+    """
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst, ok, n = 0.0, True, 0
+    with torch.no_grad():
+        for x in batches:
+            ref = model(x).numpy()
+            got = session.run(["logits"], {"images": x.numpy()})[0]
+            worst = max(worst, float(np.abs(got - ref).max()))
+            ok = ok and bool(np.allclose(got, ref, atol=ATOL, rtol=RTOL))
+            n += x.shape[0]
+    return {"max_abs_diff": worst, "ok": ok, "samples": n}
+
+
+def sample_images(dataset, samples, data_dir, batch_size=64):
+    """(B, C, H, W) batches of the first `samples` test images."""
+    _, test, _ = load_dataset(dataset, data_dir=data_dir)
+    n = min(samples, len(test))
+    for start in range(0, n, batch_size):
+        yield torch.stack([test[i][0] for i in range(start, min(n, start + batch_size))])
+
+
+def export(checkpoint, out, samples=256, data_dir="data", log=print) -> dict:
+    model, ckpt = load_model(checkpoint, "teacher")
+    in_shape = tuple(model.config["in_shape"])
+    report = {}
+
+    def write_and_check(tmp):
+        export_onnx(model, in_shape, tmp)
+        batches = tqdm(sample_images(ckpt.get("dataset", "mnist5k"), samples, data_dir),
+                       total=-(-samples // 64), desc="onnx parity", unit="batch", file=sys.stderr)
+        report.update(compare(tmp, model, batches))
+        if not report["ok"]:
+            raise MismatchError(_summary(report))
+
+    atomic_write(out, write_and_check)
+    log(_summary(report))
+    log(f"wrote {out}")
+    return report
+
+
+def _summary(r) -> str:
+    return (f"onnxruntime vs PyTorch on {r['samples']} test images: max |diff| "
+            f"{r['max_abs_diff']:.3g} (tolerance atol {ATOL:g} + rtol {RTOL:g}): "
+            f"{'PASS' if r['ok'] else 'FAIL'}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m export.to_onnx",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--run", default="runs/default", help="run directory (default: runs/default)")
+    p.add_argument("--checkpoint", help="teacher checkpoint (default: RUN/teacher.pt)")
+    p.add_argument("--out", help="ONNX file to write (default: RUN/teacher.onnx)")
+    p.add_argument("--samples", type=int, default=256,
+                   help="test images for the parity check (default: 256)")
+    p.add_argument("--data-dir", default="data", help="dataset folder (default: data)")
+    args = p.parse_args(argv)
+    if args.samples < 1:
+        p.error("--samples must be at least 1")
+    run = Path(args.run)
+    checkpoint = Path(args.checkpoint or run / "teacher.pt")
+    out = Path(args.out or run / "teacher.onnx")
+    try:
+        export(checkpoint, out, args.samples, args.data_dir)
+    except MismatchError as e:
+        sys.exit(f"error: {out} not written: {e}")
+    except (CheckpointError, DataError, OSError, onnx.checker.ValidationError) as e:
+        sys.exit(f"error: {str(e).splitlines()[0]}")
+
+
+if __name__ == "__main__":
+    main()

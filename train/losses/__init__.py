@@ -14,6 +14,10 @@ import torch
 
 from .base import DistillLoss, CrossEntropy
 from .kd import LogitKD
+from .fkd import FeatureKD
+from .ckd import CKDSNN
+from .tser import TSER
+from .esd import ESD
 
 
 @dataclass
@@ -23,7 +27,8 @@ class TeacherOutput:
     fc_weight: torch.Tensor     # (K, C_last): the classifier after global pooling, for CAMs
 
 
-METHODS = {"none": CrossEntropy, "kd": LogitKD}
+METHODS = {"none": CrossEntropy, "kd": LogitKD, "fkd": FeatureKD, "ckd": CKDSNN, "tser": TSER,
+           "esd": ESD}
 
 
 def add_method_args(parser):

@@ -1,0 +1,170 @@
+"""Training cost: BPTT vs rate-based backprop over T, and each KD method's overhead over `none`.
+
+    python -m bench.train_cost [--timesteps 2,4,8,16] [--batch-size 64] [--steps 5] \\
+        [--out results/train_cost.json]
+
+Per (backprop, T), in a fresh subprocess: one training step = student forward, cross-entropy,
+backward, Adam step on the default mnist5k student (SpikingCNN) with a rate-coded batch.
+- step_s: median CPU time (time.process_time, all threads of the process) of `--steps` steps after
+  one warm-up step; CPU time, not wall time, so that other work on the machine does not skew it
+  (wall_s is recorded too); torch runs on `--threads` threads (default 1);
+- graph_bytes: bytes autograd holds for backward when the loss is ready (saved tensors, counted
+  once per storage through torch.autograd.graph.saved_tensors_hooks:
+  train.ratebp.autograd_saved_bytes);
+- peak_rss_delta_bytes: growth of the process's peak resident memory (getrusage ru_maxrss) over the
+  training steps, measured after model and input are built (includes the allocator's slack).
+Method overhead: step time of each method (teacher forward included where it needs one) at
+--method-timesteps with BPTT, divided by the time of `none`.
+"""
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from train.losses import METHODS, TeacherOutput, add_method_args, build_loss
+from train.models import SmallCNN, SpikingCNN
+from train.ratebp import autograd_saved_bytes, rate_forward
+
+SHAPE = (1, 28, 28)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench.train_cost",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--timesteps", default="2,4,8,16", help="comma-separated T values")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per setting")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--method-timesteps", type=int, default=8, help="T for the method overheads")
+    p.add_argument("--out", default="results/train_cost.json")
+    p.add_argument("--worker", nargs=2, metavar=("BACKPROP", "T"), help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def batch(timesteps, batch_size, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.rand(timesteps, batch_size, *SHAPE, generator=gen) < 0.3).float()
+    return x, torch.randint(0, 10, (batch_size,), generator=gen)
+
+
+def timed_steps(step, n):
+    """Median (CPU seconds, wall seconds) per step over n steps after one warm-up step."""
+    step()
+    cpu, wall = [], []
+    for _ in range(n):
+        c0, w0 = time.process_time(), time.perf_counter()
+        step()
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - w0)
+    return statistics.median(cpu), statistics.median(wall)
+
+
+def maxrss_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def worker(backprop, timesteps, batch_size, steps):
+    """One (backprop, T) setting in this process; returns its measurements."""
+    torch.manual_seed(0)
+    student = SpikingCNN(in_shape=SHAPE)
+    forward = student if backprop == "bptt" else (lambda x: rate_forward(student, x))
+    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    x, y = batch(timesteps, batch_size)
+    loss_of = lambda: torch.nn.functional.cross_entropy(forward(x).logits, y)  # noqa: E731
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_of().backward()
+        opt.step()
+
+    base = maxrss_bytes()
+    step_s, wall_s = timed_steps(step, steps)
+    rss = maxrss_bytes() - base
+    _, graph = autograd_saved_bytes(loss_of)
+    return {"step_s": step_s, "wall_s": wall_s, "graph_bytes": graph, "peak_rss_delta_bytes": rss}
+
+
+def method_overheads(timesteps, batch_size, steps):
+    """Step time of every method at T (BPTT), and its ratio to `none`."""
+    parser = argparse.ArgumentParser()
+    add_method_args(parser)
+    args = parser.parse_args([])
+    x, y = batch(timesteps, batch_size)
+    times = {}
+    for name in METHODS:
+        torch.manual_seed(0)
+        student, teacher = SpikingCNN(in_shape=SHAPE), SmallCNN(in_shape=SHAPE).eval()
+        loss_fn = build_loss(name, args, student, teacher)
+        opt = torch.optim.Adam(list(student.parameters()) + list(loss_fn.parameters()), lr=1e-3)
+
+        def step():
+            t_out = None
+            if loss_fn.needs_teacher:
+                with torch.no_grad():
+                    logits, feats = teacher(x[0], return_features=True)  # one frame, as distill
+                t_out = TeacherOutput(logits, feats, teacher.fc.weight)
+            loss, _ = loss_fn(student(x), y, t_out)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        times[name] = timed_steps(step, steps)
+    none = times["none"][0]
+    return {name: {"step_s": cpu, "wall_s": wall, "ratio_to_none": cpu / none}
+            for name, (cpu, wall) in times.items()}
+
+
+def run_worker(backprop, timesteps, args):
+    cmd = [sys.executable, "-m", "bench.train_cost", "--worker", backprop, str(timesteps),
+           "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+           "--threads", str(args.threads)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.batch_size, args.steps)))
+        return 0
+    steps_list = [int(t) for t in args.timesteps.split(",")]
+    results = {"batch_size": args.batch_size, "steps": args.steps,
+               "student": "SpikingCNN (mnist5k)",
+               "torch_threads": torch.get_num_threads(), "backprop": {}}
+    print(f"{'T':>3} {'bptt CPU s':>12} {'rate CPU s':>12} {'speed-up':>9} "
+          f"{'bptt graph MB':>14} {'rate graph MB':>14} {'bptt RSS MB':>12} {'rate RSS MB':>12}")
+    for t in steps_list:
+        row = {b: run_worker(b, t, args) for b in ("bptt", "rate")}
+        row["speedup"] = row["bptt"]["step_s"] / row["rate"]["step_s"]
+        results["backprop"][str(t)] = row
+        mb = lambda v: v / 2 ** 20  # noqa: E731
+        print(f"{t:>3} {row['bptt']['step_s']:>12.4f} {row['rate']['step_s']:>12.4f} "
+              f"{row['speedup']:>9.2f} {mb(row['bptt']['graph_bytes']):>14.2f} "
+              f"{mb(row['rate']['graph_bytes']):>14.2f} "
+              f"{mb(row['bptt']['peak_rss_delta_bytes']):>12.1f} "
+              f"{mb(row['rate']['peak_rss_delta_bytes']):>12.1f}")
+    first, last = results["backprop"][str(steps_list[0])], results["backprop"][str(steps_list[-1])]
+    for b in ("bptt", "rate"):
+        results[f"{b}_graph_growth"] = last[b]["graph_bytes"] / first[b]["graph_bytes"]
+        print(f"{b}: autograd memory x{results[f'{b}_graph_growth']:.2f} from T={steps_list[0]} "
+              f"to T={steps_list[-1]}")
+    results["methods_timesteps"] = args.method_timesteps
+    results["methods"] = method_overheads(args.method_timesteps, args.batch_size, args.steps)
+    for name, m in results["methods"].items():
+        print(f"method {name:>5}: {m['step_s']:.4f} CPU s/step, x{m['ratio_to_none']:.2f} of none")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""TSER (Yu et al., CVPR 2025): temporal separation with entropy regularisation (SPEC.md 5)."""
+from torch.nn import functional as F
+
+from .base import DistillLoss
+from .kd import kl_div_tau
+
+
+def entropy(logits, tau):
+    """H(softmax(z/tau)) = -sum_k q_k log q_k, batch mean."""
+    log_q = F.log_softmax(logits / tau, dim=-1)
+    return -(log_q.exp() * log_q).sum(-1).mean()
+
+
+class TSER(DistillLoss):
+    """L = mean_t CE(z_t, y) + a * mean_t tau^2 KL(softmax(p/tau) || softmax(z_t/tau))
+         - g * mean_t H(softmax(z_t/tau))
+
+    No time averaging before the losses: every step's logits z_t meet the label and the teacher.
+    The sign and weight of the entropy term are not confirmed from the paper: with g > 0 the loss
+    rewards high-entropy (less over-confident) per-step outputs; pass a negative --tser-gamma for
+    the opposite (entropy minimisation).
+    """
+
+    def __init__(self, alpha=1.0, gamma=0.1, tau=4.0):
+        super().__init__()
+        self.alpha, self.gamma, self.tau = alpha, gamma, tau
+
+    @staticmethod
+    def add_args(parser):
+        parser.add_argument("--tser-alpha", type=float, default=1.0,
+                            help="tser: weight a of the KD term")
+        parser.add_argument("--tser-gamma", type=float, default=0.1,
+                            help="tser: weight g of the entropy term (L includes -g*H)")
+        parser.add_argument("--tser-tau", type=float, default=4.0, help="tser: temperature")
+
+    @classmethod
+    def from_args(cls, args, student, teacher):
+        return cls(args.tser_alpha, args.tser_gamma, args.tser_tau)
+
+    def forward(self, out, y, teacher_out):
+        z_t = out.logits_t                                    # (T, B, K)
+        steps = z_t.shape[0]
+        p = teacher_out.logits.detach()
+        ce = sum(F.cross_entropy(z, y) for z in z_t) / steps
+        kd = sum(kl_div_tau(p, z, self.tau) for z in z_t) / steps
+        ent = sum(entropy(z, self.tau) for z in z_t) / steps
+        loss = ce + self.alpha * kd - self.gamma * ent
+        return loss, {"ce": ce.item(), "kd": kd.item(), "entropy": ent.item()}

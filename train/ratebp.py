@@ -1,0 +1,147 @@
+"""Rate-based backpropagation (Yu et al., NeurIPS 2024; SPEC.md section 5) for the spiking students.
+
+Training step, instead of backpropagation through time (BPTT):
+
+1. Spike pass, no autograd: run the student step by step, keeping per spiking layer only its state,
+   its spike count and its eligibility
+       e = mean_t f_t * sigma'(v_t - theta)
+   where v_t is the membrane before reset and sigma' the layer's surrogate derivative.
+2. Rate pass, with autograd: one pass of the same network on firing rates. The input is the mean
+   input r_in = mean_t x_t; synaptic layers are linear, so the current into a layer is the time
+   mean of its BPTT current; each spiking layer outputs
+       y = r + x*e - (x*e).detach()          (value r, the measured rate; dy/dx = e)
+   with x the rate-domain input current. Autograd saves one step's worth of tensors whatever T is.
+
+f_t for the CUBA neuron (train/neurons.py: I_t = alpha I_{t-1} + x_t, V_t = beta V_{t-1} + I_t).
+Ignoring the reset (as the rate method does), a constant input x gives
+    dI_t/dx = g_t,  g_0 = 1, g_t = 1 + alpha g_{t-1}
+    dV_t/dx = f_t,  f_0 = 1, f_t = g_t + beta f_{t-1}
+so d(mean_t S_t)/dx = mean_t sigma'(V_t - theta) f_t = e. With alpha = 0 (plain LIF) g_t = 1 and
+f_t = 1 + beta f_{t-1}, the recursion in SPEC.md. For one spiking layer, a constant input and no
+spikes this is exactly the BPTT gradient (tests/test_ratebp.py); otherwise it approximates it.
+
+`rate_forward(model, x)` is a drop-in for `model(x)` in a training step and returns a StudentOutput:
+- logits_t: the exact per-step logits of the spike pass plus (z - z.detach()) with z the rate-pass
+  logits, so `logits` (their time mean) has the spike pass's value and the rate pass's gradient. A
+  per-step loss sum_t l(z_t) (TSER) thus sends sum_t dl/dz_t into the rate pass: every z_t is given
+  the parameter Jacobian of the mean logits.
+- spikes[name] and features['last']: each layer's firing rate map repeated over T (an expand view,
+  differentiable through the rate pass). Time means and sums (rates, spike counts, SAMD maps) are
+  exact; the per-step spike pattern is not kept, so memory does not grow with T. Use `model(x)` when
+  the per-step spikes are needed (evaluation, export checks).
+"""
+import weakref
+
+import torch
+
+from .models import SpikingCNN, SpikingResNet, StudentOutput
+from .neurons import LoihiCUBA
+
+
+def surrogate_derivative(spike_grad, u):
+    """sigma'(u) of a surrogate spike function, elementwise, by autograd (any surrogate)."""
+    with torch.enable_grad():
+        u = u.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(spike_grad(u).sum(), u)
+    return grad
+
+
+def _cnn_graph(model, x, neuron):
+    """SpikingCNN dataflow on one step (or on rates); spiking layers go through `neuron`."""
+    for name, layer in model.layers.items():
+        x = neuron(name, layer, x) if isinstance(layer, LoihiCUBA) else layer(x)
+    return x
+
+
+def _resnet_graph(model, x, neuron):
+    """SpikingResNet dataflow on one step (or on rates), as SpikingResNet.forward."""
+    x = neuron("stem_lif", model.stem_lif, model.stem(x))
+    for i, block in enumerate(model.blocks):
+        s1 = neuron(f"blocks.{i}.lif_a", block.lif_a, block.conv_a(x))
+        cur = block.conv_b(s1) + (x if block.shortcut is None else block.shortcut(x))
+        x = neuron(f"blocks.{i}.lif_b", block.lif_b, cur)
+    x = neuron("head_lif", model.head_lif, model.head(x))
+    return model.readout(x.flatten(1))
+
+
+def _graph_and_last(model):
+    """(dataflow function, name of the layer whose spikes are features['last'])."""
+    if isinstance(model, SpikingCNN):
+        return _cnn_graph, model.last_conv_neuron
+    if isinstance(model, SpikingResNet):
+        return _resnet_graph, f"blocks.{len(model.blocks) - 1}.lif_b"
+    raise TypeError(f"rate-based backprop supports SpikingCNN and SpikingResNet, not "
+                    f"{type(model).__name__}")
+
+
+class _SpikePass:
+    """Stateful neuron callback for the no-grad step-by-step pass: accumulates rates and e."""
+
+    def __init__(self, timesteps):
+        self.timesteps = timesteps
+        self.state = {}  # name -> [syn, mem, g, f, spike sum, eligibility sum]
+
+    def __call__(self, name, layer, x):
+        alpha, beta, theta = layer.quantized()
+        if name not in self.state:
+            zero = torch.zeros_like(x)
+            self.state[name] = [zero, zero, 0.0, 0.0, zero, zero]
+        syn, mem, g, f, count, elig = self.state[name]
+        syn = alpha * syn + x
+        mem = beta * mem + syn
+        g = 1.0 + alpha * g
+        f = g + beta * f
+        spk = layer.spike_grad(mem - theta)
+        elig = elig + f * surrogate_derivative(layer.spike_grad, mem - theta)
+        self.state[name] = [syn, mem * (1.0 - spk), g, f, count + spk, elig]
+        return spk
+
+    def rates_and_eligibility(self):
+        t = self.timesteps
+        return {name: (s[4] / t, s[5] / t) for name, s in self.state.items()}
+
+
+def rate_forward(model, x) -> StudentOutput:
+    """Spike pass (no autograd), then rate pass (autograd); x is (T, B, ...). See the module doc."""
+    graph, last = _graph_and_last(model)
+    timesteps = x.shape[0]
+    spike_pass = _SpikePass(timesteps)
+    with torch.no_grad():
+        logits_t = torch.stack([graph(model, x[t], spike_pass) for t in range(timesteps)])
+    measured = spike_pass.rates_and_eligibility()
+
+    out = StudentOutput(logits_t=None)
+
+    def rate_neuron(name, layer, current):
+        rate, elig = measured[name]
+        y = rate + current * elig - (current * elig).detach()
+        out.spikes[name] = y.unsqueeze(0).expand(timesteps, *y.shape)
+        return y
+
+    z = graph(model, x.mean(0), rate_neuron)
+    out.logits_t = logits_t + (z - z.detach()).unsqueeze(0)
+    out.features["last"] = out.spikes[last]
+    return out
+
+
+def autograd_saved_bytes(fn):
+    """Run fn() and return (its result, bytes autograd holds for backward once fn has returned).
+
+    Every tensor saved for backward is seen through saved_tensors_hooks; those still alive at the
+    end (held by the graph of the result) are summed, each storage once. Graphs built and freed
+    inside fn (like the surrogate derivatives of the spike pass) do not count.
+    """
+    saved = []
+
+    def pack(t):
+        saved.append(weakref.ref(t))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = fn()
+    storages = {}
+    for ref in saved:
+        t = ref()
+        if t is not None:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return result, sum(storages.values())

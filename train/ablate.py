@@ -24,10 +24,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import Subset
 
 from . import distill
-from .data import load_dataset
 from .losses import METHODS
 
 VARIANTS = {
@@ -79,11 +77,7 @@ def train_teacher(passthrough, seed, run_dir):
     """Train (or load a finished) teacher exactly as `train.distill` would for this seed."""
     args = distill.parse_args(passthrough + ["--run", str(run_dir), "--seed", str(seed)])
     device, rank, world = distill.setup(args)
-    train_ds, test_ds, info = load_dataset(args.dataset, args.data_dir, timesteps=args.timesteps)
-    if args.train_samples:
-        train_ds = Subset(train_ds, range(min(args.train_samples, len(train_ds))))
-    train_dl = distill.loader(train_ds, args.batch_size, True, args.seed, world)
-    test_dl = distill.loader(test_ds, 256, False, args.seed, world)
+    _, _, info, _, train_dl, test_dl = distill.prepare_data(args, world)
     run_dir.mkdir(parents=True, exist_ok=True)
     _, acc = distill.train_teacher(args, info, train_dl, test_dl, device, rank, world, run_dir)
     return acc

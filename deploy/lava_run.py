@@ -30,7 +30,13 @@ class LavaResult:
 
 def preload():
     """Import Lava now: it calls multiprocessing.set_start_method('fork') at import time, which
-    fails once anything else (datasets, loaders) has fixed the start method."""
+    fails once anything else (datasets, loaders, a get_start_method() call) has fixed the start
+    method. Lava needs 'fork', so un-fix it just before Lava's first import."""
+    import sys
+    if "lava.magma.runtime.message_infrastructure.multiprocessing" not in sys.modules:
+        import multiprocessing
+        if multiprocessing.get_start_method(allow_none=True) is not None:
+            multiprocessing.set_start_method(None, force=True)
     import lava.lib.dl.netx.hdf5  # noqa: F401
 
 

@@ -202,6 +202,8 @@ def test_inhibitory_power_of_two_quirk():
 @settings(max_examples=300, deadline=None)
 @given(st.integers(0, 2 ** 32 - 1), st.integers(1, 5), st.integers(1, 7))
 def test_lava_dense_weights_equal_lava_functions(seed, rows, cols):
+    from deploy.lava_run import preload
+    preload()
     from lava.lib.dl.netx.utils import optimize_weight_bits
     from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
     rng = np.random.default_rng(seed)

@@ -48,8 +48,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3, help="student learning rate (Adam)")
     p.add_argument("--teacher-lr", type=float, default=2e-3)
-    p.add_argument("--shift", type=int, default=2,
-                   help="augment training images with random shifts of up to N pixels (0: off)")
+    p.add_argument("--shift", type=int, default=None,
+                   help="augment training images with random shifts of up to N pixels "
+                        "(default: 2 for images of 28 px or more, else 0)")
     p.add_argument("--train-samples", type=int, default=None, help="use only the first N training samples")
     p.add_argument("--student-config", type=json.loads, default={},
                    help='JSON merged into the default student config, e.g. \'{"channels": [8, 16]}\'')
@@ -344,8 +345,10 @@ def plot_curves(path, history, method):
 
 
 def prepare_data(args, world):
-    """Datasets, loaders and the input encoding for these arguments."""
+    """Datasets, loaders and the input encoding for these arguments (resolves --shift)."""
     train_ds, test_ds, info = load_dataset(args.dataset, args.data_dir, timesteps=args.timesteps)
+    if args.shift is None:
+        args.shift = 2 if info.in_shape[-1] >= 28 else 0
     if args.train_samples:
         train_ds = Subset(train_ds, range(min(args.train_samples, len(train_ds))))
     kind = args.encoding or ("direct" if info.in_shape[0] == 3 else "rate")

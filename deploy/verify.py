@@ -11,7 +11,9 @@ Writes verify.json and verify.md (atomically) next to student.net.
 
 verify.json keys: float.{accuracy,n,device}, emulator.{accuracy,n,samples_per_s},
 lava.{accuracy,n,samples_per_s}, bit_exact.{n,mismatched_samples,mismatched_indices},
-agreement.{float_vs_emulator,emulator_vs_lava}, fit (per-layer compile report), files, energy.
+agreement.{float_vs_emulator,emulator_vs_lava}, drop_points.{float_vs_emulator,
+float_vs_lava_same_samples} (float minus Loihi accuracy, in points), fit (per-layer compile
+report), files, energy.
 Exit status: 0 when Lava and the emulator agree bit for bit, 1 when they do not, 2 on bad input.
 """
 import argparse
@@ -133,6 +135,10 @@ def _fmt(v, pct=False):
     return f"{100 * v:.2f}%" if pct else (f"{v:.1f}" if isinstance(v, float) else str(v))
 
 
+def _pts(v):
+    return "-" if v is None else f"{v:+.2f} points"
+
+
 def markdown(r):
     lines = ["# Loihi deployment check", "",
              f"Network: `{r['files']['net']}` compiled from `{r['files']['nir']}`.", "",
@@ -145,7 +151,11 @@ def markdown(r):
     lines += ["", f"- Bit exact (emulator vs Lava, every spike of every layer at every step and "
                   f"the readout u, v): {be['n'] - be['mismatched_samples']}/{be['n']} samples",
               f"- Prediction agreement: float vs emulator {_fmt(ag['float_vs_emulator'], True)}, "
-              f"emulator vs Lava {_fmt(ag['emulator_vs_lava'], True)}", "",
+              f"emulator vs Lava {_fmt(ag['emulator_vs_lava'], True)}",
+              f"- Float-to-Loihi accuracy drop: {_pts(r['drop_points']['float_vs_emulator'])} "
+              f"(float vs emulator, {r['emulator']['n']} samples), "
+              f"{_pts(r['drop_points']['float_vs_lava_same_samples'])} "
+              f"(float vs Lava on the same {r['lava']['n']} samples)", "",
               "## Per-layer fit (8-bit weights, 17-bit vThMant, 12-bit decays, 24-bit state)", "",
               "| layer | NIR nodes | kind | weights | iDecay | vDecay | vThMant | max a_in | "
               "24-bit risk | notes |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -247,6 +257,7 @@ def verify(args):
 
     agree = lambda a, b: None if a is None or b is None else float(  # noqa: E731
         (a[: len(b)] == b[: len(a)]).float().mean())
+    points = lambda a, b: None if a is None or b is None else 100 * (a - b)  # noqa: E731
     report = {
         "float": {"accuracy": accuracy(float_pred, y), "n": 0 if float_pred is None else len(x),
                   "device": device, "note": float_note},
@@ -258,6 +269,13 @@ def verify(args):
                       "mismatched_indices": bad[:20].tolist()},
         "agreement": {"float_vs_emulator": agree(float_pred, emu_pred),
                       "emulator_vs_lava": agree(emu_pred[:n_lava], lava_pred)},
+        # Accuracy lost from float to Loihi, in points: over the whole set through the bit-exact
+        # emulator, and on the Lava samples themselves (float and Lava on the same inputs).
+        "drop_points": {
+            "float_vs_emulator": points(accuracy(float_pred, y), accuracy(emu_pred, y)),
+            "float_vs_lava_same_samples": points(
+                None if float_pred is None or lava_pred is None else accuracy(float_pred[:n_lava], y),
+                None if lava_pred is None else accuracy(lava_pred, y))},
         "timesteps": int(steps),
         "fit": fit,
         "files": {"nir": str(nir_path), "net": str(net_path)},
@@ -282,6 +300,9 @@ def main(argv=None):
               f"{la['samples_per_s']:.2f} samples/s)")
     print(f"bit exact: {be['n'] - be['mismatched_samples']}/{be['n']} samples; agreement float/emu "
           f"{_fmt(ag['float_vs_emulator'], True)}, emu/lava {_fmt(ag['emulator_vs_lava'], True)}")
+    d = report["drop_points"]
+    print(f"float-to-Loihi drop: {_pts(d['float_vs_emulator'])} (all {e['n']} samples, emulator), "
+          f"{_pts(d['float_vs_lava_same_samples'])} (same {la['n']} samples, Lava)")
     print(f"wrote {out_dir / 'verify.json'}, {out_dir / 'verify.md'}")
     if be["mismatched_samples"]:
         print(f"error: {be['mismatched_samples']} samples differ between emulator and Lava",

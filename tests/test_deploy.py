@@ -216,3 +216,31 @@ def test_verify_end_to_end_with_npy_inputs(tmp_path):
     assert rep["emulator"]["n"] == 12 and rep["lava"]["samples_per_s"] > 0
     assert (tmp_path / "student.net").is_file() and "energy.md" in \
         (tmp_path / "verify.md").read_text()
+
+
+@lava
+def test_verify_run_folder_with_float_student(tmp_path):
+    """The default path: student.pt + student.nir in a run folder, inputs from its dataset."""
+    from export.to_nir import main as export_main
+    from train.checkpoint import save_checkpoint
+    from train.models import SpikingCNN
+    torch.manual_seed(0)
+    model = SpikingCNN(in_shape=(1, 8, 8), channels=(4,), kernels=(3,), strides=(2,), hidden=(16,))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0)  # random weights scaled up so that every layer spikes
+    save_checkpoint(tmp_path / "student.pt", model.eval(), "student", dataset="digits",
+                    encoding={"kind": "rate", "timesteps": 4, "seed": 0})
+    export_main(["--run", str(tmp_path), "--samples", "8"])
+    r = run_cli("--run", str(tmp_path), "--lava-samples", "6", "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((tmp_path / "verify.json").read_text())
+    assert rep["float"]["n"] == rep["emulator"]["n"] == 360  # the digits test split
+    assert rep["bit_exact"]["mismatched_samples"] == 0 and rep["lava"]["n"] == 6
+    assert rep["agreement"]["float_vs_emulator"] >= 0.99
+    drop = rep["drop_points"]
+    assert drop["float_vs_emulator"] == pytest.approx(
+        100 * (rep["float"]["accuracy"] - rep["emulator"]["accuracy"]))
+    assert drop["float_vs_lava_same_samples"] is not None
+    assert "float-to-Loihi drop" in r.stdout and "Float-to-Loihi" in \
+        (tmp_path / "verify.md").read_text()

@@ -1,20 +1,23 @@
 """Training cost: BPTT vs rate-based backprop over T, and each KD method's overhead over `none`.
 
-    python -m bench.train_cost [--timesteps 2,4,8,16] [--batch-size 64] [--steps 5] \\
-        [--out results/train_cost.json]
+    python -m bench.train_cost [--timesteps 2,4,8,16] [--batch-size 64] [--steps 10] \\
+        [--repeats 3] [--out results/train_cost.json]
 
 Per (backprop, T), in a fresh subprocess: one training step = student forward, cross-entropy,
 backward, Adam step on the default mnist5k student (SpikingCNN) with a rate-coded batch.
 - step_s: median CPU time (time.process_time, all threads of the process) of `--steps` steps after
   one warm-up step; CPU time, not wall time, so that other work on the machine does not skew it
-  (wall_s is recorded too); torch runs on `--threads` threads (default 1);
+  (wall_s is recorded too); torch runs on `--threads` threads (default 1). The settings run
+  interleaved, `--repeats` rounds of fresh processes, and each keeps its fastest round (the
+  least disturbed, as timeit advises); every round's step_s is kept in step_s_rounds;
 - graph_bytes: bytes autograd holds for backward when the loss is ready (saved tensors, counted
   once per storage through torch.autograd.graph.saved_tensors_hooks:
   train.ratebp.autograd_saved_bytes);
 - peak_rss_delta_bytes: growth of the process's peak resident memory (getrusage ru_maxrss) over the
   training steps, measured after model and input are built (includes the allocator's slack).
 Method overhead: step time of each method (teacher forward included where it needs one) at
---method-timesteps with BPTT, divided by the time of `none`.
+--method-timesteps with BPTT, divided by the time of `none` (methods interleaved, --repeats
+rounds, fastest round kept).
 """
 import argparse
 import json
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from train.checkpoint import atomic_write
 from train.losses import METHODS, TeacherOutput, add_method_args, build_loss
 from train.models import SmallCNN, SpikingCNN
 from train.ratebp import autograd_saved_bytes, rate_forward
@@ -39,7 +43,8 @@ def parse_args(argv=None):
                                 description=__doc__.split("\n")[0])
     p.add_argument("--timesteps", default="2,4,8,16", help="comma-separated T values")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=3, help="timed steps per setting")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per setting and round")
+    p.add_argument("--repeats", type=int, default=3, help="rounds of fresh worker processes")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--method-timesteps", type=int, default=8, help="T for the method overheads")
     p.add_argument("--out", default="results/train_cost.json")
@@ -90,33 +95,40 @@ def worker(backprop, timesteps, batch_size, steps):
     return {"step_s": step_s, "wall_s": wall_s, "graph_bytes": graph, "peak_rss_delta_bytes": rss}
 
 
-def method_overheads(timesteps, batch_size, steps):
-    """Step time of every method at T (BPTT), and its ratio to `none`."""
+def method_step(name, args, x, y):
+    """One training step of `name` at BPTT (teacher forward included where the method needs it)."""
+    torch.manual_seed(0)
+    student, teacher = SpikingCNN(in_shape=SHAPE), SmallCNN(in_shape=SHAPE).eval()
+    loss_fn = build_loss(name, args, student, teacher)
+    opt = torch.optim.Adam(list(student.parameters()) + list(loss_fn.parameters()), lr=1e-3)
+
+    def step():
+        t_out = None
+        if loss_fn.needs_teacher:
+            with torch.no_grad():
+                logits, feats = teacher(x[0], return_features=True)  # one frame, as distill
+            t_out = TeacherOutput(logits, feats, teacher.fc.weight)
+        loss, _ = loss_fn(student(x), y, t_out)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def method_overheads(timesteps, batch_size, steps, repeats):
+    """Step time of every method at T (BPTT, fastest of `repeats` interleaved rounds), and its
+    ratio to `none`."""
     parser = argparse.ArgumentParser()
     add_method_args(parser)
     args = parser.parse_args([])
     x, y = batch(timesteps, batch_size)
-    times = {}
-    for name in METHODS:
-        torch.manual_seed(0)
-        student, teacher = SpikingCNN(in_shape=SHAPE), SmallCNN(in_shape=SHAPE).eval()
-        loss_fn = build_loss(name, args, student, teacher)
-        opt = torch.optim.Adam(list(student.parameters()) + list(loss_fn.parameters()), lr=1e-3)
-
-        def step():
-            t_out = None
-            if loss_fn.needs_teacher:
-                with torch.no_grad():
-                    logits, feats = teacher(x[0], return_features=True)  # one frame, as distill
-                t_out = TeacherOutput(logits, feats, teacher.fc.weight)
-            loss, _ = loss_fn(student(x), y, t_out)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        times[name] = timed_steps(step, steps)
+    steps_of = {name: method_step(name, args, x, y) for name in METHODS}
+    rounds = [{name: timed_steps(step, steps) for name, step in steps_of.items()}
+              for _ in range(repeats)]
+    times = {name: min((r[name] for r in rounds), key=lambda cw: cw[0]) for name in METHODS}
     none = times["none"][0]
-    return {name: {"step_s": cpu, "wall_s": wall, "ratio_to_none": cpu / none}
+    return {name: {"step_s": cpu, "wall_s": wall, "ratio_to_none": cpu / none,
+                   "step_s_rounds": [r[name][0] for r in rounds]}
             for name, (cpu, wall) in times.items()}
 
 
@@ -135,13 +147,19 @@ def main(argv=None):
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.batch_size, args.steps)))
         return 0
     steps_list = [int(t) for t in args.timesteps.split(",")]
-    results = {"batch_size": args.batch_size, "steps": args.steps,
+    results = {"batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats,
                "student": "SpikingCNN (mnist5k)",
                "torch_threads": torch.get_num_threads(), "backprop": {}}
     print(f"{'T':>3} {'bptt CPU s':>12} {'rate CPU s':>12} {'speed-up':>9} "
           f"{'bptt graph MB':>14} {'rate graph MB':>14} {'bptt RSS MB':>12} {'rate RSS MB':>12}")
+    rounds = [{(b, t): run_worker(b, t, args) for t in steps_list for b in ("bptt", "rate")}
+              for _ in range(args.repeats)]
     for t in steps_list:
-        row = {b: run_worker(b, t, args) for b in ("bptt", "rate")}
+        row = {}
+        for b in ("bptt", "rate"):
+            runs = [r[b, t] for r in rounds]
+            row[b] = dict(min(runs, key=lambda m: m["step_s"]),
+                          step_s_rounds=[m["step_s"] for m in runs])
         row["speedup"] = row["bptt"]["step_s"] / row["rate"]["step_s"]
         results["backprop"][str(t)] = row
         mb = lambda v: v / 2 ** 20  # noqa: E731
@@ -153,15 +171,18 @@ def main(argv=None):
     first, last = results["backprop"][str(steps_list[0])], results["backprop"][str(steps_list[-1])]
     for b in ("bptt", "rate"):
         results[f"{b}_graph_growth"] = last[b]["graph_bytes"] / first[b]["graph_bytes"]
-        print(f"{b}: autograd memory x{results[f'{b}_graph_growth']:.2f} from T={steps_list[0]} "
-              f"to T={steps_list[-1]}")
+        results[f"{b}_peak_rss_growth"] = (last[b]["peak_rss_delta_bytes"]
+                                           / first[b]["peak_rss_delta_bytes"])
+        print(f"{b}: autograd memory x{results[f'{b}_graph_growth']:.2f}, peak RSS "
+              f"x{results[f'{b}_peak_rss_growth']:.2f} from T={steps_list[0]} to T={steps_list[-1]}")
     results["methods_timesteps"] = args.method_timesteps
-    results["methods"] = method_overheads(args.method_timesteps, args.batch_size, args.steps)
+    results["methods"] = method_overheads(args.method_timesteps, args.batch_size, args.steps,
+                                          args.repeats)
     for name, m in results["methods"].items():
         print(f"method {name:>5}: {m['step_s']:.4f} CPU s/step, x{m['ratio_to_none']:.2f} of none")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2) + "\n"))
     print(f"wrote {out}")
     return 0
 

@@ -79,13 +79,15 @@ class _SpikePass:
 
     def __init__(self, timesteps):
         self.timesteps = timesteps
+        self.params = {}  # name -> (alpha, beta, theta), quantised once per pass
         self.state = {}  # name -> [syn, mem, g, f, spike sum, eligibility sum]
 
     def __call__(self, name, layer, x):
-        alpha, beta, theta = layer.quantized()
         if name not in self.state:
+            self.params[name] = layer.quantized()
             zero = torch.zeros_like(x)
             self.state[name] = [zero, zero, 0.0, 0.0, zero, zero]
+        alpha, beta, theta = self.params[name]
         syn, mem, g, f, count, elig = self.state[name]
         syn = alpha * syn + x
         mem = beta * mem + syn

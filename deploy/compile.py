@@ -26,17 +26,17 @@ netx) keep the NIR node names, the weight step and dt. Dense weights pass netx's
 survives and the fit report flags any layer where that differs from the integer weights.
 """
 import argparse
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
+import nir
 import numpy as np
 
-from hwmodels.loihi import DECAY_UNITY, STATE_MAX, VTH_MAX, NetxError, lava_dense_weights
-
-DEFAULT_DT = 1e-4  # snnTorch's hard-coded step (SPEC.md section 4)
+from export.from_nir import NIRError, read_graph
+from export.interpreter import DEFAULT_DT  # snnTorch's hard-coded step (SPEC.md section 4)
+from hwmodels.loihi import (DECAY_UNITY, INTEGRATOR, STATE_MAX, VTH_MAX, NetxError,
+                            conv_out_size, lava_dense_weights)
+from train.checkpoint import atomic_write
 WEIGHT_MAX = 127
 WEIGHT_MIN = -128
 GRID_RTOL = 1e-4  # how far W/s may sit from an integer and still count as on the grid
@@ -69,17 +69,13 @@ class NetLayer:
 # ---- graph walking -----------------------------------------------------------------------------
 
 def load_graph(graph):
-    """A nir.NIRGraph, or a path read with nir.read (CompileError naming the file otherwise)."""
-    import nir
+    """A nir.NIRGraph, or a path read with export.from_nir.read_graph (CompileError otherwise)."""
     if isinstance(graph, nir.NIRGraph):
         return graph
-    path = Path(graph)
-    if not path.is_file():
-        raise CompileError(f"{path}: NIR file not found")
     try:
-        return nir.read(str(path))
-    except Exception as e:  # h5py / nir raise many types for foreign or truncated files
-        raise CompileError(f"{path}: not a readable NIR file ({type(e).__name__})") from None
+        return read_graph(graph)
+    except NIRError as e:
+        raise CompileError(str(e)) from None
 
 
 def chain(graph):
@@ -255,13 +251,6 @@ def fuse_pool(name, pool, shape):
     return k, (shape[0], shape[1] // k[0], shape[2] // k[1])
 
 
-def conv_out_shape(in_shape, cout, kernel, stride, padding, dilation):
-    h, w = (
-        (in_shape[1 + i] + 2 * padding[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1
-        for i in range(2))
-    return (cout, h, w)
-
-
 # ---- compile -----------------------------------------------------------------------------------
 
 def build_layers(graph, dt=None):
@@ -360,7 +349,8 @@ def _conv_layer(name, node, k, shape, count, pool):
     if k.shape[1] * groups != shape[0]:
         raise CompileError(f"node {name!r}: weight expects {k.shape[1] * groups} input channels, "
                            f"gets {shape[0]}")
-    out = conv_out_shape(shape, k.shape[0], k.shape[2:], stride, padding, dilation)
+    out = (k.shape[0], *(conv_out_size(shape[1 + a], k.shape[2 + a], stride[a], padding[a],
+                                       dilation[a]) for a in (0, 1)))
     if out[1] < 1 or out[2] < 1:
         raise CompileError(f"node {name!r}: output shape {out} is empty")
     return NetLayer(name=f"conv{count}", kind="conv", nodes=[name], in_shape=tuple(shape),
@@ -401,7 +391,7 @@ def fit_report(layers, timesteps):
         k = layer.weight
         fan = np.abs(k).reshape(k.shape[0], -1).sum(1)
         a_max = int(fan.max()) if fan.size else 0
-        neuron = layer.neuron or {"iDecay": 0, "vDecay": DECAY_UNITY, "vThMant": 1 << 17}
+        neuron = layer.neuron or INTEGRATOR
         u_bound = 64 * a_max * (timesteps if neuron["iDecay"] == 0
                                 else DECAY_UNITY / neuron["iDecay"])
         v_bound = u_bound * (timesteps if neuron["vDecay"] == 0
@@ -436,13 +426,10 @@ def _shift(w, exp):
 
 
 def write_netx(path, layers, in_shape, attrs):
-    """Write the netx HDF5 file atomically (temp file in the same folder, then os.replace)."""
+    """Write the netx HDF5 file atomically (train.checkpoint.atomic_write)."""
     import h5py
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+
+    def write(tmp):
         with h5py.File(tmp, "w") as f:
             for key, value in attrs.items():
                 f.attrs[key] = value
@@ -473,10 +460,8 @@ def write_netx(path, layers, in_shape, attrs):
                         n.create_dataset(key, data=np.int64(layer.neuron[key]))
                     n.create_dataset("refDelay", data=np.int64(1))
                     n.create_dataset("gradedSpike", data=np.bool_(False))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_write(path, write)
 
 
 def compile_graph(graph, out_path, dt=None, timesteps=None):

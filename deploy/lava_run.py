@@ -16,16 +16,7 @@ by the synaptic delay (layer i lags the input by i + 1 steps), so they line up w
 import numpy as np
 from tqdm import tqdm
 
-
-class LavaResult:
-    """spikes: layer name -> (N, T, *shape) bool; readout, readout_u: (N, T, K) int64."""
-
-    def __init__(self, spikes, readout, readout_u):
-        self.spikes, self.readout, self.readout_u = spikes, readout, readout_u
-
-    @property
-    def predictions(self):
-        return self.readout[:, -1].argmax(-1)
+from hwmodels.loihi import Result
 
 
 def preload():
@@ -92,7 +83,7 @@ def _file_sink_classes():
 def run_lava(net_path, inputs, layers, samples_per_chunk=8, progress=True):
     """Run inputs (N, T, *in_shape) {0,1} through Lava; `layers` from hwmodels.loihi.read_netx.
 
-    Returns LavaResult aligned with the input steps (delay removed).
+    Returns a hwmodels.loihi.Result of numpy arrays aligned with the input steps (delay removed).
     """
     import tempfile
 
@@ -156,4 +147,4 @@ def run_lava(net_path, inputs, layers, samples_per_chunk=8, progress=True):
     spikes = {layer.name: aligned(recorded[i], i).astype(bool)
               for i, layer in enumerate(layers) if layer.has_neuron}
     readout, readout_u = (aligned(s, depth - 1).astype(np.int64) for s in states)
-    return LavaResult(spikes, readout, readout_u)
+    return Result(spikes, readout, readout_u, layers)

@@ -23,16 +23,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from torch import nn
 
+from . import loihi
 from .profiles import PROFILES, ann_energy
 from .resources import CoreLimits, chip_usage, layer_cores
-
-SYNAPTIC = ("conv", "dense")
-
 
 class EnergyError(RuntimeError):
     """Bad input for the energy model; the message is one line."""
@@ -98,102 +95,30 @@ def _reach(n_in, n_out, k, s, p, d) -> torch.Tensor:
     return count
 
 
-def conv_out_size(n, k, s, p, d) -> int:
-    return (n + 2 * p - d * (k - 1) - 1) // s + 1
-
-
-def _value(group, key, path, index):
-    if key not in group:
-        raise EnergyError(f"{path}: layer {index} has no {key!r}")
-    value = group[key][()]
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray) and value.dtype.kind in "SO":
-        first = value.reshape(-1)[0]
-        return first.decode() if isinstance(first, bytes) else str(first)
-    return value
-
-
-def _pair(value) -> tuple:
-    v = np.asarray(value).reshape(-1).astype(int).tolist()
-    return (v[0], v[0]) if len(v) == 1 else tuple(v[:2])
-
-
 def read_netx(path) -> tuple:
-    """(input shape, [Layer, ...]) of a lava-dl netx HDF5 file (SPEC.md section 3).
+    """(input shape, [Layer, ...]) of a lava-dl netx HDF5 file (hwmodels.loihi.read_netx).
 
     Layer names: conv<k> / dense<k> with k the position among synaptic layers, as deploy.compile
     and hwmodels.loihi name them (a last dense without neuron group is the integrator readout);
     `nodes` are the NIR nodes a layer came from when the file says so. Raises EnergyError on
     anything this model cannot count.
     """
-    path = Path(path)
+    in_shape, layers = _parse(path)
+    return in_shape, counting_layers(layers)
+
+
+def _parse(path):
     try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise EnergyError(f"{path}: not a readable HDF5 file") from None
-    with f:
-        if "layer" not in f or len(f["layer"]) == 0:
-            raise EnergyError(f"{path}: no 'layer' group (not a netx network)")
-        in_shape, shape, layers = None, None, []
-        for i in range(len(f["layer"])):
-            if str(i) not in f["layer"]:
-                raise EnergyError(f"{path}: layer {i} missing (layers must be 0..n-1)")
-            g = f["layer"][str(i)]
-            kind = _value(g, "type", path, i)
-            if kind == "input":
-                if layers or shape is not None:
-                    raise EnergyError(f"{path}: input layer {i} is not the first layer")
-                in_shape = shape = tuple(int(v) for v in np.asarray(_value(g, "shape", path, i)))
-                continue
-            if shape is None:
-                raise EnergyError(f"{path}: layer {i} ({kind}) comes before any input layer")
-            if layers and not layers[-1].has_neuron:
-                raise EnergyError(f"{path}: layer {i} follows {layers[-1].name}, which has no "
-                                  f"neuron group and sends no spikes")
-            if kind == "flatten":
-                shape = (math.prod(shape),)
-            elif kind in SYNAPTIC:
-                layer = _synaptic_layer(g, kind, shape, len(layers) + 1, path, i)
-                layers.append(layer)
-                shape = layer.out_shape
-            else:
-                raise EnergyError(f"{path}: layer {i} has type {kind!r}; this model counts "
-                                  f"input, conv, flatten and dense layers")
-    if not layers:
-        raise EnergyError(f"{path}: no conv or dense layer")
-    return in_shape, layers
+        return loihi.read_netx(path)
+    except loihi.NetxError as e:
+        raise EnergyError(str(e)) from None
 
 
-def _synaptic_layer(g, kind, shape, k, path, i) -> Layer:
-    if "weight" not in g:
-        raise EnergyError(f"{path}: layer {i} has no 'weight'")
-    weight = tuple(int(v) for v in g["weight"].shape)
-    has_neuron = "neuron" in g
-    nodes = tuple(str(g.attrs["nodes"]).split(",")) if "nodes" in g.attrs else ()
-    if kind == "dense":
-        n_in = math.prod(shape)
-        if len(weight) != 2 or weight[1] != n_in:
-            raise EnergyError(f"{path}: layer {i} dense weight {weight} does not take "
-                              f"{n_in} inputs")
-        return Layer(f"dense{k}", kind, (n_in,), (weight[0],), weight, has_neuron, nodes=nodes)
-    if len(shape) != 3 or len(weight) != 4:
-        raise EnergyError(f"{path}: layer {i} conv needs a (C, H, W) input and a 4-d weight, "
-                          f"got {shape} and {weight}")
-    stride, padding, dilation = (_pair(_value(g, key, path, i)) if key in g else default
-                                 for key, default in (("stride", (1, 1)), ("padding", (0, 0)),
-                                                      ("dilation", (1, 1))))
-    groups = int(np.asarray(_value(g, "groups", path, i)).reshape(-1)[0]) if "groups" in g else 1
-    if shape[0] != weight[1] * groups or weight[0] % groups:
-        raise EnergyError(f"{path}: layer {i} conv weight {weight} with groups={groups} does "
-                          f"not take {shape[0]} channels")
-    out = (weight[0], *(conv_out_size(shape[1 + a], weight[2 + a], stride[a], padding[a],
-                                      dilation[a]) for a in (0, 1)))
-    if "shape" in g and tuple(int(v) for v in np.asarray(g["shape"][()])) != out:
-        raise EnergyError(f"{path}: layer {i} stores shape {tuple(g['shape'][()])} but its conv "
-                          f"gives {out}")
-    return Layer(f"conv{k}", kind, tuple(shape), out, weight, has_neuron, stride, padding,
-                 dilation, groups, nodes)
+def counting_layers(layers) -> list:
+    """hwmodels.loihi layers -> the structure this model counts with."""
+    return [Layer(layer.name, layer.kind, tuple(layer.in_shape), tuple(layer.out_shape),
+                  tuple(layer.weight.shape), layer.has_neuron, layer.stride, layer.padding,
+                  layer.dilation, layer.groups, tuple(layer.nodes)) for layer in layers]
 
 
 # ---- activity: spike counts --------------------------------------------------------------------
@@ -473,16 +398,11 @@ def test_batches(ckpt, samples=None, batch_size=100, data_dir="data"):
     return n, info, batches
 
 
-def emulator_source(net_path, device):
+def emulator_source(in_shape, layers, device):
     """run(inputs) -> (spikes per neuron layer in order, predictions) from hwmodels.loihi."""
     try:
-        from .loihi import Emulator, NetxError
-    except ImportError as e:
-        raise EnergyError(f"the Loihi emulator (hwmodels.loihi) is not available ({e}); "
-                          f"use --activity student") from None
-    try:
-        emulator = Emulator.from_netx(str(net_path), device=device)
-    except NetxError as e:
+        emulator = loihi.Emulator(in_shape, layers, device=device)
+    except loihi.NetxError as e:
         raise EnergyError(f"emulator: {e}") from None
 
     def run(inputs):
@@ -541,7 +461,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--activity", choices=("auto", "emulator", "student"), default="auto",
                    help="where spikes come from: the Loihi emulator (hwmodels.loihi), the torch "
-                        "student, or auto (the emulator when installed)")
+                        "student, or auto (the emulator, the student for analog input)")
     p.add_argument("--data-dir", default="data", help="for on-disk datasets")
     p.add_argument("--neurons-per-core", type=positive_int, default=CoreLimits.neurons_per_core)
     p.add_argument("--synapses-per-core", type=positive_int, default=CoreLimits.synapses_per_core)
@@ -557,17 +477,17 @@ def run(args) -> dict:
     net = run_dir / "student.net"
     if not net.is_file():
         raise EnergyError(f"{net} not found; run `python -m deploy.verify --run {run_dir}` first")
-    in_shape, layers = read_netx(net)
+    in_shape, netx_layers = _parse(net)
+    layers = counting_layers(netx_layers)
     model, ckpt = load_model(run_dir / "student.pt", "student")
     analog = ckpt["encoding"]["kind"] == "direct"
     activity = args.activity
     if activity == "auto":
-        has_emulator = (Path(__file__).parent / "loihi.py").is_file()
-        activity = "emulator" if has_emulator and not analog else "student"
+        activity = "student" if analog else "emulator"
     if activity == "emulator" and analog:
         raise EnergyError("analog ('direct') input cannot be fed to the Loihi emulator as spikes; "
                           "use --activity student")
-    source = (emulator_source(net, args.device) if activity == "emulator"
+    source = (emulator_source(in_shape, netx_layers, args.device) if activity == "emulator"
               else student_source(model, args.device))
     n, info, batches = test_batches(ckpt, args.samples, args.batch_size, args.data_dir)
     if tuple(info.in_shape) != tuple(in_shape):

@@ -27,6 +27,7 @@ Layer names: `conv<i>` / `dense<i>` with i the 1-based position among the synapt
 file (the default student: conv1, conv2, dense3, dense4 = readout); `Layer.nodes` lists the NIR nodes
 each one came from when deploy.compile wrote the file.
 """
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +96,11 @@ def lava_dense_weights(weight):
     return w, -shift
 
 
+def conv_out_size(n, k, s, p, d) -> int:
+    """Output length of a convolution along one axis (torch / netx convention)."""
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
 @dataclass
 class Layer:
     """One synaptic layer of a netx network (+ its neuron group). Shapes are (C, H, W) / (N,)."""
@@ -102,7 +108,7 @@ class Layer:
     kind: str                 # 'conv' | 'dense'
     in_shape: tuple
     out_shape: tuple
-    weight: torch.Tensor      # int64 as stored: conv (out, in, kh, kw), dense (out, in)
+    weight: torch.Tensor      # int64 as stored: conv (out, in / groups, kh, kw), dense (out, in)
     stride: tuple = (1, 1)
     padding: tuple = (0, 0)
     dilation: tuple = (1, 1)
@@ -112,8 +118,23 @@ class Layer:
     v_decay: int = 0
     vth: int = 0
     nodes: list = field(default_factory=list)
-    lava_weight: torch.Tensor = None  # what Lava's synapse multiplies with
-    weight_exp: int = 0               # dense: sum is shifted by this (netx weight exponent)
+
+    @functools.cached_property
+    def _lava(self):
+        if self.kind == "conv":
+            return self.weight, 0
+        w, exp = lava_dense_weights(self.weight.numpy())
+        return torch.from_numpy(w), exp
+
+    @property
+    def lava_weight(self) -> torch.Tensor:
+        """What Lava's synapse multiplies with (dense: after netx's and Lava's weight scaling)."""
+        return self._lava[0]
+
+    @property
+    def weight_exp(self) -> int:
+        """Dense: Lava shifts the weighted sum by this (netx weight exponent); conv: 0."""
+        return self._lava[1]
 
 
 @dataclass
@@ -128,17 +149,18 @@ class Result:
         return self.readout[:, -1].argmax(-1)
 
 
-def _scalar(group, key, path, where):
+def _value(group, key, path, where):
+    """A dataset's value; a string for byte-string datasets (netx stores `type` that way)."""
     if key not in group:
         raise NetxError(f"{path}: {where} has no field {key!r}")
-    return np.asarray(group[key][()]).reshape(-1)
+    value = group[key][()]
+    if isinstance(value, np.ndarray) and value.dtype.kind in "SO":
+        value = value.reshape(-1)[0]
+    return value.decode("ascii") if isinstance(value, bytes) else value
 
 
-def _kind(group, path, where):
-    raw = np.asarray(group["type"][()]).reshape(-1)[0] if "type" in group else None
-    if raw is None:
-        raise NetxError(f"{path}: {where} has no field 'type'")
-    return raw.decode("ascii") if isinstance(raw, bytes) else str(raw)
+def _ints(group, key, path, where) -> tuple:
+    return tuple(int(v) for v in np.asarray(_value(group, key, path, where)).reshape(-1))
 
 
 def _pair(group, key, default):
@@ -149,7 +171,7 @@ def _pair(group, key, default):
 
 
 def read_netx(path):
-    """Parse a netx HDF5 file -> (input shape, [Layer])."""
+    """Parse a netx HDF5 file -> (input shape, [Layer]); NetxError naming file and field."""
     import h5py
     path = Path(path)
     if not path.is_file():
@@ -157,74 +179,91 @@ def read_netx(path):
     try:
         f = h5py.File(path, "r")
     except OSError:
-        raise NetxError(f"{path}: not an HDF5 file") from None
+        raise NetxError(f"{path}: not a readable HDF5 file") from None
     with f:
-        if "layer" not in f:
+        if "layer" not in f or len(f["layer"]) == 0:
             raise NetxError(f"{path}: no 'layer' group (not a netx network)")
         group = f["layer"]
         in_shape, shape, layers = None, None, []
         for i in range(len(group)):
-            g, where = group[str(i)], f"layer/{i}"
-            kind = _kind(g, path, where)
+            where = f"layer/{i}"
+            if str(i) not in group:
+                raise NetxError(f"{path}: {where} missing (layers must be 0..n-1)")
+            g = group[str(i)]
+            kind = _value(g, "type", path, where)
             if kind == "input":
-                in_shape = shape = tuple(int(s) for s in _scalar(g, "shape", path, where))
+                if shape is not None:
+                    raise NetxError(f"{path}: {where} input layer is not the first layer")
                 if "neuron" in g:
                     raise NetxError(f"{path}: {where} input layer with a neuron is not supported")
+                in_shape = shape = _ints(g, "shape", path, where)
                 continue
+            if shape is None:
+                raise NetxError(f"{path}: {where} ({kind}) comes before any input layer")
+            if layers and not layers[-1].has_neuron:
+                raise NetxError(f"{path}: {where} follows {layers[-1].name}, which has no neuron "
+                                f"group and sends no spikes")
             if kind == "flatten":
                 shape = (int(np.prod(shape)),)
                 continue
             if kind not in ("conv", "dense"):
-                raise NetxError(f"{path}: {where} type {kind!r} is not supported")
-            if shape is None:
-                raise NetxError(f"{path}: {where} comes before any input layer with a shape")
-            weight = np.asarray(g["weight"][()]).astype(np.int64)
-            out_shape = tuple(int(s) for s in _scalar(g, "shape", path, where))
-            name = f"{kind}{len(layers) + 1}"
-            nodes = str(g.attrs.get("nodes", "")).split(",") if "nodes" in g.attrs else []
-            if "neuron" in g:
-                n = g["neuron"]
-                if _kind(n, path, f"{where}/neuron") not in ("CUBA", "LOIHI"):
-                    raise NetxError(f"{path}: {where}/neuron type is not CUBA")
-                neuron = {k: int(_scalar(n, k, path, f"{where}/neuron")[0])
-                          for k in ("iDecay", "vDecay", "vThMant")}
-            else:
-                if kind == "conv":
-                    raise NetxError(f"{path}: {where} conv layer without a neuron group")
-                neuron = INTEGRATOR
-            if "bias" in g:
-                raise NetxError(f"{path}: {where} has a bias (not emulated)")
-            common = dict(name=name, kind=kind, out_shape=out_shape, nodes=nodes,
-                          has_neuron="neuron" in g, i_decay=neuron["iDecay"],
-                          v_decay=neuron["vDecay"], vth=neuron["vThMant"])
-            if kind == "dense":
-                in_shape_l = (int(np.prod(shape)),)
-                weight = weight.reshape(int(np.prod(out_shape)), -1)
-                if weight.shape[1] != in_shape_l[0]:
-                    raise NetxError(f"{path}: {where} weight has {weight.shape[1]} inputs, "
-                                    f"layer gets {in_shape_l[0]}")
-                try:
-                    lava_w, exp = lava_dense_weights(weight)
-                except NetxError as e:
-                    raise NetxError(f"{path}: {where} {e}") from None
-                layer = Layer(in_shape=in_shape_l, weight=torch.from_numpy(weight),
-                              lava_weight=torch.from_numpy(lava_w), weight_exp=exp, **common)
-            else:
-                weight = weight.reshape(weight.shape[:4])
-                layer = Layer(in_shape=tuple(shape), weight=torch.from_numpy(weight),
-                              lava_weight=torch.from_numpy(weight),
-                              stride=_pair(g, "stride", (1, 1)),
-                              padding=_pair(g, "padding", (0, 0)),
-                              dilation=_pair(g, "dilation", (1, 1)),
-                              groups=int(_scalar(g, "groups", path, where)[0])
-                              if "groups" in g else 1, **common)
+                raise NetxError(f"{path}: {where} has type {kind!r}; supported: input, conv, "
+                                f"flatten, dense")
+            layer = _synaptic_layer(g, kind, shape, f"{kind}{len(layers) + 1}", path, where)
             layers.append(layer)
-            shape = out_shape
-        if in_shape is None:
-            raise NetxError(f"{path}: no input layer with a shape")
-        if not layers:
-            raise NetxError(f"{path}: no conv or dense layers")
+            shape = layer.out_shape
+    if not layers:
+        raise NetxError(f"{path}: no conv or dense layers")
     return in_shape, layers
+
+
+def _synaptic_layer(g, kind, shape, name, path, where) -> Layer:
+    if "weight" not in g:
+        raise NetxError(f"{path}: {where} has no field 'weight'")
+    if "bias" in g:
+        raise NetxError(f"{path}: {where} has a bias (not emulated)")
+    weight = np.asarray(g["weight"][()]).astype(np.int64)
+    ndim = 2 if kind == "dense" else 4
+    if weight.ndim > ndim and all(n == 1 for n in weight.shape[ndim:]):
+        weight = weight.reshape(weight.shape[:ndim])  # drop trailing unit dimensions
+    if "neuron" in g:
+        n, nwhere = g["neuron"], f"{where}/neuron"
+        if _value(n, "type", path, nwhere) not in ("CUBA", "LOIHI"):
+            raise NetxError(f"{path}: {nwhere} type is not CUBA")
+        neuron = {k: int(_ints(n, k, path, nwhere)[0]) for k in ("iDecay", "vDecay", "vThMant")}
+    elif kind == "conv":
+        raise NetxError(f"{path}: {where} conv layer without a neuron group")
+    else:
+        neuron = INTEGRATOR
+    common = dict(name=name, kind=kind, weight=torch.from_numpy(weight),
+                  nodes=str(g.attrs["nodes"]).split(",") if "nodes" in g.attrs else [],
+                  has_neuron="neuron" in g, i_decay=neuron["iDecay"], v_decay=neuron["vDecay"],
+                  vth=neuron["vThMant"])
+    stored = _ints(g, "shape", path, where) if "shape" in g else None
+    if kind == "dense":
+        n_in = int(np.prod(shape))
+        if weight.ndim != 2 or weight.shape[1] != n_in:
+            raise NetxError(f"{path}: {where} dense weight {weight.shape} does not take "
+                            f"{n_in} inputs")
+        out = (weight.shape[0],)
+        if stored is not None and int(np.prod(stored)) != out[0]:
+            raise NetxError(f"{path}: {where} stores shape {stored} for {out[0]} outputs")
+        return Layer(in_shape=(n_in,), out_shape=stored or out, **common)
+    groups = int(_ints(g, "groups", path, where)[0]) if "groups" in g else 1
+    if len(shape) != 3 or weight.ndim != 4:
+        raise NetxError(f"{path}: {where} conv needs a (C, H, W) input and a 4-d weight, got "
+                        f"{shape} and {weight.shape}")
+    if shape[0] != weight.shape[1] * groups or weight.shape[0] % groups:
+        raise NetxError(f"{path}: {where} conv weight {weight.shape} with groups={groups} does "
+                        f"not take {shape[0]} channels")
+    stride, padding, dilation = (_pair(g, "stride", (1, 1)), _pair(g, "padding", (0, 0)),
+                                 _pair(g, "dilation", (1, 1)))
+    out = (weight.shape[0], *(conv_out_size(shape[1 + a], weight.shape[2 + a], stride[a],
+                                            padding[a], dilation[a]) for a in (0, 1)))
+    if stored is not None and stored != out:
+        raise NetxError(f"{path}: {where} stores shape {stored} but its conv gives {out}")
+    return Layer(in_shape=tuple(shape), out_shape=out, stride=stride, padding=padding,
+                 dilation=dilation, groups=groups, **common)
 
 
 def _trunc_decay(x, decay):
@@ -241,7 +280,10 @@ class Emulator:
         self.device = torch.device(device)
         self._weights = []
         for layer in layers:
-            w = layer.lava_weight
+            try:
+                w = layer.lava_weight
+            except NetxError as e:
+                raise NetxError(f"{layer.name}: {e}") from None
             bound = int(w.abs().reshape(w.shape[0], -1).sum(1).max())
             # float32 sums of integers are exact below 2^24; CUDA may use TF32, so use float64
             exact32 = bound < FLOAT32_EXACT and self.device.type == "cpu"
@@ -250,7 +292,10 @@ class Emulator:
     @classmethod
     def from_netx(cls, path, device="cpu"):
         in_shape, layers = read_netx(path)
-        return cls(in_shape, layers, device)
+        try:
+            return cls(in_shape, layers, device)
+        except NetxError as e:
+            raise NetxError(f"{path}: {e}") from None
 
     def _synapse(self, i, layer, x):
         w = self._weights[i]
@@ -263,7 +308,7 @@ class Emulator:
         return a << layer.weight_exp if layer.weight_exp > 0 else a >> -layer.weight_exp
 
     @torch.no_grad()
-    def run(self, inputs, progress=False):
+    def run(self, inputs):
         """inputs (B, T, *in_shape) in {0, 1} -> Result (delay removed, see module docstring)."""
         x_all = torch.as_tensor(inputs).to(self.device)
         if tuple(x_all.shape[2:]) != self.in_shape:

@@ -68,16 +68,15 @@ def load_npy_inputs(path, labels_path):
 
 def load_dataset_inputs(dataset, encoding, data_dir, batch_size):
     """Encode the whole test split -> (N, T, C, H, W) spikes and (N,) labels."""
-    from train.data import DataError, encode, load_dataset
+    from train.data import DataError, test_batches
     try:
-        _, test, _ = load_dataset(dataset, data_dir, timesteps=int(encoding["timesteps"]))
+        n, _, batches = test_batches(dataset, encoding, data_dir, batch_size=batch_size)
+        xs, ys = [], []
+        for x, y in tqdm(batches, total=-(-n // batch_size), desc="encode", unit="batch"):
+            xs.append(x.transpose(0, 1))
+            ys.append(y)
     except DataError as e:
         raise VerifyError(str(e)) from None
-    loader = torch.utils.data.DataLoader(test, batch_size=batch_size, shuffle=False)
-    xs, ys = [], []
-    for x, y, idx in tqdm(loader, desc="encode", unit="batch"):
-        xs.append(encode(x, idx, encoding).transpose(0, 1))
-        ys.append(y)
     return torch.cat(xs), torch.cat(ys)
 
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 import nir
 from train.checkpoint import CheckpointError, atomic_write, load_model
-from train.data import DataError, encode, load_dataset
+from train.data import DataError, test_batches
 from train.layers import QuantConv2d, QuantLinear
 from train.models import SpikingCNN, SpikingResNet
 from train.neurons import LoihiCUBA
@@ -291,14 +291,9 @@ def _span(a) -> str:
 
 def sample_batches(ckpt, samples, data_dir, batch_size=32):
     """(T, B, ...) batches of the first `samples` test inputs, encoded as in training."""
-    _, test, _ = load_dataset(ckpt.get("dataset", "mnist5k"), data_dir=data_dir,
-                              timesteps=int(ckpt["encoding"]["timesteps"]))
-    n = min(samples, len(test))
-    for start in range(0, n, batch_size):
-        items = [test[i] for i in range(start, min(n, start + batch_size))]
-        x = torch.stack([it[0] for it in items])
-        idx = torch.tensor([it[2] for it in items])
-        yield encode(x, idx, ckpt["encoding"])
+    _, _, batches = test_batches(ckpt.get("dataset", "mnist5k"), ckpt["encoding"], data_dir,
+                                 samples, batch_size)
+    return (x for x, _ in batches)
 
 
 class MismatchError(RuntimeError):

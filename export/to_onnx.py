@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from train.checkpoint import CheckpointError, atomic_write, load_model
-from train.data import DataError, load_dataset
+from train.data import DataError, test_batches
 
 ATOL, RTOL = 1e-4, 1e-4
 OPSET = 17
@@ -58,10 +58,8 @@ def compare(path, model, batches) -> dict:
 
 def sample_images(dataset, samples, data_dir, batch_size=64):
     """(B, C, H, W) batches of the first `samples` test images."""
-    _, test, _ = load_dataset(dataset, data_dir=data_dir)
-    n = min(samples, len(test))
-    for start in range(0, n, batch_size):
-        yield torch.stack([test[i][0] for i in range(start, min(n, start + batch_size))])
+    _, _, batches = test_batches(dataset, None, data_dir, samples, batch_size)
+    return (x for x, _ in batches)
 
 
 def export(checkpoint, out, samples=256, data_dir="data", log=print) -> dict:

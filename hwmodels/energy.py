@@ -384,18 +384,13 @@ def write_report(report, run_dir) -> list:
 # ---- glue: run the network over the test set ---------------------------------------------------
 
 def test_batches(ckpt, samples=None, batch_size=100, data_dir="data"):
-    """(number of samples, batches), batches yielding (inputs (B, T, *in_shape), labels): the first
-    `samples` test items encoded exactly as the student was trained (train.data.encode)."""
-    from torch.utils.data import DataLoader, Subset
+    """(number of samples, info, batches), batches yielding (inputs (B, T, *in_shape), labels): the
+    first `samples` test items encoded exactly as the student was trained (train.data)."""
+    from train.data import test_batches as encoded_test_batches
 
-    from train.data import encode, load_dataset
-
-    encoding = ckpt["encoding"]
-    _, test, info = load_dataset(ckpt["dataset"], data_dir, timesteps=int(encoding["timesteps"]))
-    n = len(test) if samples is None else min(samples, len(test))
-    loader = DataLoader(Subset(test, range(n)), batch_size=batch_size, shuffle=False)
-    batches = ((encode(x, idx, encoding).transpose(0, 1), y) for x, y, idx in loader)
-    return n, info, batches
+    n, info, batches = encoded_test_batches(ckpt["dataset"], ckpt["encoding"], data_dir, samples,
+                                            batch_size)
+    return n, info, ((x.transpose(0, 1), y) for x, y in batches)
 
 
 def emulator_source(in_shape, layers, device):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 DATASETS = ("mnist5k", "digits", "cifar10", "cifar100", "cifar10-dvs")
 ENCODINGS = ("rate", "direct")
@@ -105,6 +105,19 @@ def load_dataset(name="mnist5k", data_dir="data", split_seed=0, timesteps=8):
         return _cifar(name, data_dir, split_seed, timesteps)
     loader = {"mnist5k": _mnist5k, "digits": _digits, "cifar10-dvs": _cifar10_dvs}[name]
     return loader(data_dir, split_seed, timesteps)
+
+
+def test_batches(dataset, encoding=None, data_dir="data", samples=None, batch_size=64):
+    """(n, info, batches) over the first `samples` test items (all when None): batches yield
+    (x, y) with x encoded as in training, (T, B, ...), when `encoding` is given, else the raw
+    (B, C, H, W) inputs. Export checks, deploy.verify and the energy report all read test data so.
+    """
+    timesteps = int(encoding["timesteps"]) if encoding else 8
+    _, test, info = load_dataset(dataset, data_dir, timesteps=timesteps)
+    n = len(test) if samples is None else min(samples, len(test))
+    loader = DataLoader(Subset(test, range(n)), batch_size=batch_size, shuffle=False)
+    batches = ((encode(x, idx, encoding) if encoding else x, y) for x, y, idx in loader)
+    return n, info, batches
 
 
 # ---- encodings ---------------------------------------------------------------------------------

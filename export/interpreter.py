@@ -73,10 +73,28 @@ class Stateless:
         return self.fn(x)
 
 
-class CubaLIFStep:
+class _Membrane:
+    """Shared output of the neuron steppers: with a threshold, z = v > v_threshold and
+    v <- v_reset where z, output z; without (`spiking=False`), output v."""
+
+    def _thresholds(self, node, spiking):
+        self.spiking = spiking
+        if spiking:
+            self.v_th, self.v_reset = _f32(node.v_threshold), _f32(node.v_reset)
+
+    def _output(self):
+        if not self.spiking:
+            return self.v
+        z = self.v > self.v_th
+        self.v = torch.where(z, self.v_reset.expand_as(self.v), self.v)
+        return z.to(torch.float32)
+
+
+class CubaLIFStep(_Membrane):
     """tau_syn dI/dt = -I + w_in x;  tau_mem dv/dt = (v_leak - v) + r I;  z = v > v_threshold;
     v <- v_reset where z. Euler: I = a_syn I + (dt/tau_syn) w_in x;
-    v = a_mem v + (dt/tau_mem)(v_leak + r I), with a = 1 - dt/tau. `spiking=False` gives CubaLI (no threshold, output v)."""
+    v = a_mem v + (dt/tau_mem)(v_leak + r I), with a = 1 - dt/tau. `spiking=False` gives CubaLI
+    (no threshold, output v)."""
 
     def __init__(self, node, dt, spiking=True):
         a_syn, g_syn = _leak(node.tau_syn, dt)
@@ -84,9 +102,7 @@ class CubaLIFStep:
         self.a_syn, self.g_syn = _f32(a_syn), _f32(g_syn * node.w_in)
         self.a_mem, self.g_mem = _f32(a_mem), _f32(g_mem * node.r)
         self.c_mem = _f32(g_mem * node.v_leak)
-        self.spiking = spiking
-        if spiking:
-            self.v_th, self.v_reset = _f32(node.v_threshold), _f32(node.v_reset)
+        self._thresholds(node, spiking)
 
     def reset(self, batch):
         self.i = torch.zeros(batch, *self.a_mem.shape)
@@ -95,56 +111,40 @@ class CubaLIFStep:
     def step(self, x):
         self.i = self.a_syn * self.i + self.g_syn * x
         self.v = self.a_mem * self.v + self.g_mem * self.i + self.c_mem
-        if not self.spiking:
-            return self.v
-        z = self.v > self.v_th
-        self.v = torch.where(z, self.v_reset.expand_as(self.v), self.v)
-        return z.to(torch.float32)
+        return self._output()
 
 
-class LIFStep:
+class LIFStep(_Membrane):
     """tau dv/dt = (v_leak - v) + r x;  z = v > v_threshold;  v <- v_reset where z.
     Euler: v = (1 - dt/tau) v + (dt/tau)(v_leak + r x). `spiking=False` gives LI (output v)."""
 
     def __init__(self, node, dt, spiking=True):
         a, g = _leak(node.tau, dt)
         self.a, self.g, self.c = _f32(a), _f32(g * node.r), _f32(g * node.v_leak)
-        self.spiking = spiking
-        if spiking:
-            self.v_th, self.v_reset = _f32(node.v_threshold), _f32(node.v_reset)
+        self._thresholds(node, spiking)
 
     def reset(self, batch):
         self.v = torch.zeros(batch, *self.a.shape)
 
     def step(self, x):
         self.v = self.a * self.v + self.g * x + self.c
-        if not self.spiking:
-            return self.v
-        z = self.v > self.v_th
-        self.v = torch.where(z, self.v_reset.expand_as(self.v), self.v)
-        return z.to(torch.float32)
+        return self._output()
 
 
-class IntegratorStep:
-    """dv/dt = r x (nir.I); Euler: v = v + dt r x; output v. With `threshold` (nir.IF):
+class IntegratorStep(_Membrane):
+    """dv/dt = r x (nir.I); Euler: v = v + dt r x; output v. With `spiking` (nir.IF):
     z = v > v_threshold, v <- v_reset where z, output z."""
 
     def __init__(self, node, dt, spiking=False):
         self.g = _f32(dt * np.asarray(node.r, dtype=np.float64))
-        self.spiking = spiking
-        if spiking:
-            self.v_th, self.v_reset = _f32(node.v_threshold), _f32(node.v_reset)
+        self._thresholds(node, spiking)
 
     def reset(self, batch):
         self.v = torch.zeros(batch, *self.g.shape)
 
     def step(self, x):
         self.v = self.v + self.g * x
-        if not self.spiking:
-            return self.v
-        z = self.v > self.v_th
-        self.v = torch.where(z, self.v_reset.expand_as(self.v), self.v)
-        return z.to(torch.float32)
+        return self._output()
 
 
 def _affine(node):

@@ -16,12 +16,13 @@ from torch import nn
 from tqdm import tqdm
 
 import nir
-from train.checkpoint import CheckpointError, atomic_write, load_model
+from train.checkpoint import CheckpointError, load_model
 from train.data import DataError, test_batches
 from train.layers import QuantConv2d, QuantLinear
 from train.models import SpikingCNN, SpikingResNet
 from train.neurons import LoihiCUBA
 
+from .checked import MismatchError, write_checked
 from .interpreter import DEFAULT_DT, run_graph
 
 PRODUCER = "snn-kd-loihi export.to_nir"
@@ -296,30 +297,18 @@ def sample_batches(ckpt, samples, data_dir, batch_size=32):
     return (x for x, _ in batches)
 
 
-class MismatchError(RuntimeError):
-    pass
-
-
 def export(checkpoint, out, dt=DEFAULT_DT, samples=64, data_dir="data", log=print):
     """student.pt -> student.nir; the file is put in place only when the check passes."""
     model, ckpt = load_model(checkpoint, "student")
     graph = student_to_nir(model, ckpt, dt)
     log(node_table(graph))
-    n_batches = -(-samples // 32)
-    report = {}
 
-    def write_and_check(tmp):
-        nir.write(tmp, graph)
-        batches = tqdm(sample_batches(ckpt, samples, data_dir), total=n_batches,
+    def check(tmp):
+        batches = tqdm(sample_batches(ckpt, samples, data_dir), total=-(-samples // 32),
                        desc="faithfulness", unit="batch", file=sys.stderr)
-        report.update(check_file(tmp, model, batches))
-        if not report["ok"]:
-            raise MismatchError(_summary(report))
+        return check_file(tmp, model, batches)
 
-    atomic_write(out, write_and_check)
-    log(_summary(report))
-    log(f"wrote {out}")
-    return report
+    return write_checked(out, lambda tmp: nir.write(tmp, graph), check, _summary, log)
 
 
 def _summary(r) -> str:

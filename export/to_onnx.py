@@ -17,15 +17,13 @@ import onnxruntime
 import torch
 from tqdm import tqdm
 
-from train.checkpoint import CheckpointError, atomic_write, load_model
+from train.checkpoint import CheckpointError, load_model
 from train.data import DataError, test_batches
+
+from .checked import MismatchError, write_checked
 
 ATOL, RTOL = 1e-4, 1e-4
 OPSET = 17
-
-
-class MismatchError(RuntimeError):
-    pass
 
 
 def export_onnx(model, in_shape, path):
@@ -65,20 +63,13 @@ def sample_images(dataset, samples, data_dir, batch_size=64):
 def export(checkpoint, out, samples=256, data_dir="data", log=print) -> dict:
     model, ckpt = load_model(checkpoint, "teacher")
     in_shape = tuple(model.config["in_shape"])
-    report = {}
 
-    def write_and_check(tmp):
-        export_onnx(model, in_shape, tmp)
+    def check(tmp):
         batches = tqdm(sample_images(ckpt.get("dataset", "mnist5k"), samples, data_dir),
                        total=-(-samples // 64), desc="onnx parity", unit="batch", file=sys.stderr)
-        report.update(compare(tmp, model, batches))
-        if not report["ok"]:
-            raise MismatchError(_summary(report))
+        return compare(tmp, model, batches)
 
-    atomic_write(out, write_and_check)
-    log(_summary(report))
-    log(f"wrote {out}")
-    return report
+    return write_checked(out, lambda tmp: export_onnx(model, in_shape, tmp), check, _summary, log)
 
 
 def _summary(r) -> str:

@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 from train.checkpoint import atomic_write
-from train.losses import METHODS, TeacherOutput, add_method_args, build_loss
+from train.distill import teacher_output
+from train.losses import METHODS, add_method_args, build_loss
 from train.models import SmallCNN, SpikingCNN
 from train.ratebp import autograd_saved_bytes, rate_forward
 
@@ -103,11 +104,8 @@ def method_step(name, args, x, y):
     opt = torch.optim.Adam(list(student.parameters()) + list(loss_fn.parameters()), lr=1e-3)
 
     def step():
-        t_out = None
-        if loss_fn.needs_teacher:
-            with torch.no_grad():
-                logits, feats = teacher(x[0], return_features=True)  # one frame, as distill
-            t_out = TeacherOutput(logits, feats, teacher.fc.weight)
+        # the teacher sees one frame per sample, as distill feeds it one image
+        t_out = teacher_output(teacher, x[0]) if loss_fn.needs_teacher else None
         loss, _ = loss_fn(student(x), y, t_out)
         opt.zero_grad(set_to_none=True)
         loss.backward()

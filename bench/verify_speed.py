@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from deploy.compile import CompileError, compile_graph  # noqa: E402
 from deploy.verify import compare  # noqa: E402
 from hwmodels.loihi import Emulator, NetxError  # noqa: E402
+from train.checkpoint import atomic_write  # noqa: E402
 
 
 def main(argv=None):
@@ -68,7 +69,7 @@ def main(argv=None):
               "lava_samples_per_s": lava_rate, "speedup": emu_rate / lava_rate,
               "mismatched_samples": mismatched}
     out = Path(args.out) if args.out else net.parent / "verify_speed.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
     print(f"emulator {emu_rate:.1f} samples/s, lava {lava_rate:.2f} samples/s "
           f"(incl. start-up), speedup {emu_rate / lava_rate:.0f}x, bit-exact mismatches "
           f"{mismatched}/{n}; wrote {out}")

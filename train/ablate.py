@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from . import distill
+from .checkpoint import atomic_write
 from .losses import METHODS
 
 VARIANTS = {
@@ -124,7 +125,7 @@ def write_markdown(path, report):
     teachers = ", ".join(f"{100 * a:.2f}" for a in report["teacher_accs"].values() if a is not None)
     lines += ["", f"Teacher accuracy per seed (%): {teachers or 'n/a'}", "",
               f"Command: `{report['command']}`", ""]
-    path.write_text("\n".join(lines))
+    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines)))
 
 
 def main(argv=None):
@@ -157,7 +158,8 @@ def main(argv=None):
         "wall_time_s": time.time() - start,
         "environment": environment(),
     }
-    (out / "ablation.json").write_text(json.dumps(report, indent=2))
+    atomic_write(out / "ablation.json",
+                 lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     write_markdown(out / "ablation.md", report)
     print(f"ablation: wrote {out / 'ablation.json'} and {out / 'ablation.md'}")
     return 0

@@ -26,6 +26,7 @@ from .checkpoint import CheckpointError, atomic_write, load_checkpoint, load_mod
 from .data import DATASETS, ENCODINGS, DataError, encode, load_dataset, random_shift
 from .losses import METHODS, TeacherOutput, add_method_args, build_loss
 from .models import build_model, default_arch
+from .ratebp import rate_forward
 
 
 def parse_args(argv=None):
@@ -221,7 +222,6 @@ class RateForward(torch.nn.Module):
         self.student = student
 
     def forward(self, x):
-        from .ratebp import rate_forward
         return rate_forward(self.student, x)
 
 

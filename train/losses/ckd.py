@@ -12,11 +12,22 @@ from .fkd import resize_to
 TAU = 2.0  # temperature of both SAMD and NLD in the paper and the code
 
 
+SAM_EPS = 1e-3  # the reference's eps for the batch-global min-max of spike and fc-CAM maps
+
+
 def min_max(maps, eps=1e-8):
-    """Per-sample min-max normalisation of maps (B, H, W) to [0, 1]."""
+    """Per-sample min-max normalisation of maps (B, H, W): (m - min_b) / (max_b - min_b + eps)."""
     flat = maps.flatten(1)
     lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
     return ((flat - lo) / (hi - lo + eps)).view_as(maps)
+
+
+def batch_min_max(maps, eps=SAM_EPS):
+    """Batch-global min-max (the reference code's SAM and fc-CAM): (m - min) / (max - min + eps)
+    with min and max over the whole batch, so one flat (all-zero) map among others is scaled by
+    at most 1 / (max - min) and not by 1 / eps."""
+    lo, hi = maps.min(), maps.max()
+    return (maps - lo) / (hi - lo + eps)
 
 
 def fc_cam(features, fc_weight, cls):
@@ -39,18 +50,33 @@ def grad_cam(features, head, cls):
 
 
 def samd_loss(cam, sam, tau=TAU):
-    """KL(softmax(CAM/tau) || softmax(SAM/tau)) over H*W, batch mean; both maps min-max normalised.
+    """KL(softmax(CAM/tau) || softmax(SAM'/tau)) over H*W, batch mean.
 
-    The student map is resized to the teacher's H x W first when the sizes differ.
+    cam: the teacher map, already normalised to [0, 1]. sam: the raw student map (spike counts),
+    resized to the teacher's H x W when the sizes differ, then batch-global min-max normalised
+    (eps 1e-3) as in the reference. When the whole batch's maps are flat (no spike anywhere at
+    that stage) the map carries nothing to align and the normalisation would scale gradients by
+    1 / eps: the term is then multiplied by 0 (kept in the graph, value 0).
     """
     sam = resize_to(sam.unsqueeze(1), cam.shape[-2:]).squeeze(1)
-    p = F.softmax(min_max(cam).flatten(1) / tau, dim=1)
-    log_q = F.log_softmax(min_max(sam).flatten(1) / tau, dim=1)
-    return F.kl_div(log_q, p, reduction="batchmean")
+    p = F.softmax(cam.flatten(1) / tau, dim=1)
+    log_q = F.log_softmax(batch_min_max(sam).flatten(1) / tau, dim=1)
+    kl = F.kl_div(log_q, p, reduction="batchmean")
+    flat = bool(sam.max() <= sam.min())
+    return kl * 0.0 if flat else kl
 
 
-def gaussian_like(z):
-    """n ~ N(mean_k(z), std_k(z)^2) per sample (statistics detached: the noise is a constant)."""
+def gaussian_like(z, mode="paper"):
+    """Per-sample noise shaped by the logits' statistics over classes (mean mu, std sd):
+
+    paper: n = mu + sd * eps,   i.e. n ~ N(mu, sd^2), statistics detached (the noise is a constant);
+    code:  n = mu + sd^2 * eps, the reference's generate_gaussian_noise (scale std^2, not std),
+           statistics not detached, as there.
+    eps ~ N(0, 1) elementwise.
+    """
+    if mode == "code":
+        mu, sd = z.mean(1, keepdim=True), z.std(1, keepdim=True)
+        return mu + sd ** 2 * torch.randn_like(z)
     mu = z.detach().mean(1, keepdim=True)
     sd = z.detach().std(1, keepdim=True)
     return mu + sd * torch.randn_like(z)
@@ -88,12 +114,13 @@ class CKDSNN(DistillLoss):
 
     SAMD = KL(softmax(CAM/2) || softmax(SAM/2)) over H*W, with
       CAM: teacher map at its last stage for its predicted class c, either fc-weight CAM
-           ReLU(sum_d W_fc[c, d] F[d]) (the code) or Grad-CAM (the paper; for a global-pool + fc
-           head it equals the fc CAM divided by H*W, so both give the same normalised map);
-      SAM: sum over T and channels of the student's last spatial spike maps;
-      both min-max normalised per sample.
-    NLD = 4 KL(softmax(p/2) || q), q from z = mean_t z_t and n ~ N(mean_k z, std_k z^2)
-          (see nld_loss).
+           ReLU(sum_d W_fc[c, d] F[d]) (the code; min-max over the batch, eps 1e-3) or Grad-CAM
+           (the paper; for a global-pool + fc head it equals the fc CAM divided by H*W; min-max
+           per sample, eps 1e-8, as the reference's Grad-CAM path);
+      SAM: sum over T and channels of the student's last spatial spike maps, min-max over the
+           batch with eps 1e-3 (the reference's getForwardCAM); a batch of flat maps adds 0.
+    NLD = 4 KL(softmax(p/2) || q), q from z = mean_t z_t and noise n (see gaussian_like and
+          nld_loss: paper mode n ~ N(mean_k z, std_k z^2), code mode scale std_k z^2).
     """
 
     def __init__(self, head, cam="gradcam", samd=True, nld=True, nld_mode="paper", nld_lambda=0.1,
@@ -126,11 +153,13 @@ class CKDSNN(DistillLoss):
                    args.nld_lambda, args.samd_weight, args.nld_weight)
 
     def teacher_cam(self, teacher_out):
+        """The teacher map normalised to [0, 1] as the reference does it: the fc CAM batch-global
+        (eps 1e-3), Grad-CAM per sample (eps 1e-8)."""
         feats = teacher_out.features[-1].detach()
         cls = teacher_out.logits.argmax(1)
         if self.cam == "fc":
-            return fc_cam(feats, teacher_out.fc_weight.detach(), cls)
-        return grad_cam(feats, self.head, cls)
+            return batch_min_max(fc_cam(feats, teacher_out.fc_weight.detach(), cls))
+        return min_max(grad_cam(feats, self.head, cls))
 
     def forward(self, out, y, teacher_out):
         z = out.logits
@@ -141,9 +170,10 @@ class CKDSNN(DistillLoss):
             samd = samd_loss(self.teacher_cam(teacher_out), sam)
             loss = loss + self.samd_weight * samd
             parts["samd"] = samd.item()
+            parts["samd_flat"] = float(sam.max() <= sam.min())  # batches with no spike there
         if self.nld:
-            nld = nld_loss(teacher_out.logits.detach(), z, gaussian_like(z), self.nld_mode,
-                           self.nld_lambda)
+            noise = gaussian_like(z, self.nld_mode)
+            nld = nld_loss(teacher_out.logits.detach(), z, noise, self.nld_mode, self.nld_lambda)
             loss = loss + self.nld_weight * nld
             parts["nld"] = nld.item()
         return loss, parts

@@ -1,31 +1,37 @@
-"""Batched torch emulator of Lava's fixed-point (Loihi) arithmetic for netx networks.
+"""A compiled Loihi network (one description for compile, emulator, Lava and energy) and a
+batched torch emulator of Lava's fixed-point arithmetic on it.
+
+A `Net` is a graph of neuron groups (`Neurons`: one Lava LIF process each) joined by synaptic
+connections (`Synapses`: one Lava Dense or Conv process each). A group sums the currents of all its
+incoming connections; a connection may start at the network input, at any group (fan-out), and may
+be recurrent (a group onto itself). docs/loihi_net.md describes the file layout (`net/` group of an
+HDF5 file, next to a netx `layer/` chain when netx can express the network).
 
 Pure torch + h5py (no Lava import), so it runs on any Python / torch and on CUDA. It reproduces
 lava-nc 0.10.0 `PyLifModelBitAcc`, `PyDenseModelBitAcc`, `PyConvModelFixed` and lava-dl 0.6.0
-netx (`hdf5.Network`, `utils.optimize_weight_bits`) bit for bit; tests/test_loihi_emulator.py
-checks every spike and the readout state against Lava.
+netx (`utils.optimize_weight_bits`) bit for bit; tests check every spike against Lava.
 
-Per layer and step (all integers; x = the previous layer's spikes at the same step):
+Per group and step (all integers; a = summed input of all incoming connections):
 
-    conv:   a = wrap24(conv2d(x, W))                       wrap24(z) = (z + 2^23) mod 2^24 - 2^23
-    dense:  a = (x . W_lava) >> -e  (<< e if e > 0)        W_lava, e: netx optimize_weight_bits,
+    conv:   a_c = wrap24(conv2d(x, W))                     wrap24(z) = (z + 2^23) mod 2^24 - 2^23
+    dense:  a_c = (x . W_lava) >> -e  (<< e if e > 0)      W_lava, e: netx optimize_weight_bits,
                                                            then Lava's clip and LSB truncation
     neuron: u = trunc(u (4096 - iDecay) / 4096) + (a << 6), then one wrap: u - 2^24 if u > 2^23,
             u + 2^24 if u <= -2^23 (Lava subtracts once; it is not a modulo)
-            v = clip(trunc(v (4096 - vDecay) / 4096) + u, -(2^23 - 1), 2^23 - 1)
+            v = clip(trunc(v (4096 - vDecay) / 4096) + u + (bias << 6), -(2^23 - 1), 2^23 - 1)
             s = v > vThMant << 6;   v = 0 where s          (u is not reset)
 
-A dense layer without a `neuron` group is netx's non-leaky integrator: iDecay 0, vDecay 4096,
-vThMant 1 << 17, so u accumulates, v = u (clipped) and it never spikes.
+A group with vThMant = 1 << 17 never spikes (v is clipped below 2^23): netx's non-leaky integrator
+(iDecay 0, vDecay 4096: u accumulates, v = u) is such a group, used as the readout.
 
-Time: Lava's synapses send at step t what they received at t-1, so layer l (1-based) of a netx
-network sees the input l steps late. The emulator removes that delay: its spikes and readout are
-aligned with the input steps, as the float student computes them (states start at zero, and
-nothing happens before the first input arrives, so the shift is exact).
+Time: the emulator runs in the float model's time, with no synaptic delay: a group sees its
+feed-forward inputs of the same step, and a recurrent connection delivers the spikes of the
+previous step. Lava delays every synapse by one step; deploy.compile inserts relay groups so
+that every feed-forward path into a group has the same length, so Lava's output of a group at
+depth d (synapses on its path from the input) is the emulator's output d steps later.
 
-Layer names: `conv<i>` / `dense<i>` with i the 1-based position among the synaptic layers of the
-file (the default student: conv1, conv2, dense3, dense4 = readout); `Layer.nodes` lists the NIR nodes
-each one came from when deploy.compile wrote the file.
+Readout (`Net.readout`): 'state' scores a sample by the output group's final v, 'spikes' by its
+spike counts over the run; the prediction is the argmax of the score (first index on ties).
 """
 import functools
 from dataclasses import dataclass, field
@@ -40,12 +46,13 @@ STATE_MAX = 1 << 23          # u, v are 24-bit signed
 VTH_MAX = (1 << 17) - 1      # vThMant is 17-bit unsigned
 ACT_SHIFT = VTH_SHIFT = 6    # a_in and vth are MSB-aligned by 6 bits
 # netx's default neuron for a dense layer without one; netx writes `1 << 18 - 1`, i.e. 1 << 17
-INTEGRATOR = {"iDecay": 0, "vDecay": DECAY_UNITY, "vThMant": 1 << 17}
+NEVER_SPIKES = 1 << 17       # vThMant of a group that never spikes (v < 2^23 = (1 << 17) << 6)
+INTEGRATOR = {"iDecay": 0, "vDecay": DECAY_UNITY, "vThMant": NEVER_SPIKES}
 FLOAT32_EXACT = 1 << 24      # integer sums below this are exact in float32
 
 
 class NetxError(ValueError):
-    """A netx file the emulator cannot read; the message names the file and field."""
+    """A network (file) that cannot be read or run; the message names the file and field."""
 
 
 def lava_dense_weights(weight):
@@ -101,33 +108,58 @@ def conv_out_size(n, k, s, p, d) -> int:
     return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+FORMAT, VERSION = "snn-kd-loihi/loihi-net", 1
+
+
 @dataclass
-class Layer:
-    """One synaptic layer of a netx network (+ its neuron group). Shapes are (C, H, W) / (N,)."""
+class Neurons:
+    """A group of Loihi CUBA neurons (one Lava LIF process); equations in the module docstring."""
     name: str
+    shape: tuple              # (C, H, W) or (N,)
+    i_decay: int              # iDecay: current lost per step, out of 4096
+    v_decay: int              # vDecay: voltage lost per step, out of 4096
+    vth: int                  # vThMant; NEVER_SPIKES for a readout that only integrates
+    bias: np.ndarray = None   # bias_mant per neuron (int64, shape), bias_exp 6: v += bias << 6
+    role: str = "neuron"      # 'neuron' | 'relay' (delay alignment) | 'readout'
+    nodes: list = field(default_factory=list)  # NIR nodes it came from
+
+    @property
+    def spiking(self) -> bool:
+        return self.vth < NEVER_SPIKES
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass
+class Synapses:
+    """A synaptic connection src -> dst (one Lava Dense or Conv process).
+
+    src is 'input' or a group name. Dense weights are (dst size, src size) over the source
+    flattened in (C, H, W) order; conv weights (out, in / groups, kh, kw) as in torch.
+    A recurrent connection delivers the source's spikes of the previous step.
+    """
+    name: str
+    src: str
+    dst: str
     kind: str                 # 'conv' | 'dense'
-    in_shape: tuple
-    out_shape: tuple
-    weight: torch.Tensor      # int64 as stored: conv (out, in / groups, kh, kw), dense (out, in)
+    weight: np.ndarray        # int64
     stride: tuple = (1, 1)
     padding: tuple = (0, 0)
     dilation: tuple = (1, 1)
     groups: int = 1
-    has_neuron: bool = True   # False: netx's non-leaky integrator (readout)
-    i_decay: int = 0
-    v_decay: int = 0
-    vth: int = 0
+    recurrent: bool = False
     nodes: list = field(default_factory=list)
 
     @functools.cached_property
     def _lava(self):
         if self.kind == "conv":
             return self.weight, 0
-        w, exp = lava_dense_weights(self.weight.numpy())
-        return torch.from_numpy(w), exp
+        return lava_dense_weights(self.weight)
 
     @property
-    def lava_weight(self) -> torch.Tensor:
+    def lava_weight(self) -> np.ndarray:
         """What Lava's synapse multiplies with (dense: after netx's and Lava's weight scaling)."""
         return self._lava[0]
 
@@ -136,18 +168,191 @@ class Layer:
         """Dense: Lava shifts the weighted sum by this (netx weight exponent); conv: 0."""
         return self._lava[1]
 
+    def out_shape(self, in_shape) -> tuple:
+        if self.kind == "dense":
+            return (self.weight.shape[0],)
+        return (self.weight.shape[0], *(conv_out_size(in_shape[1 + a], self.weight.shape[2 + a],
+                                                      self.stride[a], self.padding[a],
+                                                      self.dilation[a]) for a in (0, 1)))
+
 
 @dataclass
-class Result:
-    spikes: dict              # layer name -> (B, T, *out_shape) bool (spiking layers only)
-    readout: torch.Tensor     # (B, T, K) int64: v of the last layer
-    readout_u: torch.Tensor   # (B, T, K) int64: u of the last layer
-    layers: list
+class Net:
+    """Neuron groups in topological order (feed-forward connections go forward) and connections."""
+    in_shape: tuple
+    neurons: list
+    synapses: list
+    readout: str = "state"    # 'state' | 'spikes'
+    output: str = None        # name of the output group (default: the last)
+    attrs: dict = field(default_factory=dict)   # producer, timesteps, dt, ...
 
-    @property
-    def predictions(self):
-        return self.readout[:, -1].argmax(-1)
+    def __post_init__(self):
+        self.in_shape = tuple(int(s) for s in self.in_shape)
+        self.output = self.output or self.neurons[-1].name
 
+    def group(self, name) -> Neurons:
+        return next(g for g in self.neurons if g.name == name)
+
+    def shape_of(self, name) -> tuple:
+        return self.in_shape if name == "input" else self.group(name).shape
+
+    def incoming(self, name) -> list:
+        return [s for s in self.synapses if s.dst == name]
+
+    def depths(self) -> dict:
+        """Synapses on the longest feed-forward path from the input to each group (input: 0)."""
+        depth = {"input": 0}
+        for g in self.neurons:
+            depth[g.name] = 1 + max(depth[s.src] for s in self.incoming(g.name) if not s.recurrent)
+        return depth
+
+    def chain(self) -> bool:
+        """True when netx's layer list can express the net: each group fed by the one before it
+        (the first by the input), plus at most a dense recurrent connection onto itself."""
+        prev = "input"
+        for g in self.neurons:
+            ff = [s for s in self.incoming(g.name) if not s.recurrent]
+            rec = [s for s in self.incoming(g.name) if s.recurrent]
+            if len(ff) != 1 or ff[0].src != prev or len(rec) > 1 or \
+                    any(r.kind != "dense" for r in rec):
+                return False
+            prev = g.name
+        return self.output == prev and all(g.spiking for g in self.neurons[:-1])
+
+    def check(self, where="net"):
+        """Raise NetxError naming the group or connection that does not fit together."""
+        names = [g.name for g in self.neurons]
+        if len(set(names)) != len(names) or "input" in names:
+            raise NetxError(f"{where}: group names must be unique and not 'input'")
+        if self.readout not in ("state", "spikes"):
+            raise NetxError(f"{where}: readout {self.readout!r} (expected 'state' or 'spikes')")
+        if self.output not in names:
+            raise NetxError(f"{where}: output group {self.output!r} does not exist")
+        seen = {"input"}
+        for g in self.neurons:
+            if g.bias is not None and tuple(np.shape(g.bias)) != tuple(g.shape):
+                raise NetxError(f"{where}: group {g.name!r} bias shape {np.shape(g.bias)} is not "
+                                f"{g.shape}")
+            inputs = self.incoming(g.name)
+            if not any(not s.recurrent for s in inputs):
+                raise NetxError(f"{where}: group {g.name!r} has no feed-forward input")
+            for s in inputs:
+                if s.src not in seen and not (s.recurrent and s.src in names):
+                    raise NetxError(f"{where}: connection {s.name!r} from {s.src!r} to "
+                                    f"{g.name!r} goes backwards (mark it recurrent or reorder)")
+                src_shape = self.shape_of(s.src)
+                if s.kind == "dense":
+                    want = (g.size, int(np.prod(src_shape)))
+                    if tuple(s.weight.shape) != want:
+                        raise NetxError(f"{where}: connection {s.name!r} dense weight "
+                                        f"{tuple(s.weight.shape)}, expected {want}")
+                elif s.kind == "conv":
+                    if len(src_shape) != 3 or s.weight.ndim != 4 or \
+                            src_shape[0] != s.weight.shape[1] * s.groups:
+                        raise NetxError(f"{where}: connection {s.name!r} conv weight "
+                                        f"{tuple(s.weight.shape)} does not take {src_shape}")
+                    if s.out_shape(src_shape) != tuple(g.shape):
+                        raise NetxError(f"{where}: connection {s.name!r} gives "
+                                        f"{s.out_shape(src_shape)}, group {g.name!r} is {g.shape}")
+                else:
+                    raise NetxError(f"{where}: connection {s.name!r} kind {s.kind!r}")
+            seen.add(g.name)
+        for s in self.synapses:
+            if s.dst not in names:
+                raise NetxError(f"{where}: connection {s.name!r} ends at unknown group {s.dst!r}")
+        return self
+
+
+# ---- file: the `net/` group of an HDF5 file (docs/loihi_net.md) ---------------------------------
+
+def save_net(f, net):
+    """Write `net` into an open h5py.File (group `net/`, file attrs format/version/attrs)."""
+    f.attrs["format"], f.attrs["version"] = FORMAT, VERSION
+    for key, value in net.attrs.items():
+        f.attrs[key] = value
+    root = f.create_group("net")
+    root.attrs["readout"], root.attrs["output"] = net.readout, net.output
+    root.create_dataset("input_shape", data=np.array(net.in_shape, dtype=np.int64))
+    for i, g in enumerate(net.neurons):
+        h = root.create_group(f"neurons/{i}")
+        h.attrs.update(name=g.name, role=g.role, nodes=",".join(g.nodes))
+        h.create_dataset("shape", data=np.array(g.shape, dtype=np.int64))
+        for key, value in (("iDecay", g.i_decay), ("vDecay", g.v_decay), ("vThMant", g.vth)):
+            h.create_dataset(key, data=np.int64(value))
+        if g.bias is not None:
+            h.create_dataset("bias", data=np.asarray(g.bias, dtype=np.int64))
+    for i, s in enumerate(net.synapses):
+        h = root.create_group(f"synapses/{i}")
+        h.attrs.update(name=s.name, src=s.src, dst=s.dst, kind=s.kind, recurrent=bool(s.recurrent),
+                       nodes=",".join(s.nodes))
+        h.create_dataset("weight", data=np.asarray(s.weight, dtype=np.int64))
+        if s.kind == "conv":
+            for key in ("stride", "padding", "dilation"):
+                h.create_dataset(key, data=np.array(getattr(s, key), dtype=np.int64))
+            h.create_dataset("groups", data=np.int64(s.groups))
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _nodes(attrs) -> list:
+    text = _text(attrs.get("nodes", ""))
+    return text.split(",") if text else []
+
+
+def _load_net(f, path) -> Net:
+    root = f["net"]
+    try:
+        neurons = []
+        for i in range(len(root["neurons"])):
+            h = root[f"neurons/{i}"]
+            neurons.append(Neurons(
+                name=_text(h.attrs["name"]), shape=tuple(int(v) for v in h["shape"][()]),
+                i_decay=int(h["iDecay"][()]), v_decay=int(h["vDecay"][()]),
+                vth=int(h["vThMant"][()]),
+                bias=np.asarray(h["bias"][()], dtype=np.int64) if "bias" in h else None,
+                role=_text(h.attrs.get("role", "neuron")), nodes=_nodes(h.attrs)))
+        synapses = []
+        count = len(root["synapses"]) if "synapses" in root else 0
+        for i in range(count):
+            h = root[f"synapses/{i}"]
+            conv = {key: tuple(int(v) for v in h[key][()]) for key in
+                    ("stride", "padding", "dilation") if key in h}
+            synapses.append(Synapses(
+                name=_text(h.attrs["name"]), src=_text(h.attrs["src"]), dst=_text(h.attrs["dst"]),
+                kind=_text(h.attrs["kind"]), weight=np.asarray(h["weight"][()], dtype=np.int64),
+                groups=int(h["groups"][()]) if "groups" in h else 1,
+                recurrent=bool(h.attrs.get("recurrent", False)), nodes=_nodes(h.attrs), **conv))
+        attrs = {k: (_text(v) if isinstance(v, (bytes, str)) else v.item() if hasattr(v, "item")
+                     else v) for k, v in f.attrs.items() if k not in ("format", "version")}
+        net = Net(in_shape=tuple(int(v) for v in root["input_shape"][()]), neurons=neurons,
+                  synapses=synapses, readout=_text(root.attrs["readout"]),
+                  output=_text(root.attrs["output"]), attrs=attrs)
+    except (KeyError, ValueError, TypeError) as e:
+        raise NetxError(f"{path}: malformed net/ group ({type(e).__name__}: {e})") from None
+    return net.check(str(path))
+
+
+def read_net(path) -> Net:
+    """A compiled network: our `net/` layout, or a plain lava-dl netx chain (`layer/`)."""
+    import h5py
+    path = Path(path)
+    if not path.is_file():
+        raise NetxError(f"{path}: network file not found")
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise NetxError(f"{path}: not a readable HDF5 file") from None
+    with f:
+        if "net" in f:
+            return _load_net(f, path)
+        if "layer" in f and len(f["layer"]):
+            return _netx_chain(f["layer"], path)
+    raise NetxError(f"{path}: neither a 'net' nor a netx 'layer' group")
+
+
+# ---- plain netx chains (files written by lava-dl) ----------------------------------------------
 
 def _value(group, key, path, where):
     """A dataset's value; a string for byte-string datasets (netx stores `type` that way)."""
@@ -170,100 +375,114 @@ def _pair(group, key, default):
     return (int(a[0]), int(a[0])) if a.size == 1 else (int(a[0]), int(a[1]))
 
 
-def read_netx(path):
-    """Parse a netx HDF5 file -> (input shape, [Layer]); NetxError naming file and field."""
-    import h5py
-    path = Path(path)
-    if not path.is_file():
-        raise NetxError(f"{path}: netx file not found")
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise NetxError(f"{path}: not a readable HDF5 file") from None
-    with f:
-        if "layer" not in f or len(f["layer"]) == 0:
-            raise NetxError(f"{path}: no 'layer' group (not a netx network)")
-        group = f["layer"]
-        in_shape, shape, layers = None, None, []
-        for i in range(len(group)):
-            where = f"layer/{i}"
-            if str(i) not in group:
-                raise NetxError(f"{path}: {where} missing (layers must be 0..n-1)")
-            g = group[str(i)]
-            kind = _value(g, "type", path, where)
-            if kind == "input":
-                if shape is not None:
-                    raise NetxError(f"{path}: {where} input layer is not the first layer")
-                if "neuron" in g:
-                    raise NetxError(f"{path}: {where} input layer with a neuron is not supported")
-                in_shape = shape = _ints(g, "shape", path, where)
-                continue
-            if shape is None:
-                raise NetxError(f"{path}: {where} ({kind}) comes before any input layer")
-            if layers and not layers[-1].has_neuron:
-                raise NetxError(f"{path}: {where} follows {layers[-1].name}, which has no neuron "
-                                f"group and sends no spikes")
-            if kind == "flatten":
-                shape = (int(np.prod(shape)),)
-                continue
-            if kind not in ("conv", "dense"):
-                raise NetxError(f"{path}: {where} has type {kind!r}; supported: input, conv, "
-                                f"flatten, dense")
-            layer = _synaptic_layer(g, kind, shape, f"{kind}{len(layers) + 1}", path, where)
-            layers.append(layer)
-            shape = layer.out_shape
-    if not layers:
+def _netx_chain(group, path) -> Net:
+    """netx `layer/0..n-1` (input, conv, flatten, dense, dense_rec) -> Net."""
+    in_shape, shape, prev, neurons, synapses = None, None, "input", [], []
+    for i in range(len(group)):
+        where = f"layer/{i}"
+        if str(i) not in group:
+            raise NetxError(f"{path}: {where} missing (layers must be 0..n-1)")
+        g = group[str(i)]
+        kind = _value(g, "type", path, where)
+        if kind == "input":
+            if shape is not None:
+                raise NetxError(f"{path}: {where} input layer is not the first layer")
+            if "neuron" in g:
+                raise NetxError(f"{path}: {where} input layer with a neuron is not supported")
+            in_shape = shape = _ints(g, "shape", path, where)
+            continue
+        if shape is None:
+            raise NetxError(f"{path}: {where} ({kind}) comes before any input layer")
+        if neurons and not neurons[-1].spiking:
+            raise NetxError(f"{path}: {where} follows {neurons[-1].name}, which has no neuron "
+                            f"group and sends no spikes")
+        if kind == "flatten":
+            shape = (int(np.prod(shape)),)
+            continue
+        if kind not in ("conv", "dense", "dense_rec"):
+            raise NetxError(f"{path}: {where} has type {kind!r}; supported: input, conv, "
+                            f"flatten, dense, dense_rec")
+        name = f"{kind.split('_')[0]}{len(neurons) + 1}"
+        group_, syn = _netx_layer(g, kind, shape, name, prev, path, where)
+        neurons.append(group_)
+        synapses += syn
+        shape, prev = group_.shape, name
+    if not neurons:
         raise NetxError(f"{path}: no conv or dense layers")
-    return in_shape, layers
+    return Net(in_shape=in_shape, neurons=neurons, synapses=synapses).check(str(path))
 
 
-def _synaptic_layer(g, kind, shape, name, path, where) -> Layer:
+def _netx_layer(g, kind, shape, name, prev, path, where):
     if "weight" not in g:
         raise NetxError(f"{path}: {where} has no field 'weight'")
-    if "bias" in g:
-        raise NetxError(f"{path}: {where} has a bias (not emulated)")
     weight = np.asarray(g["weight"][()]).astype(np.int64)
-    ndim = 2 if kind == "dense" else 4
+    ndim = 4 if kind == "conv" else 2
     if weight.ndim > ndim and all(n == 1 for n in weight.shape[ndim:]):
         weight = weight.reshape(weight.shape[:ndim])  # drop trailing unit dimensions
     if "neuron" in g:
         n, nwhere = g["neuron"], f"{where}/neuron"
         if _value(n, "type", path, nwhere) not in ("CUBA", "LOIHI"):
             raise NetxError(f"{path}: {nwhere} type is not CUBA")
-        neuron = {k: int(_ints(n, k, path, nwhere)[0]) for k in ("iDecay", "vDecay", "vThMant")}
+        params = {k: int(_ints(n, k, path, nwhere)[0]) for k in ("iDecay", "vDecay", "vThMant")}
     elif kind == "conv":
         raise NetxError(f"{path}: {where} conv layer without a neuron group")
     else:
-        neuron = INTEGRATOR
-    common = dict(name=name, kind=kind, weight=torch.from_numpy(weight),
-                  nodes=str(g.attrs["nodes"]).split(",") if "nodes" in g.attrs else [],
-                  has_neuron="neuron" in g, i_decay=neuron["iDecay"], v_decay=neuron["vDecay"],
-                  vth=neuron["vThMant"])
-    stored = _ints(g, "shape", path, where) if "shape" in g else None
-    if kind == "dense":
-        n_in = int(np.prod(shape))
-        if weight.ndim != 2 or weight.shape[1] != n_in:
+        params = INTEGRATOR
+    nodes = _nodes(g.attrs)
+    if kind == "conv":
+        groups = int(_ints(g, "groups", path, where)[0]) if "groups" in g else 1
+        syn = Synapses(name=f"{name}.w", src=prev, dst=name, kind="conv", weight=weight,
+                       stride=_pair(g, "stride", (1, 1)), padding=_pair(g, "padding", (0, 0)),
+                       dilation=_pair(g, "dilation", (1, 1)), groups=groups, nodes=nodes)
+        if len(shape) != 3 or weight.ndim != 4 or shape[0] != weight.shape[1] * groups:
+            raise NetxError(f"{path}: {where} conv weight {weight.shape} with groups={groups} "
+                            f"does not take {shape}")
+        out = syn.out_shape(shape)
+    else:
+        syn = Synapses(name=f"{name}.w", src=prev, dst=name, kind="dense", weight=weight,
+                       nodes=nodes)
+        if weight.ndim != 2 or weight.shape[1] != int(np.prod(shape)):
             raise NetxError(f"{path}: {where} dense weight {weight.shape} does not take "
-                            f"{n_in} inputs")
+                            f"{int(np.prod(shape))} inputs")
         out = (weight.shape[0],)
-        if stored is not None and int(np.prod(stored)) != out[0]:
-            raise NetxError(f"{path}: {where} stores shape {stored} for {out[0]} outputs")
-        return Layer(in_shape=(n_in,), out_shape=stored or out, **common)
-    groups = int(_ints(g, "groups", path, where)[0]) if "groups" in g else 1
-    if len(shape) != 3 or weight.ndim != 4:
-        raise NetxError(f"{path}: {where} conv needs a (C, H, W) input and a 4-d weight, got "
-                        f"{shape} and {weight.shape}")
-    if shape[0] != weight.shape[1] * groups or weight.shape[0] % groups:
-        raise NetxError(f"{path}: {where} conv weight {weight.shape} with groups={groups} does "
-                        f"not take {shape[0]} channels")
-    stride, padding, dilation = (_pair(g, "stride", (1, 1)), _pair(g, "padding", (0, 0)),
-                                 _pair(g, "dilation", (1, 1)))
-    out = (weight.shape[0], *(conv_out_size(shape[1 + a], weight.shape[2 + a], stride[a],
-                                            padding[a], dilation[a]) for a in (0, 1)))
-    if stored is not None and stored != out:
-        raise NetxError(f"{path}: {where} stores shape {stored} but its conv gives {out}")
-    return Layer(in_shape=tuple(shape), out_shape=out, stride=stride, padding=padding,
-                 dilation=dilation, groups=groups, **common)
+    stored = _ints(g, "shape", path, where) if "shape" in g else None
+    if stored is not None and int(np.prod(stored)) != int(np.prod(out)):
+        raise NetxError(f"{path}: {where} stores shape {stored} but its weights give {out}")
+    syns = [syn]
+    if kind == "dense_rec":
+        rec = np.asarray(g["weight_rec"][()]).astype(np.int64) if "weight_rec" in g else None
+        if rec is None or rec.shape != (out[0], out[0]):
+            raise NetxError(f"{path}: {where} dense_rec needs weight_rec of shape {(out[0],) * 2}")
+        syns.append(Synapses(name=f"{name}.rec", src=name, dst=name, kind="dense", weight=rec,
+                             recurrent=True, nodes=nodes))
+    bias = np.asarray(g["bias"][()]).astype(np.int64).reshape(out) if "bias" in g else None
+    group_ = Neurons(name=name, shape=out, i_decay=params["iDecay"], v_decay=params["vDecay"],
+                     vth=params["vThMant"], bias=bias, role="neuron" if "neuron" in g else "readout",
+                     nodes=nodes)
+    return group_, syns
+
+
+# ---- emulator ----------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    spikes: dict              # group name -> (B, T, *shape) bool (spiking groups only)
+    readout: torch.Tensor     # (B, T, K) int64: v of the output group
+    readout_u: torch.Tensor   # (B, T, K) int64: u of the output group
+    readout_kind: str = "state"
+
+    @property
+    def scores(self):
+        """Per-sample score: final v ('state') or spike counts over the run ('spikes')."""
+        if self.readout_kind == "spikes":
+            return self.output_spikes.sum(1)
+        return self.readout[:, -1]
+
+    @property
+    def predictions(self):
+        return self.scores.argmax(-1)
+
+    output_spikes = None      # (B, T, K) spikes of the output group when it spikes
 
 
 def _trunc_decay(x, decay):
@@ -271,78 +490,109 @@ def _trunc_decay(x, decay):
     return torch.div(x * (DECAY_UNITY - decay), DECAY_UNITY, rounding_mode="trunc")
 
 
-class Emulator:
-    """Vectorised fixed-point emulator of a netx network (see module docstring)."""
+def neuron_step(u, v, a, group_params):
+    """One Loihi CUBA step on int64 tensors; returns (u, v, spikes). group_params: (iDecay,
+    vDecay, vth << 6, bias << 6 or None)."""
+    i_decay, v_decay, vth, bias = group_params
+    u = _trunc_decay(u, i_decay) + (a << ACT_SHIFT)
+    u = torch.where(u > STATE_MAX, u - 2 * STATE_MAX,
+                    torch.where(u <= -STATE_MAX, u + 2 * STATE_MAX, u))
+    v = _trunc_decay(v, v_decay) + u
+    if bias is not None:
+        v = v + bias
+    v = torch.clamp(v, -STATE_MAX + 1, STATE_MAX - 1)
+    s = v > vth
+    return u, torch.where(s, torch.zeros_like(v), v), s
 
-    def __init__(self, in_shape, layers, device="cpu"):
-        self.in_shape = tuple(in_shape)
-        self.layers = layers
+
+class Emulator:
+    """Fixed-point emulator of a `Net` (module docstring), batched over samples.
+
+    Feed-forward connections are evaluated for all T steps at once (one conv / matmul over T x B);
+    only the neuron update and recurrent connections loop over the steps.
+    """
+
+    def __init__(self, net, device="cpu"):
+        self.net = net
+        self.in_shape = net.in_shape
         self.device = torch.device(device)
-        self._weights = []
-        for layer in layers:
+        self._w = {}
+        for s in net.synapses:
             try:
-                w = layer.lava_weight
+                w = torch.from_numpy(np.asarray(s.lava_weight, dtype=np.int64))
             except NetxError as e:
-                raise NetxError(f"{layer.name}: {e}") from None
+                raise NetxError(f"connection {s.name!r}: {e}") from None
             bound = int(w.abs().reshape(w.shape[0], -1).sum(1).max())
             # float32 sums of integers are exact below 2^24; CUDA may use TF32, so use float64
             exact32 = bound < FLOAT32_EXACT and self.device.type == "cpu"
-            self._weights.append(w.to(self.device, torch.float32 if exact32 else torch.float64))
+            self._w[s.name] = w.to(self.device, torch.float32 if exact32 else torch.float64)
+        self._params = {}
+        for g in net.neurons:
+            bias = None if g.bias is None or not np.any(g.bias) else \
+                torch.as_tensor(np.asarray(g.bias, dtype=np.int64) << VTH_SHIFT, device=self.device)
+            self._params[g.name] = (g.i_decay, g.v_decay, g.vth << VTH_SHIFT, bias)
 
     @classmethod
-    def from_netx(cls, path, device="cpu"):
-        in_shape, layers = read_netx(path)
+    def from_file(cls, path, device="cpu"):
+        net = read_net(path)
         try:
-            return cls(in_shape, layers, device)
+            return cls(net, device)
         except NetxError as e:
             raise NetxError(f"{path}: {e}") from None
 
-    def _synapse(self, i, layer, x):
-        w = self._weights[i]
+    def synapse(self, s, x):
+        """Integer input current of connection s for spikes x of shape (N, *src shape)."""
+        w = self._w[s.name]
         x = x.to(w.dtype)
-        if layer.kind == "conv":
-            a = F.conv2d(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
-            a = a.to(torch.int64)
-            return torch.remainder(a + STATE_MAX, 2 * STATE_MAX) - STATE_MAX  # conv clamps 24 bit
+        if s.kind == "conv":
+            a = F.conv2d(x, w, None, s.stride, s.padding, s.dilation, s.groups).to(torch.int64)
+            return torch.remainder(a + STATE_MAX, 2 * STATE_MAX) - STATE_MAX  # conv wraps 24 bit
         a = (x.flatten(1) @ w.t()).to(torch.int64)
-        return a << layer.weight_exp if layer.weight_exp > 0 else a >> -layer.weight_exp
+        return a << s.weight_exp if s.weight_exp > 0 else a >> -s.weight_exp
+
+    def _inputs(self, inputs):
+        x = torch.as_tensor(inputs).to(self.device)
+        if tuple(x.shape[2:]) != self.in_shape:
+            if int(np.prod(x.shape[2:])) == int(np.prod(self.in_shape)) and \
+                    len(self.in_shape) == 1:
+                x = x.flatten(2)
+            else:
+                raise NetxError(f"inputs: shape {tuple(x.shape)} does not match (B, T, "
+                                f"{', '.join(map(str, self.in_shape))})")
+        return x != 0
 
     @torch.no_grad()
     def run(self, inputs):
-        """inputs (B, T, *in_shape) in {0, 1} -> Result (delay removed, see module docstring)."""
-        x_all = torch.as_tensor(inputs).to(self.device)
-        if tuple(x_all.shape[2:]) != self.in_shape:
-            if int(np.prod(x_all.shape[2:])) == int(np.prod(self.in_shape)) and \
-                    len(self.in_shape) == 1:
-                x_all = x_all.flatten(2)
-            else:
-                raise NetxError(f"inputs: shape {tuple(x_all.shape)} does not match (B, T, "
-                                f"{', '.join(map(str, self.in_shape))})")
-        b, steps = x_all.shape[:2]
-        if self.layers[0].kind == "dense":
-            x_all = x_all.flatten(2)
-        zeros = lambda layer: torch.zeros((b, *layer.out_shape), dtype=torch.int64,  # noqa: E731
-                                          device=self.device)
-        u = [zeros(layer) for layer in self.layers]
-        v = [zeros(layer) for layer in self.layers]
-        spikes = {layer.name: [] for layer in self.layers if layer.has_neuron}
-        readout, readout_u = [], []
-        for t in range(steps):
-            x = x_all[:, t] != 0
-            for i, layer in enumerate(self.layers):
-                a = self._synapse(i, layer, x).reshape(b, *layer.out_shape)
-                uu = _trunc_decay(u[i], layer.i_decay) + (a << ACT_SHIFT)
-                uu = torch.where(uu > STATE_MAX, uu - 2 * STATE_MAX,
-                                 torch.where(uu <= -STATE_MAX, uu + 2 * STATE_MAX, uu))
-                vv = torch.clamp(_trunc_decay(v[i], layer.v_decay) + uu,
-                                 -STATE_MAX + 1, STATE_MAX - 1)
-                s = vv > (layer.vth << VTH_SHIFT)
-                u[i], v[i] = uu, torch.where(s, torch.zeros_like(vv), vv)
-                if layer.has_neuron:
-                    spikes[layer.name].append(s)
-                x = s
-            readout.append(v[-1].reshape(b, -1))
-            readout_u.append(u[-1].reshape(b, -1))
-        return Result(spikes={k: torch.stack(s, 1) for k, s in spikes.items()},
-                      readout=torch.stack(readout, 1), readout_u=torch.stack(readout_u, 1),
-                      layers=self.layers)
+        """inputs (B, T, *in_shape) in {0, 1} -> Result (float-model time, module docstring)."""
+        x = self._inputs(inputs)
+        b, steps = x.shape[:2]
+        out = {"input": x.transpose(0, 1).reshape(steps * b, *self.in_shape)}  # (T*B, ...)
+        states = {}
+        for g in self.net.neurons:
+            ff = [s for s in self.net.incoming(g.name) if not s.recurrent]
+            rec = [s for s in self.net.incoming(g.name) if s.recurrent]
+            a_all = sum(self.synapse(s, out[s.src]).reshape(steps, b, *g.shape) for s in ff)
+            u = torch.zeros((b, *g.shape), dtype=torch.int64, device=self.device)
+            v = torch.zeros_like(u)
+            s = torch.zeros(u.shape, dtype=torch.bool, device=self.device)
+            spikes, us, vs = [], [], []
+            for t in range(steps):
+                a = a_all[t]
+                for r in rec:
+                    a = a + self.synapse(r, s).reshape(b, *g.shape)
+                u, v, s = neuron_step(u, v, a, self._params[g.name])
+                spikes.append(s)
+                if g.name == self.net.output:
+                    us.append(u)
+                    vs.append(v)
+            out[g.name] = torch.stack(spikes).reshape(steps * b, *g.shape)
+            if g.name == self.net.output:
+                states = {"u": torch.stack(us, 1).reshape(b, steps, -1),
+                          "v": torch.stack(vs, 1).reshape(b, steps, -1)}
+        spikes = {g.name: out[g.name].reshape(steps, b, *g.shape).transpose(0, 1)
+                  for g in self.net.neurons if g.spiking}
+        result = Result(spikes=spikes, readout=states["v"], readout_u=states["u"],
+                        readout_kind=self.net.readout)
+        if self.net.readout == "spikes":
+            result.output_spikes = spikes[self.net.output].reshape(b, steps, -1)
+        return result

@@ -12,13 +12,17 @@ Training step, instead of backpropagation through time (BPTT):
        y = r + x*e - (x*e).detach()          (value r, the measured rate; dy/dx = e)
    with x the rate-domain input current. Autograd saves one step's worth of tensors whatever T is.
 
-f_t for the CUBA neuron (train/neurons.py: I_t = alpha I_{t-1} + x_t, V_t = beta V_{t-1} + I_t).
-Ignoring the reset (as the rate method does), a constant input x gives
-    dI_t/dx = g_t,  g_0 = 1, g_t = 1 + alpha g_{t-1}
-    dV_t/dx = f_t,  f_0 = 1, f_t = g_t + beta f_{t-1}
-so d(mean_t S_t)/dx = mean_t sigma'(V_t - theta) f_t = e. With alpha = 0 (plain LIF) g_t = 1 and
-f_t = 1 + beta f_{t-1}, the recursion in SPEC.md. For one spiking layer, a constant input and no
-spikes this is exactly the BPTT gradient (tests/test_ratebp.py); otherwise it approximates it.
+f_t for the CUBA neuron (train/neurons.py: I_t = alpha I_{t-1} + x_t, V_t = beta V_{t-1} + I_t,
+V_t <- V_t (1 - S_t) with the reset's spike detached, as BPTT sees it). A constant input x gives
+    dI_t/dx = g_t,  g_0 = 1, g_t = 1 + alpha g_{t-1}             (the current is not reset)
+    dV_t/dx = f_t,  f_0 = 1, f_t = g_t + beta (1 - S_{t-1}) f_{t-1}   (V before its reset)
+so d(mean_t S_t)/dx = mean_t sigma'(V_t - theta) f_t = e. The reset factor (1 - S_{t-1}) is the
+reference's hard-reset trace (Tab-ct/rate-based-backpropagation, calcu_elig_factor_hard_reset,
+without its sigma' term, which our detached reset does not have); without it (f_t = g_t + beta
+f_{t-1}, SPEC.md's reset-free recursion) a neuron that fires keeps a growing trace and conv
+gradients come out several times too large. With alpha = 0 (plain LIF) g_t = 1. For one spiking
+layer and a constant input this is exactly the BPTT gradient, spikes or not (tests/test_ratebp.py);
+with more layers it approximates it.
 
 `rate_forward(model, x)` is a drop-in for `model(x)` in a training step and returns a StudentOutput:
 - logits_t: the exact per-step logits of the spike pass plus (z - z.detach()) with z the rate-pass
@@ -92,10 +96,11 @@ class _SpikePass:
         syn = alpha * syn + x
         mem = beta * mem + syn
         g = 1.0 + alpha * g
-        f = g + beta * f
+        f = g + beta * f                     # f holds (1 - S_{t-1}) f_{t-1} from the last step
         spk = layer.spike_grad(mem - theta)
         elig = elig + f * surrogate_derivative(layer.spike_grad, mem - theta)
-        self.state[name] = [syn, mem * (1.0 - spk), g, f, count + spk, elig]
+        keep = 1.0 - spk                     # the hard reset clears V and its dependence on x
+        self.state[name] = [syn, mem * keep, g, f * keep, count + spk, elig]
         return spk
 
     def rates_and_eligibility(self):

@@ -13,7 +13,7 @@ from train.losses.ckd import (CKDSNN, fc_cam, gaussian_like, grad_cam, min_max a
 from train.losses.esd import ESD, reliable_teacher
 from train.losses.fkd import FeatureKD
 from train.losses.tser import TSER
-from train.models import SmallCNN, SpikingCNN, StudentOutput
+from train.models import SmallCNN, SpikingCNN, SpikingResNet, StudentOutput
 
 
 def softmax(v, tau=1.0):
@@ -270,26 +270,50 @@ def test_reliable_teacher_by_hand():
 
 
 def test_esd_loss_by_hand():
+    """KL averaged over the reliable samples only (sample 2 has no correct exit)."""
     loss_fn = ESD({"lif1": (2,)}, num_classes=2, beta=0.3, tau=3.0)
     loss_fn.branches[0] = nn.Identity()                                # the branch returns the rate
-    rates = torch.tensor([[0.5, 0.0], [0.0, 1.0]])                     # branch logits, B=2
-    main = [[1.0, 0.0], [2.0, 0.0]]                                    # main head, time mean
+    rates = torch.tensor([[0.5, 0.0], [0.0, 1.0], [1.0, 0.0]])         # branch logits, B=3
+    main = [[1.0, 0.0], [2.0, 0.0], [0.5, 0.0]]                        # main head, time mean
     out = out_with([main, main], spikes={"lif1": rates.expand(2, -1, -1)})
-    y = [0, 1]
+    y = [0, 1, 1]
     loss, parts = loss_fn(out, torch.tensor(y), None)
     exits = [rates.tolist(), main]
-    # sample 0: both exits say 0 (right) -> teacher = mean; sample 1: branch right only
+    # sample 0: both exits say 0 (right) -> teacher = mean; sample 1: branch right only;
+    # sample 2: no exit right -> no teacher, no KL, and not counted in the KL's mean
     teachers = [[0.75, 0.0], [0.0, 1.0]]
-    ce_sum = sum(ce(e[b], y[b]) for e in exits for b in range(2)) / 2
+    ce_sum = sum(ce(e[b], y[b]) for e in exits for b in range(3)) / 3
     kd = sum(9 * kl(softmax(teachers[b], 3), softmax(e[b], 3)) for e in exits for b in range(2)) / 2
     assert parts["ce"] == pytest.approx(ce_sum, rel=1e-6)
+    assert parts["reliable"] == pytest.approx(2 / 3)
     assert loss.item() == pytest.approx((ce_sum + 0.3 * kd) / 2, rel=1e-6)
 
 
+def test_esd_no_reliable_sample_gives_no_kl():
+    loss_fn = ESD({"lif1": (2,)}, num_classes=2)
+    loss_fn.branches[0] = nn.Identity()
+    rates = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    out = out_with([rates.tolist()], spikes={"lif1": rates.expand(1, -1, -1)})
+    loss, parts = loss_fn(out, torch.tensor([1, 0]), None)              # every exit wrong
+    assert torch.isfinite(loss) and parts["self_kd"] == 0.0 and parts["reliable"] == 0.0
+
+
 def test_esd_branches_on_student_stages():
-    loss_fn = build_loss("esd", parse(), SpikingCNN(), None)
+    """The reference's branch depths: the k-th of K spatial stages gets K - k + 1 stride-2 blocks
+    doubling the channels, so all branches end at the same width (and 1/2^blocks the size)."""
+    from train.losses.esd import DownBlock
+    loss_fn = build_loss("esd", parse(), SpikingCNN(), None)           # lif1 16x14x14, lif2 32x7x7
     assert loss_fn.names == ["lif1", "lif2"]
-    assert isinstance(loss_fn.branches[0][0], nn.Conv2d) and loss_fn.branches[0][0].groups == 16
+    blocks = [[m for m in b if isinstance(m, DownBlock)] for b in loss_fn.branches]
+    assert [len(b) for b in blocks] == [2, 1]
+    assert [b[-1].shortcut[0].out_channels for b in blocks] == [64, 64]
+    dw = blocks[0][0].body[0]
+    assert dw.groups == 16 and dw.stride == (2, 2)
+    assert loss_fn.branches[0](torch.rand(2, 16, 14, 14)).shape == (2, 10)
+    resnet = build_loss("esd", parse(), SpikingResNet(in_shape=(3, 16, 16), widths=(8, 16, 32)),
+                        None)
+    assert [sum(isinstance(m, DownBlock) for m in b) for b in resnet.branches] == [3, 2, 1]
     dense = build_loss("esd", parse(), SpikingCNN(channels=(8,), kernels=(5,), strides=(2,),
                                                   hidden=(32, 16)), None)
     assert dense.names == ["lif1", "lif2"] and isinstance(dense.branches[1][0], nn.Linear)
+    assert sum(isinstance(m, DownBlock) for m in dense.branches[0]) == 1

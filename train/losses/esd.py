@@ -8,13 +8,37 @@ from ..models import SpikingCNN
 from .base import DistillLoss
 
 
-def spatial_branch(channels, num_classes):
-    """Depthwise-separable conv + BN + ReLU, global average pool, linear."""
-    width = 2 * channels
-    return nn.Sequential(
-        nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
-        nn.Conv2d(channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+class DownBlock(nn.Module):
+    """The reference's branch block (its DeepConv), channels c -> c_out, H and W halved:
+
+        y = ReLU(body(x) + BN(conv1x1_s2(x)))
+        body = dw3x3_s2 -> pw -> BN -> ReLU -> dw3x3 -> pw (c -> c_out) -> BN -> ReLU
+
+    dw: depthwise conv, pw: 1x1 conv.
+    """
+
+    def __init__(self, c, c_out):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c, c, 3, 2, 1, groups=c, bias=False), nn.Conv2d(c, c, 1, bias=False),
+            nn.BatchNorm2d(c), nn.ReLU(),
+            nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False), nn.Conv2d(c, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out), nn.ReLU())
+        self.shortcut = nn.Sequential(nn.Conv2d(c, c_out, 1, 2, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+def spatial_branch(channels, num_classes, blocks):
+    """`blocks` DownBlocks (each halves H, W and doubles the channels), global average pool,
+    linear: the reference gives the branch on the k-th of K tapped stages K - k + 1 blocks (3/2/1
+    for ResNet-18), so every branch ends at the same depth and width."""
+    layers, c = [], channels
+    for _ in range(blocks):
+        layers.append(DownBlock(c, 2 * c))
+        c *= 2
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
 
 
 def dense_branch(features, num_classes, hidden=128):
@@ -53,9 +77,11 @@ class ESD(DistillLoss):
 
     z_k runs over the exits: one branch per intermediate spiking stage (reading its firing rate
     mean_t s_t) plus the student's own head z = mean_t z_t. r: the reliable teacher (mean logits of
-    the exits that classify the sample correctly, no gradient); KL_m sums the KL over samples that
-    have a correct exit and divides by the batch size. b = 0.3, tau = 3; the division by T is the
-    authors' (a constant scale of the loss). Branches train with the student and are never exported.
+    the exits that classify the sample correctly, no gradient); KL_m is the mean KL over the
+    reliable samples (those with a correct exit), as the reference's esd_loss. b = 0.3, tau = 3; the
+    division by T is the authors' (a constant scale of the loss). Spatial branches are the
+    reference's stacks of stride-2 blocks (3/2/1 on three tapped stages; see spatial_branch);
+    dense stages get a small MLP. Branches train with the student and are never exported.
     """
 
     needs_teacher = False
@@ -63,9 +89,10 @@ class ESD(DistillLoss):
     def __init__(self, shapes, num_classes, beta=0.3, tau=3.0):
         super().__init__()
         self.names = list(shapes)
+        spatial = [n for n, s in shapes.items() if len(s) == 3]
         self.branches = nn.ModuleList(
-            spatial_branch(s[0], num_classes) if len(s) == 3 else dense_branch(s[0], num_classes)
-            for s in shapes.values())
+            spatial_branch(s[0], num_classes, len(spatial) - spatial.index(n)) if len(s) == 3
+            else dense_branch(s[0], num_classes) for n, s in shapes.items())
         self.beta, self.tau = beta, tau
 
     @staticmethod
@@ -88,9 +115,10 @@ class ESD(DistillLoss):
         p = F.softmax(teacher / self.tau, -1)
         ce = sum(F.cross_entropy(z, y) for z in exits)
         kd = 0.0
+        reliable = mask.sum().clamp(min=1)            # no reliable sample: the term is 0
         for z in exits:
             kl = (p * (p.clamp(min=1e-12).log() - F.log_softmax(z / self.tau, -1))).sum(-1)
-            kd = kd + (kl * mask).sum() / y.shape[0] * self.tau ** 2
+            kd = kd + (kl * mask).sum() / reliable * self.tau ** 2
         steps = out.logits_t.shape[0]
         loss = (ce + self.beta * kd) / steps
         return loss, {"ce": ce.item(), "self_kd": float(kd), "reliable": mask.float().mean().item()}

@@ -1,72 +1,89 @@
-"""Compile a NIR graph (docs/nir.md) to a lava-dl netx HDF5 network (`student.net`).
+"""Compile a NIR graph to a Loihi network (`hwmodels.loihi.Net`, docs/loihi_net.md).
 
     python -m deploy.compile runs/default/student.nir runs/default/student.net [--dt DT]
 
-The graph must be a feed-forward chain  Input -> (synapse [-> neuron] | Flatten)* -> Output.
-Each synapse (Conv2d, Affine, Linear; a SumPool2d is fused into the synapse after it) becomes one
-netx layer, with the neuron after it as its `neuron` group:
-
-    CubaLIF  -> CUBA  iDecay = round(4096 dt/tau_syn), vDecay = round(4096 dt/tau_mem)
-    LIF      -> CUBA  iDecay = 4096 (u = a_in every step), vDecay = round(4096 dt/tau)
-    IF       -> CUBA  iDecay = 4096, vDecay = 0
-    I        -> no neuron group: netx makes the layer a non-leaky integrator
-                (iDecay 0, vDecay 4096, vThMant 1 << 17: u accumulates, v = u, never spikes)
-
-Input gains fold into the weights (Euler step of docs/nir.md): CubaLIF g = (dt w_in/tau_syn)
-(dt r/tau_mem), LIF g = dt r/tau, IF g = dt r; the student's graphs have g = 1. Weights become
-integers k = W g / s with s the node's `weight_step` metadata (else s = max|W g| / 127, lossy),
-thresholds vThMant = v_threshold / s, so Loihi's  v > vThMant << 6  equals  V > theta  exactly.
-`I` readouts keep their integer weights (a positive gain does not change the argmax).
-
-Layer entries in the file (netx conventions, lava/lib/dl/netx/hdf5.py): `layer/<i>` with `type`
-input | conv | flatten | dense, `shape` stored (C, H, W) / (N,), conv `weight` (out, in, kh, kw),
-`stride`/`padding`/`dilation` as (h, w), `groups`; dense `weight` (out, in). Attributes (ignored by
-netx) keep the NIR node names, the weight step and dt. Dense weights pass netx's
-`optimize_weight_bits` and Lava's clip/truncate; `hwmodels.loihi.lava_dense_weights` computes what
-survives and the fit report flags any layer where that differs from the integer weights.
+Steps, each a function below:
+1. read: inline subgraphs, find recurrent edges, resolve dt (`export.interpreter.resolve_dt`).
+2. groups: every neuron node (CubaLIF, LIF, IF, I, LI, CubaLI) becomes a group of Loihi CUBA neurons
+       CubaLIF  iDecay = round(4096 dt/tau_syn), vDecay = round(4096 dt/tau_mem)
+       LIF, LI  iDecay = 4096 (u = a_in every step), vDecay = round(4096 dt/tau)
+       IF       iDecay = 4096, vDecay = 0;     I: iDecay 0, vDecay 4096 (integrator)
+   Non-spiking nodes (I, LI, CubaLI) never spike (vThMant = 1 << 17) and may only be the readout.
+3. connections: each path of stateless nodes from a source (Input or a neuron) into a neuron is one
+   connection: at most one Conv2d / Affine / Linear, with SumPool2d / AvgPool2d before it fused
+   into its weights, Flatten anywhere, and no synapse at all for an identity or pooling path.
+   A node with several incoming paths sums them (fan-in); a path through a recurrent edge is a
+   recurrent connection, allowed only from a group onto itself.
+4. integers: the NIR input gain g (Euler step of docs/nir.md: CubaLIF (dt w_in/tau_syn)(dt r/tau_mem),
+   LIF / LI dt r/tau, IF / I dt r) folds into the weights; one step s per group turns every incoming
+   weight, the bias and the threshold into integers: k = W g / s (8 bit), bias_mant = b g / s
+   (13 bit, b = synaptic bias + v_leak term), vThMant = theta / s (17 bit). s is the graph's
+   `weight_step` metadata times g when present (exact), else the step that minimises the squared
+   weight error of all incoming weights (quantisation is reported per group).
+5. alignment: NIR has no synaptic delay, Lava delays every connection by one step. Relay groups
+   (iDecay 4096, vDecay 4096, vThMant 0, identity weights) lengthen every shorter path into a group
+   to its longest one, so all inputs of a group arrive in step (cost reported in the fit report).
+6. readout: a spiking output group is read as spike counts ('spikes'), a non-spiking one as its
+   final state ('state').
+What Loihi cannot do is refused with a CompileError naming the node: reset by subtraction, non-zero
+v_reset, per-neuron time constants or thresholds that differ within a group, a synaptic bias into a
+neuron whose current decays (Loihi adds its bias to v), Delay and other nodes without a mapping.
 """
 import argparse
 import sys
-from dataclasses import dataclass, field
 
 import nir
 import numpy as np
 
 from export.from_nir import NIRError, read_graph
-from export.interpreter import DEFAULT_DT  # snnTorch's hard-coded step (SPEC.md section 4)
-from hwmodels.loihi import (DECAY_UNITY, INTEGRATOR, STATE_MAX, VTH_MAX, NetxError,
-                            conv_out_size, lava_dense_weights)
+from export.interpreter import DtError, flatten_graph, recurrent_edges, resolve_dt
+from hwmodels.loihi import (DECAY_UNITY, INTEGRATOR, NEVER_SPIKES, STATE_MAX, VTH_MAX, Net,
+                            NetxError, Neurons, Synapses, conv_out_size, lava_dense_weights,
+                            save_net)
 from train.checkpoint import atomic_write
-WEIGHT_MAX = 127
-WEIGHT_MIN = -128
-GRID_RTOL = 1e-4  # how far W/s may sit from an integer and still count as on the grid
-SYNAPSES = ("Conv2d", "Affine", "Linear")
-NEURONS = ("CubaLIF", "LIF", "IF", "I")
+
+WEIGHT_MAX, WEIGHT_MIN = 127, -128
+BIAS_MAX = 4095                      # bias_mant is 13-bit signed
+GRID_RTOL = 1e-4                     # how far W/s may sit from an integer and still be on the grid
+SYNAPSES = (nir.Conv2d, nir.Affine, nir.Linear)
+SHAPERS = (nir.Flatten, nir.SumPool2d, nir.AvgPool2d)
+SPIKING = (nir.CubaLIF, nir.LIF, nir.IF)
+NEURONS = SPIKING + (nir.I, nir.LI, nir.CubaLI)
+RELAY = {"iDecay": DECAY_UNITY, "vDecay": DECAY_UNITY, "vThMant": 0}
 
 
 class CompileError(ValueError):
-    """A graph (or node) that netx / Loihi cannot run; the message names the node."""
+    """A graph (or node) that Loihi cannot run; the message names the node."""
 
 
-@dataclass
-class NetLayer:
-    """One netx layer as written to the file (see module docstring)."""
-    name: str                      # netx-side name: conv1, dense3, ... (1-based synapse count)
-    kind: str                      # 'conv' | 'dense' | 'flatten'
-    nodes: list                    # NIR node names folded into this layer
-    in_shape: tuple = ()
-    out_shape: tuple = ()
-    weight: np.ndarray = None      # int64
-    stride: tuple = (1, 1)
-    padding: tuple = (0, 0)
-    dilation: tuple = (1, 1)
-    groups: int = 1
-    neuron: dict = None            # {'iDecay', 'vDecay', 'vThMant'} or None (integrator)
-    weight_step: float = None
-    notes: list = field(default_factory=list)
+def _array(x):
+    return np.asarray(x, dtype=np.float64)
 
 
-# ---- graph walking -----------------------------------------------------------------------------
+def _uniform(value, name, field_name):
+    """Per-neuron parameter -> one value (a Lava LIF process has one du, dv, vth)."""
+    a = _array(value).reshape(-1)
+    if a.size == 0:
+        raise CompileError(f"node {name!r}: empty {field_name}")
+    if not np.allclose(a, a[0], rtol=1e-6, atol=0):
+        raise CompileError(f"node {name!r}: {field_name} differs across neurons "
+                           f"({a.min():g}..{a.max():g}); Loihi has one value per group")
+    return float(a[0])
+
+
+def _pair(x, name, field_name):
+    if isinstance(x, str):
+        raise CompileError(f"node {name!r}: string {field_name} {x!r} is not supported")
+    a = np.broadcast_to(np.asarray(x, dtype=np.int64).reshape(-1), (2,))
+    return int(a[0]), int(a[1])
+
+
+def _shape(node, key="output"):
+    types = node.output_type if key == "output" else node.input_type
+    return tuple(int(s) for s in np.asarray(types[key]).reshape(-1))
+
+
+# ---- 1. read -----------------------------------------------------------------------------------
 
 def load_graph(graph):
     """A nir.NIRGraph, or a path read with export.from_nir.read_graph (CompileError otherwise)."""
@@ -78,75 +95,39 @@ def load_graph(graph):
         raise CompileError(str(e)) from None
 
 
-def chain(graph):
-    """Node names from the single Input to the Output, following the (unordered) edges."""
-    kinds = {name: type(node).__name__ for name, node in graph.nodes.items()}
-    succ, pred = {}, {}
-    for src, dst in graph.edges:
-        for table, a, b in ((succ, src, dst), (pred, dst, src)):
-            table.setdefault(a, []).append(b)
-    for name, kind in kinds.items():
-        if kind == "NIRGraph":
-            raise CompileError(f"node {name!r}: type NIRGraph (recurrent subgraph) is not supported")
-        for table, what in ((succ, "outgoing"), (pred, "incoming")):
-            if len(table.get(name, [])) > 1:
-                raise CompileError(f"node {name!r}: {len(table[name])} {what} edges (netx runs "
-                                   f"only feed-forward chains, no branches or residuals)")
-    inputs = [n for n, k in kinds.items() if k == "Input"]
+def input_shape(graph):
+    inputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
     if len(inputs) != 1:
         raise CompileError(f"graph: expected exactly one Input node, found {len(inputs)}")
-    order, name = [], inputs[0]
-    while True:
-        order.append(name)
-        nxt = succ.get(name, [])
-        if not nxt:
-            break
-        name = nxt[0]
-        if name in order:
-            raise CompileError(f"node {name!r}: cycle in the graph")
-    if kinds[order[-1]] != "Output":
-        raise CompileError(f"node {order[-1]!r}: chain ends in {kinds[order[-1]]}, not Output")
-    stray = set(kinds) - set(order)
-    if stray:
-        raise CompileError(f"node {sorted(stray)[0]!r}: not on the Input -> Output chain")
-    return order
+    shape = _shape(graph.nodes[inputs[0]], "input")
+    if len(shape) == 2 and shape[0] == 1:  # snnTorch-style (1, N)
+        shape = shape[1:]
+    if len(shape) not in (1, 3):
+        raise CompileError(f"node {inputs[0]!r}: input shape {shape} (expected (N,) or (C, H, W))")
+    return inputs[0], shape
 
 
-def _array(x):
-    return np.asarray(x, dtype=np.float64)
+def check_supported(graph):
+    """Refuse, by name, what Loihi cannot do (module docstring)."""
+    if (graph.metadata or {}).get("reset", "zero") != "zero":
+        raise CompileError(f"graph: reset {graph.metadata['reset']!r} (Loihi resets to zero)")
+    for name, node in graph.nodes.items():
+        kind = type(node).__name__
+        if not isinstance(node, NEURONS + SYNAPSES + SHAPERS + (nir.Scale, nir.Input, nir.Output)):
+            raise CompileError(f"node {name!r}: type {kind} has no Loihi mapping")
+        meta = getattr(node, "metadata", None) or {}
+        if meta.get("reset", "zero") != "zero":
+            raise CompileError(f"node {name!r}: reset {meta['reset']!r} (Loihi resets to zero)")
+        if isinstance(node, SPIKING) and np.any(_array(node.v_reset) != 0):
+            raise CompileError(f"node {name!r}: non-zero v_reset (Loihi resets to zero)")
 
 
-def _pair(x, name, field_name):
-    if isinstance(x, str):
-        raise CompileError(f"node {name!r}: string {field_name} {x!r} is not supported")
-    a = np.broadcast_to(np.asarray(x, dtype=np.int64).reshape(-1), (2,))
-    return int(a[0]), int(a[1])
-
-
-def _uniform(value, name, field_name):
-    """Per-neuron parameter -> one value (netx has one du, dv, vth per layer)."""
-    a = _array(value).reshape(-1)
-    if a.size == 0:
-        raise CompileError(f"node {name!r}: empty {field_name}")
-    if not np.allclose(a, a[0], rtol=1e-9, atol=0):
-        raise CompileError(f"node {name!r}: {field_name} differs across neurons "
-                           f"({a.min():g}..{a.max():g}); netx allows one value per layer")
-    return float(a[0])
-
-
-def _dt_of(graph, node, override):
-    if override is not None:
-        return float(override)
-    for meta in (getattr(node, "metadata", None) or {}, graph.metadata or {}):
-        if "dt" in meta:
-            return float(meta["dt"])
-    return DEFAULT_DT
-
+# ---- 2. groups ---------------------------------------------------------------------------------
 
 def _decay(dt, tau, name, field_name):
     """Loihi decay = round(4096 dt / tau) (fraction lost per step), tau = inf -> 0."""
     frac = 0.0 if np.isinf(tau) else dt / tau
-    if not 0.0 <= frac <= 1.0 or tau <= 0:
+    if tau <= 0 or not 0.0 <= frac <= 1.0:
         raise CompileError(f"node {name!r}: {field_name}={tau:g} with dt={dt:g} gives decay "
                            f"{frac:g} outside [0, 1]")
     return int(round(DECAY_UNITY * frac))
@@ -161,336 +142,482 @@ def _gain(dt, scale, tau, name):
     return dt * scale / tau
 
 
-def _input_shape(node):
-    shape = node.input_type["input"] if isinstance(node.input_type, dict) else node.input_type
-    shape = tuple(int(s) for s in np.asarray(shape).reshape(-1))
-    if len(shape) == 2 and shape[0] == 1:  # snnTorch-style (1, N)
-        shape = shape[1:]
-    if len(shape) not in (1, 3):
-        raise CompileError(f"node 'Input': shape {shape} (expected (N,) or (C, H, W))")
-    return shape
-
-
-# ---- per-node mappings -------------------------------------------------------------------------
-
-def neuron_params(graph, name, node, dt_override):
-    """(neuron dict or None, gain g folded into the incoming weights, threshold theta)."""
-    kind = type(node).__name__
-    dt = _dt_of(graph, node, dt_override)
-    meta = getattr(node, "metadata", None) or {}
-    if meta.get("reset", "zero") != "zero":
-        raise CompileError(f"node {name!r}: reset {meta['reset']!r} (Loihi resets to zero)")
-    if kind == "I":
-        gain = dt * _uniform(node.r, name, "r")
-        if gain <= 0:
-            raise CompileError(f"node {name!r}: I with r <= 0 flips the readout")
-        return None, 1.0, None
-    for fld in ("v_leak", "v_reset"):
-        if getattr(node, fld, None) is not None and np.any(_array(getattr(node, fld)) != 0):
-            raise CompileError(f"node {name!r}: non-zero {fld} (Loihi: leak to 0, reset to 0)")
-    theta = _uniform(node.v_threshold, name, "v_threshold")
-    r = _uniform(node.r, name, "r")
-    if kind == "CubaLIF":
-        tau_syn = _uniform(node.tau_syn, name, "tau_syn")
-        tau_mem = _uniform(node.tau_mem, name, "tau_mem")
-        w_in = _uniform(node.w_in, name, "w_in")
-        i_decay = _decay(dt, tau_syn, name, "tau_syn")
-        v_decay = _decay(dt, tau_mem, name, "tau_mem")
-        gain = _gain(dt, w_in, tau_syn, name) * _gain(dt, r, tau_mem, name)
-    elif kind == "LIF":
-        tau = _uniform(node.tau, name, "tau")
-        i_decay, v_decay = DECAY_UNITY, _decay(dt, tau, name, "tau")
-        gain = _gain(dt, r, tau, name)
-    else:  # IF
-        i_decay, v_decay, gain = DECAY_UNITY, 0, dt * r
+def neuron_params(name, node, dt):
+    """(iDecay, vDecay, input gain g, threshold theta or None, v_leak bias per step or 0)."""
+    u = lambda field_name: _uniform(getattr(node, field_name), name, field_name)  # noqa: E731
+    leak = 0.0
+    if isinstance(node, (nir.CubaLIF, nir.CubaLI)):
+        tau_syn, tau_mem = u("tau_syn"), u("tau_mem")
+        i_decay, v_decay = _decay(dt, tau_syn, name, "tau_syn"), _decay(dt, tau_mem, name, "tau_mem")
+        gain = _gain(dt, u("w_in"), tau_syn, name) * _gain(dt, u("r"), tau_mem, name)
+        leak = 0.0 if np.isinf(tau_mem) else dt / tau_mem
+    elif isinstance(node, (nir.LIF, nir.LI)):
+        tau = u("tau")
+        i_decay, v_decay, gain = DECAY_UNITY, _decay(dt, tau, name, "tau"), _gain(dt, u("r"), tau, name)
+        leak = 0.0 if np.isinf(tau) else dt / tau
+    elif isinstance(node, nir.IF):
+        i_decay, v_decay, gain = DECAY_UNITY, 0, dt * u("r")
+    else:  # I
+        i_decay, v_decay, gain = INTEGRATOR["iDecay"], INTEGRATOR["vDecay"], dt * u("r")
     if gain <= 0:
-        raise CompileError(f"node {name!r}: input gain {gain:g} <= 0 (check r, w_in)")
-    return {"iDecay": i_decay, "vDecay": v_decay}, gain, theta
+        raise CompileError(f"node {name!r}: input gain {gain:g} <= 0 (check r, w_in, dt)")
+    theta = u("v_threshold") if isinstance(node, SPIKING) else None
+    v_leak = leak * _array(node.v_leak) if hasattr(node, "v_leak") else 0.0
+    return i_decay, v_decay, gain, theta, v_leak
 
 
-def _weight_step(node):
-    step = (getattr(node, "metadata", None) or {}).get("weight_step")
-    return None if step is None else float(step)
+# ---- 3. connections ----------------------------------------------------------------------------
+
+def paths_into(graph, name, preds, recurrent, sources):
+    """Every path (source, [stateless nodes in order], recurrent?) ending in node `name`."""
+    found = []
+
+    def walk(node_name, ops, rec):
+        for src in preds.get(node_name, []):
+            edge_rec = rec or (src, node_name) in recurrent
+            if src in sources:
+                found.append((src, ops, edge_rec))
+            elif src in ops:
+                raise CompileError(f"node {src!r}: a cycle without a neuron in it")
+            else:
+                walk(src, [src, *ops], edge_rec)
+
+    walk(name, [], False)
+    return found
 
 
-def integer_weights(name, w, step):
-    """w (already multiplied by the gain) -> (int64 k, step) with w = step * k, k in int8."""
-    if step is None:
-        peak = np.abs(w).max()
-        step = float(peak / WEIGHT_MAX) if peak > 0 else 1.0
-        k = np.rint(w / step)
-    else:
-        q = w / step
-        k = np.rint(q)
-        off = np.abs(q - k).max() if q.size else 0.0
-        if off > GRID_RTOL * max(1.0, np.abs(q).max()):
-            raise CompileError(f"node {name!r}: weights are not on the weight_step={step:g} grid "
-                               f"(off by {off:.3g} steps)")
-    if k.size and (k.max() > WEIGHT_MAX or k.min() < WEIGHT_MIN):
-        raise CompileError(f"node {name!r}: integer weights {int(k.min())}..{int(k.max())} do "
-                           f"not fit 8 bits [-128, 127]")
-    return k.astype(np.int64), step
+def path_weights(graph, dst, source_shape, ops):
+    """Fold one path into (kind, float weight, conv params, float bias per output or None).
+
+    Pools before the synapse repeat its kernel taps over the pool window (conv) or its columns
+    (dense); a path without a synapse is an identity (dense eye, or depthwise conv of ones for
+    pooling). Returns the output shape as well.
+    """
+    shape, pool, synapse, scale, after = tuple(source_shape), None, None, 1.0, False
+    for op in ops:
+        node = graph.nodes[op]
+        if isinstance(node, (nir.SumPool2d, nir.AvgPool2d)):
+            if synapse is not None:
+                raise CompileError(f"node {op!r}: pooling after a synapse has no Loihi mapping")
+            k, s, p = (_pair(getattr(node, f), op, f) for f in ("kernel_size", "stride", "padding"))
+            if k != s or p != (0, 0) or len(shape) != 3 or shape[1] % k[0] or shape[2] % k[1]:
+                raise CompileError(f"node {op!r}: pooling needs stride == kernel_size, no padding "
+                                   f"and an input divisible by it (kernel {k}, stride {s}, pad {p}, "
+                                   f"input {shape})")
+            if pool is not None:
+                raise CompileError(f"node {op!r}: two pooling nodes in a row")
+            pool = (k, shape)
+            if isinstance(node, nir.AvgPool2d):
+                scale /= k[0] * k[1]
+            shape = (shape[0], shape[1] // k[0], shape[2] // k[1])
+        elif isinstance(node, nir.Flatten):
+            shape = (int(np.prod(shape)),)
+        elif isinstance(node, nir.Scale):
+            scale *= _uniform(node.scale, op, "scale")
+            after = after or synapse is not None
+        elif isinstance(node, SYNAPSES):
+            if synapse is not None:
+                raise CompileError(f"node {op!r}: two synapses ({synapse} and {op}) with no neuron "
+                                   f"between them")
+            synapse, shape = op, _synapse_shape(graph, op, shape)
+        else:
+            raise CompileError(f"node {op!r}: type {type(node).__name__} inside a synaptic path")
+    if synapse is None:
+        return _identity(source_shape, shape, pool, scale) + (None, shape)
+    kind, w, conv = _synapse_weight(graph, synapse, source_shape, pool)
+    bias = getattr(graph.nodes[synapse], "bias", None)
+    bias = None if bias is None or not np.any(_array(bias)) else \
+        _array(bias) * (scale if after else 1.0)
+    return kind, w * scale, conv, bias, shape
 
 
-def _no_bias(name, node):
-    bias = getattr(node, "bias", None)
-    if bias is not None and np.any(_array(bias) != 0):
-        raise CompileError(f"node {name!r}: non-zero bias (Loihi synapses have none)")
+def _synapse_shape(graph, name, shape):
+    node = graph.nodes[name]
+    if isinstance(node, nir.Conv2d):
+        if len(shape) != 3:
+            raise CompileError(f"node {name!r}: Conv2d needs a (C, H, W) input, got {shape}")
+        stride, padding, dilation = _conv_params(name, node, node.weight.shape[2:])
+        return (int(node.weight.shape[0]), *(conv_out_size(shape[1 + a], node.weight.shape[2 + a],
+                                                           stride[a], padding[a], dilation[a])
+                                             for a in (0, 1)))
+    return (int(np.shape(node.weight)[0]),)
 
 
-def fuse_pool(name, pool, shape):
-    """SumPool2d with stride == kernel and no padding: (matrix-free) description for fusion."""
-    k = _pair(pool.kernel_size, name, "kernel_size")
-    s = _pair(pool.stride, name, "stride")
-    p = _pair(pool.padding, name, "padding")
-    if k != s or p != (0, 0):
-        raise CompileError(f"node {name!r}: SumPool2d needs stride == kernel_size and no padding "
-                           f"to fuse into the next synapse (got kernel {k}, stride {s}, pad {p})")
-    if len(shape) != 3 or shape[1] % k[0] or shape[2] % k[1]:
-        raise CompileError(f"node {name!r}: SumPool2d input {shape} not divisible by {k}")
-    return k, (shape[0], shape[1] // k[0], shape[2] // k[1])
+def _conv_params(name, node, kernel):
+    stride, dilation = _pair(node.stride, name, "stride"), _pair(node.dilation, name, "dilation")
+    if isinstance(node.padding, str):
+        if node.padding == "valid":
+            return stride, (0, 0), dilation
+        if node.padding != "same" or stride != (1, 1) or any(k % 2 == 0 for k in kernel):
+            raise CompileError(f"node {name!r}: padding {node.padding!r} needs 'same' with stride "
+                               f"1 and odd kernels")
+        return stride, tuple(dilation[a] * (int(kernel[a]) // 2) for a in (0, 1)), dilation
+    return stride, _pair(node.padding, name, "padding"), dilation
+
+
+def _synapse_weight(graph, name, source_shape, pool):
+    node = graph.nodes[name]
+    w = _array(node.weight)
+    if isinstance(node, nir.Conv2d):
+        stride, padding, dilation = _conv_params(name, node, w.shape[2:])
+        groups = int(node.groups)
+        if pool is not None:  # pool(k) then conv == conv with each tap repeated over the window
+            (ph, pw), _ = pool
+            if dilation != (1, 1):
+                raise CompileError(f"node {name!r}: pooling before a dilated Conv2d")
+            w = np.repeat(np.repeat(w, ph, axis=2), pw, axis=3)
+            stride, padding = (stride[0] * ph, stride[1] * pw), (padding[0] * ph, padding[1] * pw)
+        if len(source_shape) != 3 or w.shape[1] * groups != source_shape[0]:
+            raise CompileError(f"node {name!r}: weight {w.shape} with groups={groups} does not "
+                               f"take input {tuple(source_shape)}")
+        return "conv", w, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    if w.ndim != 2:
+        raise CompileError(f"node {name!r}: weight of shape {w.shape} is not 2-D")
+    if pool is not None:  # pool then flatten then dense == dense over the unpooled input
+        (ph, pw), (c, h, wd) = pool
+        w = np.repeat(np.repeat(w.reshape(w.shape[0], c, h // ph, wd // pw), ph, axis=2), pw,
+                      axis=3).reshape(w.shape[0], -1)
+    if w.shape[1] != int(np.prod(source_shape)):
+        raise CompileError(f"node {name!r}: weight expects {w.shape[1]} inputs, gets "
+                           f"{int(np.prod(source_shape))} (shape {tuple(source_shape)})")
+    return "dense", w, {}
+
+
+def _identity(in_shape, out_shape, pool, scale):
+    """A path without a synapse: a sum-pool conv, a depthwise 1x1 conv or a dense identity."""
+    if pool is not None:
+        if len(out_shape) != 3:
+            raise CompileError(f"pooling followed by Flatten into a neuron: no Loihi connection")
+        (ph, pw), (c, _, _) = pool
+        w = np.ones((c, 1, ph, pw)) * scale
+        return "conv", w, dict(stride=(ph, pw), padding=(0, 0), dilation=(1, 1), groups=c)
+    if len(out_shape) == 3:
+        return "conv", np.ones((out_shape[0], 1, 1, 1)) * scale, dict(groups=out_shape[0])
+    return "dense", np.eye(int(np.prod(in_shape))) * scale, {}
+
+
+# ---- 4. integers -------------------------------------------------------------------------------
+
+def choose_step(weights, name):
+    """The step s minimising sum (W - s clip(round(W / s), -128, 127))^2 over all weights of a
+    group (candidates: max |W| / 127 and a few quantiles, so rare outliers may be clipped)."""
+    flat = np.concatenate([np.abs(w).reshape(-1) for w in weights])
+    if not flat.size or flat.max() == 0:
+        raise CompileError(f"node {name!r}: all incoming weights are zero")
+    best = None
+    for q in (100, 99.99, 99.9, 99.5, 99.0):
+        s = float(np.percentile(flat, q)) / WEIGHT_MAX
+        if s <= 0:
+            continue
+        err = sum(float(((w - s * np.clip(np.rint(w / s), WEIGHT_MIN, WEIGHT_MAX)) ** 2).sum())
+                  for w in weights)
+        if best is None or err < best[0] - 1e-12 * abs(best[0]):
+            best = (err, s)
+    return best[1]
+
+
+def to_int(values, step, name, what, lo, hi, exact):
+    """values / step as int64 within [lo, hi]; `exact` requires values on the step grid."""
+    q = _array(values) / step
+    k = np.rint(q)
+    off = float(np.abs(q - k).max()) if q.size else 0.0
+    if exact and off > GRID_RTOL * max(1.0, float(np.abs(q).max(initial=0))):
+        raise CompileError(f"node {name!r}: {what} not on the weight_step grid {step:g} "
+                           f"(off by {off:.3g} steps)")
+    if exact and k.size and (k.max() > hi or k.min() < lo):
+        raise CompileError(f"node {name!r}: integer {what} {int(k.min())}..{int(k.max())} do "
+                           f"not fit [{lo}, {hi}]")
+    return np.clip(k, lo, hi).astype(np.int64), off
+
+
+def _metadata_step(graph, paths_info):
+    """weight_step metadata shared by every synapse into a group (our exporter), else None."""
+    steps = [(graph.nodes[op].metadata or {}).get("weight_step")
+             for info in paths_info for op in info["ops"] if isinstance(graph.nodes[op], SYNAPSES)]
+    if steps and None not in steps and len(set(steps)) == 1:
+        return float(steps[0])
+    return None
+
+
+def rel_error(w, k, s):
+    norm = float(np.sqrt((w ** 2).sum()))
+    return 0.0 if norm == 0 else float(np.sqrt(((w - s * k) ** 2).sum())) / norm
+
+
+# ---- 5. alignment ------------------------------------------------------------------------------
+
+def relay(source, shape, j):
+    """Relay group j behind `source`: spikes exactly when its input spiked, one Lava step later."""
+    name = f"{source}.relay{j}"
+    kind, w, conv = _identity(shape, shape, None, 1.0)
+    group = Neurons(name=name, shape=tuple(shape), i_decay=RELAY["iDecay"],
+                    v_decay=RELAY["vDecay"], vth=RELAY["vThMant"], role="relay")
+    prev = source if j == 1 else f"{source}.relay{j - 1}"
+    return group, Synapses(name=f"{name}.in", src=prev, dst=name, kind=kind,
+                           weight=w.astype(np.int64), **conv)
+
+
+def align(groups, synapses, in_shape):
+    """Insert relay groups so every feed-forward connection spans exactly one depth level.
+
+    Returns (groups in depth order, connections, relay groups). A source's relays are shared by
+    every connection that needs them."""
+    depth = {"input": 0}
+    for g in groups:
+        depth[g.name] = 1 + max(depth[s.src] for s in synapses if s.dst == g.name and not s.recurrent)
+    shapes = {"input": in_shape, **{g.name: g.shape for g in groups}}
+    made = {}
+    for s in synapses:
+        gap = 0 if s.recurrent else depth[s.dst] - depth[s.src] - 1
+        for j in range(1, gap + 1):
+            if f"{s.src}.relay{j}" not in made:
+                made[f"{s.src}.relay{j}"] = relay(s.src, shapes[s.src], j) + (depth[s.src] + j,)
+        if gap > 0:
+            s.src = f"{s.src}.relay{gap}"
+    relays = [group for group, _, _ in made.values()]
+    depth.update({name: d for name, (_, _, d) in made.items()})
+    ordered = sorted(groups + relays, key=lambda g: depth[g.name])
+    return ordered, [syn for _, syn, _ in made.values()] + synapses, relays
 
 
 # ---- compile -----------------------------------------------------------------------------------
 
-def build_layers(graph, dt=None):
-    """Walk the chain and return the list of NetLayer (input layer excluded) and the input shape."""
-    order = chain(graph)
-    nodes = graph.nodes
-    shape = _input_shape(nodes[order[0]])
-    in_shape = shape
-    layers, count, pool, flat_pending = [], 0, None, False
-    i = 1
-    while i < len(order) - 1:
-        name, node = order[i], nodes[order[i]]
-        kind = type(node).__name__
-        if kind == "Flatten":
-            if pool is not None:
-                pool = (pool[0], pool[1], True)
-            if len(shape) == 3:
-                layers.append(NetLayer(name="flatten", kind="flatten", nodes=[name],
-                                       in_shape=shape, out_shape=(int(np.prod(shape)),)))
-                shape = (int(np.prod(shape)),)
-            i += 1
-            continue
-        if kind == "SumPool2d":
-            k, pooled = fuse_pool(name, node, shape)
-            pool, shape = (k, shape, False), pooled
-            pool_name = name
-            i += 1
-            continue
-        if kind not in SYNAPSES:
-            what = "a neuron without a synapse before it" if kind in NEURONS else "unsupported"
-            raise CompileError(f"node {name!r}: type {kind} ({what})")
-        _no_bias(name, node)
-        nxt = order[i + 1]
-        nkind = type(nodes[nxt]).__name__
-        if nkind in NEURONS:
-            neuron, gain, theta = neuron_params(graph, nxt, nodes[nxt], dt)
-            used = [name, nxt]
-        elif nkind in ("Output", "Flatten") or nkind in SYNAPSES:
-            raise CompileError(f"node {name!r}: {kind} must be followed by a neuron "
-                               f"(CubaLIF, LIF, IF or I), found {nkind} {nxt!r}")
-        else:
-            raise CompileError(f"node {nxt!r}: type {nkind} is not supported")
-        w = _array(node.weight) * gain
-        step = _weight_step(node)
-        if step is not None:
-            step = step * gain
-        k, step = integer_weights(name, w, step)
-        count += 1
-        if kind == "Conv2d":
-            layer = _conv_layer(name, node, k, shape, count, pool)
-        else:
-            layer = _dense_layer(name, k, shape, count, pool)
-        if pool is not None:
-            layer.nodes.insert(0, pool_name)
-            pool = None
-        layer.nodes, layer.weight_step = [*layer.nodes, *used[1:]], step
-        if neuron is not None:
-            vth = theta / step
-            if abs(vth - round(vth)) > GRID_RTOL * max(1.0, abs(vth)):
-                layer.notes.append(f"threshold {theta:g} rounded to {round(vth)} steps")
-            vth = int(round(vth))
-            if not 0 <= vth <= VTH_MAX:
-                raise CompileError(f"node {nxt!r}: threshold {theta:g} = {vth} weight steps does "
-                                   f"not fit 17 bits [0, {VTH_MAX}]")
-            neuron["vThMant"] = vth
-        layer.neuron = neuron
-        layers.append(layer)
-        shape = layer.out_shape
-        i += 2
-    if pool is not None:
-        raise CompileError(f"node {pool_name!r}: SumPool2d must be followed by a synapse")
-    if not layers or layers[-1].kind == "flatten":
-        raise CompileError("graph: no synaptic layer before Output")
-    return layers, in_shape
+def build_net(graph, dt=None, timesteps=8):
+    """NIR graph -> (Net, fit report); the module docstring lists the steps."""
+    graph = flatten_graph(graph)
+    check_supported(graph)
+    try:
+        dt, dt_source = resolve_dt(graph, dt)
+    except DtError as e:
+        raise CompileError(str(e)) from None
+    input_name, in_shape = input_shape(graph)
+    recurrent = recurrent_edges(graph)
+    preds = {}
+    for src, dst in graph.edges:
+        preds.setdefault(dst, []).append(src)
+    neurons = [n for n, node in graph.nodes.items() if isinstance(node, NEURONS)]
+    sources = set(neurons) | {input_name}
+    groups, synapses, report = [], [], []
+    for name in neurons:
+        group, syns, row = compile_group(graph, name, dt, preds, recurrent, sources,
+                                         input_name, in_shape, timesteps)
+        groups.append(group)
+        synapses += syns
+        report.append(row)
+    groups = _topological(groups, synapses)
+    output, readout = output_group(graph, groups)
+    groups, synapses, relays = align(groups, _unique_names(synapses), in_shape)
+    net = Net(in_shape=in_shape, neurons=groups, synapses=synapses, readout=readout,
+              output=output, attrs={"dt": float(dt), "dt_source": dt_source})
+    try:
+        net.check()
+    except NetxError as e:
+        raise CompileError(str(e)) from None
+    fit = {"groups": report, "dt": float(dt), "dt_source": dt_source, "readout": readout,
+           "alignment": alignment_cost(net, relays)}
+    return net, fit
 
 
-def _conv_layer(name, node, k, shape, count, pool):
-    if len(shape) != 3:
-        raise CompileError(f"node {name!r}: Conv2d needs a (C, H, W) input, got {shape}")
-    stride = _pair(node.stride, name, "stride")
-    padding = _pair(node.padding, name, "padding") if not isinstance(node.padding, str) else (
-        (0, 0) if node.padding == "valid" else None)
-    if padding is None:
-        kh, kw = k.shape[2:]
-        if stride != (1, 1) or kh % 2 == 0 or kw % 2 == 0:
-            raise CompileError(f"node {name!r}: padding 'same' needs stride 1 and odd kernels")
-        padding = (kh // 2, kw // 2)
-    dilation = _pair(node.dilation, name, "dilation")
-    groups = int(node.groups)
-    if pool is not None:  # pool(k) then conv == conv with each tap repeated over the pool window
-        (ph, pw), shape, _ = pool
-        if dilation != (1, 1):
-            raise CompileError(f"node {name!r}: SumPool2d before a dilated Conv2d")
-        k = np.repeat(np.repeat(k, ph, axis=2), pw, axis=3)
-        stride, padding = (stride[0] * ph, stride[1] * pw), (padding[0] * ph, padding[1] * pw)
-    if k.shape[1] * groups != shape[0]:
-        raise CompileError(f"node {name!r}: weight expects {k.shape[1] * groups} input channels, "
-                           f"gets {shape[0]}")
-    out = (k.shape[0], *(conv_out_size(shape[1 + a], k.shape[2 + a], stride[a], padding[a],
-                                       dilation[a]) for a in (0, 1)))
-    if out[1] < 1 or out[2] < 1:
-        raise CompileError(f"node {name!r}: output shape {out} is empty")
-    return NetLayer(name=f"conv{count}", kind="conv", nodes=[name], in_shape=tuple(shape),
-                    out_shape=out, weight=k, stride=stride, padding=padding, dilation=dilation,
-                    groups=groups)
+def compile_group(graph, name, dt, preds, recurrent, sources, input_name, in_shape, timesteps):
+    """One neuron node -> (Neurons, incoming Synapses, fit row)."""
+    node = graph.nodes[name]
+    shape = _shape(node)
+    i_decay, v_decay, gain, theta, v_leak = neuron_params(name, node, dt)
+    found = paths_into(graph, name, preds, recurrent, sources)
+    if not found:
+        raise CompileError(f"node {name!r}: a neuron with no input")
+    infos, syn_bias = [], np.zeros(shape)
+    for src, ops, rec in found:
+        if rec and src != name:
+            raise CompileError(f"node {name!r}: recurrence from {src!r}; only a group onto "
+                               f"itself is supported")
+        src_shape = in_shape if src == input_name else _shape(graph.nodes[src])
+        kind, w, conv, b, out = path_weights(graph, name, src_shape, ops)
+        if int(np.prod(out)) != int(np.prod(shape)):
+            raise CompileError(f"node {name!r}: input of shape {out} from {src!r} does not fit "
+                               f"its shape {shape}")
+        if b is not None:
+            syn_bias = syn_bias + np.broadcast_to(b.reshape(-1, *([1] * (len(shape) - 1))), shape)
+        infos.append(dict(src="input" if src == input_name else src, ops=ops, rec=rec, kind=kind,
+                          w=w * gain, conv=conv))
+    if np.any(syn_bias) and i_decay != DECAY_UNITY:
+        raise CompileError(f"node {name!r}: a synaptic bias into a neuron whose current decays "
+                           f"(iDecay {i_decay}); Loihi adds its bias to v, not to the current")
+    bias = syn_bias * gain + np.broadcast_to(v_leak, shape)  # per step, in units of v
+    meta_step = _metadata_step(graph, infos)
+    exact = meta_step is not None
+    step = meta_step * gain if exact else choose_step([i["w"] for i in infos], name)
+    syns, errors = [], []
+    for j, info in enumerate(infos):
+        k, _ = to_int(info["w"], step, name, "weights", WEIGHT_MIN, WEIGHT_MAX, exact)
+        errors.append(rel_error(info["w"], k, step))
+        label = info["ops"][-1] if info["ops"] else f"{info['src']}->{name}"
+        syns.append(Synapses(name=label if label not in [s.name for s in syns] else f"{label}.{j}",
+                             src=info["src"], dst=name, kind=info["kind"], weight=k,
+                             recurrent=info["rec"], nodes=list(info["ops"]), **info["conv"]))
+    bias_int = None
+    if np.any(bias):
+        bias_int, _ = to_int(bias, step, name, "bias", -BIAS_MAX - 1, BIAS_MAX, exact)
+        if not exact and np.abs(np.rint(bias / step)).max() > BIAS_MAX:
+            raise CompileError(f"node {name!r}: bias {np.abs(bias).max():g} = "
+                               f"{np.abs(bias / step).max():.0f} steps does not fit 13 bits")
+    vth, note = NEVER_SPIKES, []
+    if theta is not None:
+        q = theta / step
+        vth = int(round(q))
+        if abs(q - vth) > GRID_RTOL * max(1.0, abs(q)):
+            note.append(f"threshold {theta:g} rounded to {vth} steps")
+        if not 0 <= vth <= VTH_MAX:
+            raise CompileError(f"node {name!r}: threshold {theta:g} = {vth} weight steps does not "
+                               f"fit 17 bits [0, {VTH_MAX}] (step {step:g}; is dt right?)")
+    group = Neurons(name=name, shape=shape, i_decay=i_decay, v_decay=v_decay, vth=vth,
+                    bias=bias_int, role="neuron" if theta is not None else "readout", nodes=[name])
+    row = fit_row(group, syns, step, errors, exact, note, timesteps)
+    return group, syns, row
 
 
-def _dense_layer(name, k, shape, count, pool):
-    if k.ndim != 2:
-        raise CompileError(f"node {name!r}: weight of shape {k.shape} is not 2-D")
-    if pool is not None:  # pool then flatten then dense == dense over the unpooled input
-        (ph, pw), full, flattened = pool
-        if not flattened:
-            raise CompileError(f"node {name!r}: SumPool2d before a dense layer needs a Flatten")
-        c, h, w = full
-        kk = k.reshape(k.shape[0], c, h // ph, w // pw)
-        k = np.repeat(np.repeat(kk, ph, axis=2), pw, axis=3).reshape(k.shape[0], -1)
-        shape = (c * h * w,)
-    if len(shape) != 1:
-        raise CompileError(f"node {name!r}: dense input has shape {shape}; add a Flatten")
-    if k.shape[1] != shape[0]:
-        raise CompileError(f"node {name!r}: weight expects {k.shape[1]} inputs, gets {shape[0]}")
-    return NetLayer(name=f"dense{count}", kind="dense", nodes=[name], in_shape=tuple(shape),
-                    out_shape=(k.shape[0],), weight=k)
+def _unique_names(synapses):
+    """Connection names: the last NIR node of the path, made unique with its destination."""
+    taken = {}
+    for s in synapses:
+        taken[s.name] = taken.get(s.name, 0) + 1
+    for s in synapses:
+        if taken[s.name] > 1:
+            s.name = f"{s.name}->{s.dst}"
+    return synapses
 
 
-def fit_report(layers, timesteps):
-    """Per synaptic layer: integer ranges, Lava-realised weights, and 24-bit state headroom.
+def _topological(groups, synapses):
+    """Groups ordered so that feed-forward connections go forward (Kahn, stable)."""
+    names = [g.name for g in groups]
+    deps = {n: {s.src for s in synapses if s.dst == n and not s.recurrent and s.src != "input"}
+            for n in names}
+    done, order = set(), []
+    while len(order) < len(names):
+        ready = [n for n in names if n not in done and deps[n] <= done]
+        if not ready:
+            stuck = sorted(set(names) - done)
+            raise CompileError(f"node {stuck[0]!r}: recurrence through several groups is not "
+                               f"supported (only a group onto itself)")
+        done.add(ready[0])
+        order.append(ready[0])
+    by_name = {g.name: g for g in groups}
+    return [by_name[n] for n in order]
 
-    Worst case per step |a_in| <= A = max over neurons of sum |w| (binary inputs). u then stays
-    within 64 A / (iDecay/4096) (geometric series; 64 A T when iDecay = 0) and v within
-    U / (vDecay/4096) (U T when vDecay = 0). A bound >= 2^23 means the state *may* wrap/clip.
+
+def output_group(graph, groups):
+    """(output group name, 'spikes' | 'state') from the graph's single Output node."""
+    outputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Output)]
+    if len(outputs) != 1:
+        raise CompileError(f"graph: expected exactly one Output node, found {len(outputs)}")
+    srcs = [a for a, b in graph.edges if b == outputs[0]]
+    names = {g.name for g in groups}
+    if len(srcs) != 1 or srcs[0] not in names:
+        what = srcs[0] if srcs else "nothing"
+        raise CompileError(f"node {outputs[0]!r}: fed by {what!r}, not by one neuron node (add an "
+                           f"I integrator or a spiking layer as the readout)")
+    for g in groups:
+        if not g.spiking and g.name != srcs[0]:
+            raise CompileError(f"node {g.name!r}: a non-spiking neuron (I, LI, CubaLI) is only "
+                               f"supported as the readout")
+    return srcs[0], "spikes" if isinstance(graph.nodes[srcs[0]], SPIKING) else "state"
+
+
+# ---- fit report --------------------------------------------------------------------------------
+
+def fit_row(group, syns, step, errors, exact, notes, timesteps):
+    """Integer ranges, quantisation error, Lava weight exactness and 24-bit headroom of a group.
+
+    Worst case per step |a_in| <= A = sum over connections of max_neuron sum |w| (binary inputs)
+    + |bias|. u then stays within 64 A min(T, 4096/iDecay) (geometric series) and v within
+    U min(T, 4096/vDecay). A bound >= 2^23 means the state *may* wrap/clip (a bound, not a
+    measurement).
     """
-    rows = []
-    for layer in layers:
-        if layer.kind == "flatten":
-            continue
-        k = layer.weight
-        fan = np.abs(k).reshape(k.shape[0], -1).sum(1)
-        a_max = int(fan.max()) if fan.size else 0
-        neuron = layer.neuron or INTEGRATOR
-        u_bound = 64 * a_max * (timesteps if neuron["iDecay"] == 0
-                                else DECAY_UNITY / neuron["iDecay"])
-        v_bound = u_bound * (timesteps if neuron["vDecay"] == 0
-                             else DECAY_UNITY / neuron["vDecay"])
-        row = {"layer": layer.name, "nodes": list(layer.nodes), "kind": layer.kind,
-               "in_shape": list(layer.in_shape), "out_shape": list(layer.out_shape),
-               "weight_min": int(k.min()), "weight_max": int(k.max()),
-               "weight_fits_8bit": bool(k.min() >= WEIGHT_MIN and k.max() <= WEIGHT_MAX),
-               "integrator": layer.neuron is None, **{key: int(v) for key, v in neuron.items()},
-               "vth_fits_17bit": bool(layer.neuron is None or 0 <= neuron["vThMant"] <= VTH_MAX),
-               "decays_fit_12bit": bool(0 <= neuron["iDecay"] <= DECAY_UNITY
-                                        and 0 <= neuron["vDecay"] <= DECAY_UNITY),
-               "max_abs_input": a_max, "u_bound": float(u_bound), "v_bound": float(v_bound),
-               "may_overflow_24bit": bool(u_bound >= STATE_MAX or v_bound >= STATE_MAX),
-               "notes": list(layer.notes)}
-        if layer.kind == "dense":
+    fan = sum(np.abs(s.weight).reshape(s.weight.shape[0], -1).sum(1).max() for s in syns)
+    bias = 0 if group.bias is None else int(np.abs(group.bias).max())
+    a_max = int(fan) + bias
+    span = lambda decay: timesteps if decay == 0 else min(timesteps, DECAY_UNITY / decay)  # noqa
+    u_bound = 64 * a_max * span(group.i_decay)
+    v_bound = u_bound * span(group.v_decay)
+    row = {"group": group.name, "role": group.role, "shape": list(group.shape),
+           "connections": [s.name for s in syns], "step": float(step), "exact": bool(exact),
+           "weight_min": int(min(s.weight.min() for s in syns)),
+           "weight_max": int(max(s.weight.max() for s in syns)),
+           "weight_rel_error": float(max(errors)), "bias_max_abs": bias,
+           "iDecay": group.i_decay, "vDecay": group.v_decay, "vThMant": group.vth,
+           "max_abs_input": a_max, "u_bound": float(u_bound), "v_bound": float(v_bound),
+           "may_overflow_24bit": bool(max(u_bound, v_bound) >= STATE_MAX),
+           "notes": list(notes)}
+    lava_exact = True
+    for s in syns:
+        if s.kind == "dense" and np.any(s.weight):
             try:
-                w_lava, exp = lava_dense_weights(k)
-            except NetxError as e:
-                raise CompileError(f"node {layer.nodes[0]!r}: {e}") from None
-            realised = _shift(w_lava, exp)
-            row["lava_weights_exact"] = bool(np.array_equal(realised, k))
-            if not row["lava_weights_exact"]:
-                row["notes"].append("netx/Lava weight scaling changes some weights (emulated)")
-        rows.append(row)
-    return rows
+                w, e = lava_dense_weights(s.weight)
+            except NetxError as err:
+                raise CompileError(f"node {group.name!r}: connection {s.name!r}: {err}") from None
+            lava_exact &= bool(np.array_equal(w * 2.0 ** e, s.weight))  # Lava: sum(w) * 2^e
+    row["lava_weights_exact"] = lava_exact
+    if not lava_exact:
+        row["notes"].append("netx/Lava weight scaling changes some weights (emulated)")
+    if not exact and row["weight_rel_error"] > 0:
+        row["notes"].append(f"weights quantised to step {step:.4g}: relative error "
+                            f"{row['weight_rel_error']:.2%}")
+    return row
 
 
-def _shift(w, exp):
-    """Per-synapse view of Lava's  sum(w) >> -exp  (exact only when w is a multiple of 2^-exp)."""
-    return w << exp if exp >= 0 else w / float(1 << -exp)
+def alignment_cost(net, relays):
+    depth = net.depths()
+    return {"relay_groups": len(relays), "relay_neurons": int(sum(g.size for g in relays)),
+            "relay_synapses": int(sum(s.weight.size for s in net.synapses
+                                      if s.dst in {g.name for g in relays})),
+            "latency_steps": int(max(depth.values())), "extra_steps": 0}
 
 
-def write_netx(path, layers, in_shape, attrs):
-    """Write the netx HDF5 file atomically (train.checkpoint.atomic_write)."""
+# ---- file --------------------------------------------------------------------------------------
+
+def write(path, net):
+    """student.net: the `net/` group, plus netx's `layer/` chain when netx can express the net."""
     import h5py
 
-    def write(tmp):
+    def fill(tmp):
         with h5py.File(tmp, "w") as f:
-            for key, value in attrs.items():
-                f.attrs[key] = value
-            group = f.create_group("layer")
-            entries = [("input", None)] + [(layer.kind, layer) for layer in layers]
-            for i, (kind, layer) in enumerate(entries):
-                g = group.create_group(str(i))
-                g.create_dataset("type", data=np.array([kind.encode("ascii")]))
-                if layer is None:
-                    g.create_dataset("shape", data=np.array(in_shape, dtype=np.int64))
-                    continue
-                g.attrs["name"] = layer.name
-                g.attrs["nodes"] = ",".join(layer.nodes)
-                if kind == "flatten":
-                    continue
-                g.create_dataset("shape", data=np.array(layer.out_shape, dtype=np.int64))
-                g.create_dataset("weight", data=layer.weight.astype(np.int64))
-                if layer.weight_step is not None:
-                    g.attrs["weight_step"] = float(layer.weight_step)
-                if kind == "conv":
-                    for key in ("stride", "padding", "dilation"):
-                        g.create_dataset(key, data=np.array(getattr(layer, key), dtype=np.int64))
-                    g.create_dataset("groups", data=np.int64(layer.groups))
-                if layer.neuron is not None:
-                    n = g.create_group("neuron")
-                    n.create_dataset("type", data=np.array([b"CUBA"]))
-                    for key in ("iDecay", "vDecay", "vThMant"):
-                        n.create_dataset(key, data=np.int64(layer.neuron[key]))
-                    n.create_dataset("refDelay", data=np.int64(1))
-                    n.create_dataset("gradedSpike", data=np.bool_(False))
+            save_net(f, net)
+            if net.chain():
+                from .netx import write_layers
+                write_layers(f, net)
 
-    atomic_write(path, write)
+    atomic_write(path, fill)
 
 
 def compile_graph(graph, out_path, dt=None, timesteps=None):
-    """Compile a NIR graph (or file) to `out_path`; returns the per-layer fit report (list)."""
+    """Compile a NIR graph (or file) to `out_path`; returns (Net, fit report)."""
     graph = load_graph(graph)
-    layers, in_shape = build_layers(graph, dt)
-    meta = graph.metadata or {}
-    steps = int(timesteps or meta.get("timesteps") or 8)
-    report = fit_report(layers, steps)
-    attrs = {"producer": "snn-kd-loihi deploy.compile", "timesteps": steps,
-             "dt": float(dt if dt is not None else meta.get("dt", DEFAULT_DT))}
-    write_netx(out_path, layers, in_shape, attrs)
-    return report
+    steps = int(timesteps or (graph.metadata or {}).get("timesteps") or 8)
+    net, fit = build_net(graph, dt, steps)
+    net.attrs.update(producer="snn-kd-loihi deploy.compile", timesteps=steps)
+    write(out_path, net)
+    return net, fit
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m deploy.compile", description=__doc__.split("\n")[0])
     p.add_argument("nir", help="NIR file (nir.write)")
-    p.add_argument("out", help="netx HDF5 file to write (e.g. student.net)")
-    p.add_argument("--dt", type=float, default=None, help="time step (overrides graph dt)")
+    p.add_argument("out", help="network file to write (e.g. student.net)")
+    p.add_argument("--dt", type=float, default=None,
+                   help="time step (default: the graph's metadata or convention)")
     args = p.parse_args(argv)
     try:
-        report = compile_graph(args.nir, args.out, dt=args.dt)
+        net, fit = compile_graph(args.nir, args.out, dt=args.dt)
     except CompileError as e:
-        sys.exit(f"error: {e}")
-    for row in report:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    for row in fit["groups"]:
         warn = "  MAY OVERFLOW 24 bit" if row["may_overflow_24bit"] else ""
-        print(f"{row['layer']:8s} {row['kind']:5s} w {row['weight_min']}..{row['weight_max']} "
-              f"iDecay {row['iDecay']} vDecay {row['vDecay']} vTh {row['vThMant']}{warn}")
+        print(f"{row['group']:12s} w {row['weight_min']}..{row['weight_max']} iDecay "
+              f"{row['iDecay']} vDecay {row['vDecay']} vTh {row['vThMant']}{warn}")
+    a = fit["alignment"]
+    print(f"dt {fit['dt']:g} ({fit['dt_source']}), readout {fit['readout']}, relays "
+          f"{a['relay_groups']} groups / {a['relay_neurons']} neurons")
     print(f"wrote {args.out}")
 
 

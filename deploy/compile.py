@@ -287,7 +287,7 @@ def _identity(in_shape, out_shape, pool, scale):
     """A path without a synapse: a sum-pool conv, a depthwise 1x1 conv or a dense identity."""
     if pool is not None:
         if len(out_shape) != 3:
-            raise CompileError(f"pooling followed by Flatten into a neuron: no Loihi connection")
+            raise CompileError("pooling followed by Flatten into a neuron: no Loihi connection")
         (ph, pw), (c, _, _) = pool
         w = np.ones((c, 1, ph, pw)) * scale
         return "conv", w, dict(stride=(ph, pw), padding=(0, 0), dilation=(1, 1), groups=c)
@@ -575,9 +575,10 @@ def alignment_cost(net, relays):
 
 # ---- file --------------------------------------------------------------------------------------
 
-def write(path, net):
+def write(path, net, timesteps):
     """student.net: the `net/` group, plus netx's `layer/` chain when netx can express the net."""
     import h5py
+    net.attrs.update(producer="snn-kd-loihi deploy.compile", timesteps=int(timesteps))
 
     def fill(tmp):
         with h5py.File(tmp, "w") as f:
@@ -594,8 +595,7 @@ def compile_graph(graph, out_path, dt=None, timesteps=None):
     graph = load_graph(graph)
     steps = int(timesteps or (graph.metadata or {}).get("timesteps") or 8)
     net, fit = build_net(graph, dt, steps)
-    net.attrs.update(producer="snn-kd-loihi deploy.compile", timesteps=steps)
-    write(out_path, net)
+    write(out_path, net, steps)
     return net, fit
 
 

@@ -1,20 +1,25 @@
-"""Compile the student to Loihi (netx) and prove it: float vs emulator vs Lava, bit for bit.
+"""Compile a NIR graph to Loihi and prove it: float vs emulator vs Lava, spike for spike.
 
     python -m deploy.verify                        # runs/default: student.nir + student.pt
     python -m deploy.verify --nir net.nir --inputs spikes.npy [--labels y.npy]
 
-Steps: compile the NIR graph to `student.net` (deploy.compile); run the float student (student.pt,
-or export.from_nir when only a NIR file is given) and the fixed-point emulator
-(hwmodels.loihi) on the whole test set, Lava (deploy.lava_run) on the first --lava-samples;
-compare every layer's spikes at every step and the readout state (u and v) of emulator and Lava.
-Writes verify.json and verify.md (atomically) next to student.net.
+Steps (one function each): read the inputs and check them against the graph; compile the graph to
+`student.net` (deploy.compile); run the float model (student.pt, else export.from_nir.float_model),
+the fixed-point emulator (hwmodels.loihi) on every sample, and Lava (deploy.lava_run) on the first
+--lava-samples over --lava-workers processes; compare; write verify.json and verify.md
+(atomically) next to student.net.
 
-verify.json keys: float.{accuracy,n,device}, emulator.{accuracy,n,samples_per_s},
-lava.{accuracy,n,samples_per_s}, bit_exact.{n,mismatched_samples,mismatched_indices},
-agreement.{float_vs_emulator,emulator_vs_lava}, drop_points.{float_vs_emulator,
-float_vs_lava_same_samples} (float minus Loihi accuracy, in points), fit (per-layer compile
-report), files, energy.
-Exit status: 0 when Lava and the emulator agree bit for bit, 1 when they do not, 2 on bad input.
+Readout (verify.json `readout`): a spiking output layer scores each sample by its spike counts, a
+non-spiking one (I, LI, CubaLI) by its final state; all three runs predict the argmax.
+
+verify.json keys: float.{accuracy,n,device,note}, emulator.{accuracy,n,samples_per_s},
+lava.{accuracy,n,samples_per_s,workers}, bit_exact.{n,mismatched_samples,mismatched_indices}
+(emulator vs Lava: every spike of every group at every step and the output group's u and v),
+bit_exact.float_vs_emulator.{n,mismatched_samples,mismatched_spikes,per_layer} (groups named as
+float-model layers), agreement.{float_vs_emulator,emulator_vs_lava}, drop_points (float minus
+Loihi accuracy, in points), readout, dt, dt_source, fit, verdict, files.
+Exit status (docs in README): 0 verified; 1 Lava and the emulator differ, or float-vs-Loihi
+prediction agreement is below --min-agreement (the last line says which); 2 bad input.
 """
 import argparse
 import json
@@ -26,21 +31,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.cli import (CHECK_FAILED, UsageError, check_writable_dir, device_arg,
+                        non_negative_int, positive_int, run_guarded)
+from common.files import atomic_write
 from hwmodels.loihi import Emulator, NetxError
 
-from .compile import CompileError, compile_graph, load_graph
+from .compile import CompileError, build_net, load_graph, write
 
 
-class VerifyError(ValueError):
+class VerifyError(UsageError):
     """Bad input: the message names the file or option."""
 
 
 def pick_device(name):
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise VerifyError("--device cuda: no CUDA device available")
-    return name
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
 # ---- inputs ------------------------------------------------------------------------------------
@@ -50,19 +54,20 @@ def load_npy_inputs(path, labels_path):
     try:
         x = np.load(path)
     except (OSError, ValueError) as e:
-        raise VerifyError(f"{path}: cannot read as .npy ({type(e).__name__})") from None
+        raise VerifyError(f"--inputs {path}: cannot read as .npy ({type(e).__name__})") from None
     if x.ndim < 3:
-        raise VerifyError(f"{path}: expected spikes of shape (N, T, ...), got {x.shape}")
+        raise VerifyError(f"--inputs {path}: expected spikes of shape (N, T, ...), got {x.shape}")
     if not np.isin(x, (0, 1)).all():
-        raise VerifyError(f"{path}: spikes must be 0/1")
+        raise VerifyError(f"--inputs {path}: spikes must be 0/1")
     y = None
     if labels_path:
         try:
             y = np.load(labels_path).astype(np.int64).reshape(-1)
         except (OSError, ValueError) as e:
-            raise VerifyError(f"{labels_path}: cannot read as .npy ({type(e).__name__})") from None
+            raise VerifyError(f"--labels {labels_path}: cannot read as .npy "
+                              f"({type(e).__name__})") from None
         if len(y) != len(x):
-            raise VerifyError(f"{labels_path}: {len(y)} labels for {len(x)} samples")
+            raise VerifyError(f"--labels {labels_path}: {len(y)} labels for {len(x)} samples")
     return torch.from_numpy(x.astype(np.float32)), None if y is None else torch.from_numpy(y)
 
 
@@ -80,31 +85,79 @@ def load_dataset_inputs(dataset, encoding, data_dir, batch_size):
     return torch.cat(xs), torch.cat(ys)
 
 
+def check_input_shape(x, in_shape, source):
+    """Samples must have the graph's input shape (or, for a vector input, its element count)."""
+    sample = tuple(x.shape[2:])
+    if sample == tuple(in_shape) or (len(in_shape) == 1 and int(np.prod(sample)) == in_shape[0]):
+        return
+    raise VerifyError(f"{source}: sample shape {sample} does not match the graph's input "
+                      f"{tuple(in_shape)} (inputs are (N, T, {', '.join(map(str, in_shape))}))")
+
+
 # ---- the three runs ----------------------------------------------------------------------------
 
-def run_float(model, x, batch_size, device):
-    """Float student predictions (N,) on spikes (N, T, ...)."""
-    model = model.to(device).eval()
-    preds = []
-    with torch.no_grad():
-        for i in tqdm(range(0, len(x), batch_size), desc="float", unit="batch"):
-            out = model(x[i:i + batch_size].to(device).transpose(0, 1))
-            preds.append(out.logits.argmax(-1).cpu())
-    return torch.cat(preds)
+def run_batches(model, emu, x, batch_size, device):
+    """Float model and emulator batch by batch on spikes (N, T, ...).
+
+    Returns float scores (N, K) or None, float per-step readout (N, T, K) or None, emulator
+    predictions (N,), emulator per-step readout (N, T, K), emulator samples/s, and per batch the
+    float-vs-emulator spike comparison of the layers both runs have."""
+    if model is not None:
+        model = model.to(device).eval()
+    f_scores, f_steps, e_preds, e_steps, rows, elapsed = [], [], [], [], [], 0.0
+    for i in tqdm(range(0, len(x), batch_size), desc="float + emulator", unit="batch"):
+        xb = x[i:i + batch_size]
+        start = time.perf_counter()
+        r = emu.run(xb)
+        elapsed += time.perf_counter() - start
+        e_preds.append(r.predictions.cpu())
+        e_steps.append(readout_steps(r).cpu())
+        if model is None:
+            continue
+        with torch.no_grad():
+            out = model(xb.to(device).transpose(0, 1))
+        f_scores.append(out.logits_t.sum(0).cpu())
+        f_steps.append(out.logits_t.cumsum(0).transpose(0, 1).cpu())
+        rows.append(spike_diff({k: v.transpose(0, 1).bool().cpu() for k, v in out.spikes.items()},
+                               r.spikes))
+    cat = lambda parts: torch.cat(parts) if parts else None  # noqa: E731
+    return (cat(f_scores), cat(f_steps), torch.cat(e_preds), torch.cat(e_steps),
+            len(x) / max(elapsed, 1e-9), rows)
 
 
-def run_emulator(emu, x, batch_size):
-    """Emulator predictions (N,) and samples/s on spikes (N, T, ...)."""
-    preds = []
-    start = time.perf_counter()
-    for i in tqdm(range(0, len(x), batch_size), desc="emulator", unit="batch"):
-        preds.append(emu.run(x[i:i + batch_size]).predictions.cpu())
-    elapsed = time.perf_counter() - start
-    return torch.cat(preds), len(x) / max(elapsed, 1e-9)
+def readout_steps(result):
+    """Per-step output of the output group: spikes (spike readout) or v (state readout)."""
+    if result.readout_kind == "spikes":
+        return torch.as_tensor(result.output_spikes).to(torch.int64)
+    return torch.as_tensor(result.readout)
 
 
-def compare(emu_result, lava_result, n):
-    """Indices of samples (< n) where any layer's spikes or the readout u / v differ."""
+def spike_diff(float_spikes, emu_spikes):
+    """(mismatching samples mask, {layer: mismatching spikes}) over layers both runs have."""
+    bad, per_layer = None, {}
+    for name, e in emu_spikes.items():
+        if name not in float_spikes:
+            continue
+        diff = (float_spikes[name] != e.cpu()).reshape(e.shape[0], -1)
+        per_layer[name] = int(diff.sum())
+        rows = diff.any(1)
+        bad = rows if bad is None else bad | rows
+    return bad, per_layer
+
+
+def summarize_float_vs_emulator(rows, n):
+    if not rows or all(r[0] is None for r in rows):
+        return None
+    per_layer = {}
+    for _, layers in rows:
+        for k, v in layers.items():
+            per_layer[k] = per_layer.get(k, 0) + v
+    return {"n": n, "mismatched_samples": int(sum(int(r[0].sum()) for r in rows)),
+            "mismatched_spikes": int(sum(per_layer.values())), "per_layer": per_layer}
+
+
+def compare_lava(emu_result, lava_result, n):
+    """Indices of samples (< n) where any group's spikes or the output u / v differ."""
     bad = np.zeros(n, dtype=bool)
     for name, s in lava_result.spikes.items():
         e = emu_result.spikes[name][:n].cpu().numpy()
@@ -115,14 +168,42 @@ def compare(emu_result, lava_result, n):
     return np.flatnonzero(bad)
 
 
-def accuracy(pred, labels):
-    return None if labels is None else float((pred == labels[: len(pred)]).float().mean())
+def run_lava(net_path, net, x, workers):
+    from .lava_run import run_lava_parallel
+    start = time.perf_counter()
+    result = run_lava_parallel(net_path, x.numpy(), net, workers)
+    return result, len(x) / (time.perf_counter() - start)
 
 
 # ---- report ------------------------------------------------------------------------------------
 
+def accuracy(pred, labels):
+    return None if labels is None or pred is None else float(
+        (pred == labels[: len(pred)]).float().mean())
+
+
+def agreement(a, b):
+    return None if a is None or b is None else float((a[: len(b)] == b[: len(a)]).float().mean())
+
+
+def points(a, b):
+    return None if a is None or b is None else 100 * (a - b)
+
+
+def verdict(report, min_agreement):
+    """(ok, one line): Lava == emulator on every sample, and float-vs-Loihi agreement high enough."""
+    be, ag = report["bit_exact"], report["agreement"]["float_vs_emulator"]
+    if be["mismatched_samples"]:
+        return False, (f"FAIL: {be['mismatched_samples']} of {be['n']} samples differ between "
+                       f"Lava and the emulator")
+    if ag is not None and ag < min_agreement:
+        return False, (f"FAIL: float vs Loihi prediction agreement {ag:.4f} < --min-agreement "
+                       f"{min_agreement} (see verify.md for the per-layer cause)")
+    float_part = "no float model" if ag is None else f"float/Loihi agreement {ag:.4f}"
+    return True, f"PASS: Lava == emulator on {be['n']} samples; {float_part}"
+
+
 def write_reports(out_dir, report):
-    from train.checkpoint import atomic_write
     atomic_write(out_dir / "verify.json",
                  lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
     atomic_write(out_dir / "verify.md", lambda tmp: Path(tmp).write_text(markdown(report)))
@@ -140,31 +221,42 @@ def _pts(v):
 
 def markdown(r):
     lines = ["# Loihi deployment check", "",
-             f"Network: `{r['files']['net']}` compiled from `{r['files']['nir']}`.", "",
+             f"Network: `{r['files']['net']}` compiled from `{r['files']['nir']}`; dt {r['dt']:g} "
+             f"({r['dt_source']}); readout: {r['readout']}.", "", f"**{r['verdict']}**", "",
              "| run | accuracy | samples | samples/s |", "|---|---|---|---|"]
     for key in ("float", "emulator", "lava"):
         row = r[key]
         lines.append(f"| {key} | {_fmt(row.get('accuracy'), True)} | {row.get('n', '-')} | "
                      f"{_fmt(row.get('samples_per_s'))} |")
-    be, ag = r["bit_exact"], r["agreement"]
-    lines += ["", f"- Bit exact (emulator vs Lava, every spike of every layer at every step and "
-                  f"the readout u, v): {be['n'] - be['mismatched_samples']}/{be['n']} samples",
+    be, ag, fe = r["bit_exact"], r["agreement"], r["bit_exact"]["float_vs_emulator"]
+    lines += ["", f"- Bit exact (emulator vs Lava, every spike of every group at every step and "
+                  f"the output u, v): {be['n'] - be['mismatched_samples']}/{be['n']} samples",
               f"- Prediction agreement: float vs emulator {_fmt(ag['float_vs_emulator'], True)}, "
               f"emulator vs Lava {_fmt(ag['emulator_vs_lava'], True)}",
               f"- Float-to-Loihi accuracy drop: {_pts(r['drop_points']['float_vs_emulator'])} "
-              f"(float vs emulator, {r['emulator']['n']} samples), "
+              f"({r['emulator']['n']} samples), "
               f"{_pts(r['drop_points']['float_vs_lava_same_samples'])} "
-              f"(float vs Lava on the same {r['lava']['n']} samples)", "",
-              "## Per-layer fit (8-bit weights, 17-bit vThMant, 12-bit decays, 24-bit state)", "",
-              "| layer | NIR nodes | kind | weights | iDecay | vDecay | vThMant | max a_in | "
-              "24-bit risk | notes |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for f in r["fit"]:
-        vth = "integrator" if f["integrator"] else f["vThMant"]
-        lines.append(f"| {f['layer']} | {', '.join(f['nodes'])} | {f['kind']} | "
-                     f"{f['weight_min']}..{f['weight_max']} | {f['iDecay']} | {f['vDecay']} | "
-                     f"{vth} | {f['max_abs_input']} | "
+              f"(float vs Lava on the same {r['lava']['n']} samples)"]
+    if fe:
+        lines.append(f"- Float vs emulator spikes: {fe['mismatched_spikes']} spikes differ in "
+                     f"{fe['mismatched_samples']}/{fe['n']} samples")
+    a = r["fit"]["alignment"]
+    lines += [f"- Delay alignment: {a['relay_groups']} relay groups, {a['relay_neurons']} neurons, "
+              f"{a['relay_synapses']} synapses; latency {a['latency_steps']} steps "
+              f"(+{a['extra_steps']} for alignment)", "",
+              "## Per group: fit (8-bit weights, 13-bit bias, 17-bit vThMant, 24-bit state) and "
+              "float-vs-emulator spikes", "",
+              "| group | connections | weights | weight error | bias | iDecay | vDecay | vThMant | "
+              "24-bit risk | float/emulator spike diffs | notes |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    per_layer = (fe or {}).get("per_layer", {})
+    for f in r["fit"]["groups"]:
+        vth = "readout" if f["role"] == "readout" else f["vThMant"]
+        lines.append(f"| {f['group']} | {', '.join(f['connections'])} | {f['weight_min']}.."
+                     f"{f['weight_max']} | {f['weight_rel_error']:.2%} | {f['bias_max_abs']} | "
+                     f"{f['iDecay']} | {f['vDecay']} | {vth} | "
                      f"{'may overflow' if f['may_overflow_24bit'] else 'no'} | "
-                     f"{'; '.join(f['notes'])} |")
+                     f"{per_layer.get(f['group'], '-')} | {'; '.join(f['notes'])} |")
     lines += ["", f"Energy estimate: see [energy.md]({r['energy']}) "
                   f"(`python -m hwmodels.energy`).", ""]
     return "\n".join(lines)
@@ -173,140 +265,178 @@ def markdown(r):
 # ---- main --------------------------------------------------------------------------------------
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m deploy.verify", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m deploy.verify", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--run", default=None,
                    help="run folder with student.nir (+ student.pt); reports go here "
-                        "(default runs/default, or the --nir file's folder)")
+                        "(None: runs/default, or the --nir file's folder)")
     p.add_argument("--nir", help="NIR file to verify instead of RUN/student.nir")
     p.add_argument("--inputs", help=".npy spikes (N, T, ...) instead of a dataset")
     p.add_argument("--labels", help=".npy labels (N,) for --inputs")
-    p.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
+    p.add_argument("--dataset", help="dataset name (None: the checkpoint's)")
     p.add_argument("--data-dir", default="data", help="folder of on-disk datasets")
-    p.add_argument("--lava-samples", type=int, default=100, help="samples run in Lava")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--dt", type=float, default=None, help="time step (overrides the graph's)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lava-samples", type=non_negative_int, default=100, help="samples run in Lava")
+    p.add_argument("--lava-workers", type=positive_int, default=max(1, len(_cores())),
+                   help="Lava processes running shards of the Lava samples in parallel")
+    p.add_argument("--min-agreement", type=float, default=0.99,
+                   help="fail when float-vs-Loihi prediction agreement is below this")
+    p.add_argument("--save-outputs", action="store_true",
+                   help="write outputs.npz: per-step output of float, emulator and Lava")
+    p.add_argument("--device", type=device_arg, default="auto", metavar="{auto,cpu,cuda}")
+    p.add_argument("--dt", type=float, default=None,
+                   help="time step (None: graph metadata, else the graph's own convention)")
+    p.add_argument("--batch-size", type=positive_int, default=256)
     args = p.parse_args(argv)
-    if args.lava_samples < 0 or args.batch_size < 1:
-        p.error("--lava-samples must be >= 0 and --batch-size >= 1")
+    if args.dt is not None and not args.dt > 0:
+        p.error("--dt must be > 0")
     return args
 
 
-def verify(args):
-    run = Path(args.run or "runs/default")
-    if args.lava_samples:
-        from .lava_run import preload
-        preload()
-    device = pick_device(args.device)
-    nir_path = Path(args.nir) if args.nir else run / "student.nir"
-    if not nir_path.is_file():
-        hint = "" if args.nir else f"; run `python -m export.to_nir --run {run}` first"
-        raise VerifyError(f"{nir_path}: NIR file not found{hint}")
-    out_dir = nir_path.parent if args.nir and args.run is None else run
-    graph = load_graph(nir_path)
-    meta = graph.metadata or {}
+def _cores():
+    import os
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count())
+
+
+def float_reference(args, run, graph):
+    """(model or None, checkpoint dict, note): student.pt for our runs, else the graph's float model."""
     ckpt_path = run / "student.pt"
-    model, ckpt, float_note = None, {}, None
     if not args.nir and ckpt_path.is_file():
         from train.checkpoint import CheckpointError, load_model
         try:
             model, ckpt = load_model(ckpt_path, "student")
         except CheckpointError as e:
             raise VerifyError(str(e)) from None
-    else:
-        try:
-            from export.from_nir import student_from_nir
-            model = student_from_nir(graph)
-        except Exception as e:  # a foreign graph the float rebuild does not cover
-            float_note = f"export.from_nir: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        return model, ckpt, "student.pt"
+    from export.from_nir import NIRError, float_model
+    try:
+        return float_model(graph, dt=args.dt), {}, "export.from_nir.float_model"
+    except NIRError as e:
+        return None, {}, f"no float model: {str(e).splitlines()[0]}"
 
+
+def load_inputs(args, ckpt, meta, nir_path):
     if args.inputs:
-        x, y = load_npy_inputs(args.inputs, args.labels)
-    else:
-        encoding = ckpt.get("encoding") or meta.get("encoding")
-        dataset = args.dataset or ckpt.get("dataset") or meta.get("dataset")
-        if not encoding or not dataset:
-            raise VerifyError(f"{nir_path}: no dataset/encoding recorded; pass --inputs FILE.npy "
-                              f"or --dataset NAME with a checkpoint")
-        if isinstance(encoding, str):
-            encoding = json.loads(encoding)
-        x, y = load_dataset_inputs(dataset, encoding, args.data_dir, args.batch_size)
-    steps = x.shape[1]
+        return load_npy_inputs(args.inputs, args.labels)
+    encoding = ckpt.get("encoding") or meta.get("encoding")
+    dataset = args.dataset or ckpt.get("dataset") or meta.get("dataset")
+    if not encoding or not dataset:
+        raise VerifyError(f"{nir_path}: no dataset/encoding recorded; pass --inputs FILE.npy "
+                          f"or --dataset NAME with a checkpoint")
+    if isinstance(encoding, str):
+        encoding = json.loads(encoding)
+    return load_dataset_inputs(dataset, encoding, args.data_dir, args.batch_size)
 
+
+def verify(args):
+    run = Path(args.run or "runs/default")
+    nir_path = Path(args.nir) if args.nir else run / "student.nir"
+    if not nir_path.is_file():
+        hint = "" if args.nir else f"; run `python -m export.to_nir --run {run}` first"
+        raise VerifyError(f"{nir_path}: NIR file not found{hint}")
+    out_dir = nir_path.parent if args.nir and args.run is None else run
+    check_writable_dir(out_dir, "--run")
+    if args.lava_samples:
+        from .lava_run import preload
+        preload()
+    device = pick_device(args.device)
+    graph = load_graph(nir_path)
+    model, ckpt, float_source = float_reference(args, run, graph)
+    x, y = load_inputs(args, ckpt, graph.metadata or {}, nir_path)
+    net, fit = build_net(graph, args.dt, int(x.shape[1]))
+    check_input_shape(x, net.in_shape, f"--inputs {args.inputs}" if args.inputs else "dataset")
     net_path = out_dir / "student.net"
-    fit = compile_graph(graph, net_path, dt=args.dt, timesteps=steps)
-    emu = Emulator.from_netx(net_path, device=device)
-    if tuple(x.shape[2:]) != emu.in_shape and x[0, 0].numel() != int(np.prod(emu.in_shape)):
-        raise VerifyError(f"inputs: sample shape {tuple(x.shape[2:])} does not match the "
-                          f"network input {emu.in_shape}")
-
-    float_pred = run_float(model, x, args.batch_size, device) if model is not None else None
-    emu_pred, emu_rate = run_emulator(emu, x, args.batch_size)
+    write(net_path, net, int(x.shape[1]))  # only once the inputs fit
+    emu = Emulator(net, device=device)
+    scores_f, steps_f, emu_pred, steps_e, emu_rate, rows = run_batches(
+        model, emu, x, args.batch_size, device)
+    float_pred = None if scores_f is None else scores_f.argmax(-1)
 
     n_lava = min(args.lava_samples, len(x))
-    lava_pred, lava_rate, bad = None, None, np.zeros(0, dtype=np.int64)
+    lava, lava_pred, lava_rate, bad = None, None, None, np.zeros(0, dtype=np.int64)
     if n_lava:
-        from .lava_run import run_lava
-        first = emu.run(x[:n_lava])
-        start = time.perf_counter()
-        lava = run_lava(net_path, x[:n_lava].numpy(), emu.layers)
-        lava_rate = n_lava / (time.perf_counter() - start)
-        lava_pred = torch.from_numpy(lava.predictions)
-        bad = compare(first, lava, n_lava)
+        lava, lava_rate = run_lava(net_path, net, x[:n_lava], args.lava_workers)
+        lava_pred = torch.as_tensor(lava.predictions)
+        bad = compare_lava(emu.run(x[:n_lava]), lava, n_lava)
+    if args.save_outputs:
+        save_outputs(out_dir / "outputs.npz", steps_f, steps_e, lava)
 
-    agree = lambda a, b: None if a is None or b is None else float(  # noqa: E731
-        (a[: len(b)] == b[: len(a)]).float().mean())
-    points = lambda a, b: None if a is None or b is None else 100 * (a - b)  # noqa: E731
     report = {
-        "float": {"accuracy": accuracy(float_pred, y), "n": 0 if float_pred is None else len(x),
-                  "device": device, "note": float_note},
-        "emulator": {"accuracy": accuracy(emu_pred, y), "n": len(x),
-                     "samples_per_s": emu_rate, "device": device},
-        "lava": {"accuracy": None if lava_pred is None else accuracy(lava_pred, y),
-                 "n": n_lava, "samples_per_s": lava_rate},
+        "float": {"accuracy": accuracy(float_pred, y), "n": 0 if model is None else len(x),
+                  "device": device, "source": float_source},
+        "emulator": {"accuracy": accuracy(emu_pred, y), "n": len(x), "samples_per_s": emu_rate,
+                     "device": device},
+        "lava": {"accuracy": accuracy(lava_pred, y), "n": n_lava, "samples_per_s": lava_rate,
+                 "workers": args.lava_workers},
         "bit_exact": {"n": n_lava, "mismatched_samples": int(len(bad)),
-                      "mismatched_indices": bad[:20].tolist()},
-        "agreement": {"float_vs_emulator": agree(float_pred, emu_pred),
-                      "emulator_vs_lava": agree(emu_pred[:n_lava], lava_pred)},
-        # Accuracy lost from float to Loihi, in points: over the whole set through the bit-exact
-        # emulator, and on the Lava samples themselves (float and Lava on the same inputs).
+                      "mismatched_indices": bad[:20].tolist(),
+                      "float_vs_emulator": summarize_float_vs_emulator(rows, len(x))},
+        "agreement": {"float_vs_emulator": agreement(float_pred, emu_pred),
+                      "emulator_vs_lava": agreement(emu_pred[:n_lava], lava_pred)},
+        # accuracy lost from float to Loihi, in points: over the whole set through the bit-exact
+        # emulator, and on the Lava samples themselves (float and Lava on the same inputs)
         "drop_points": {
             "float_vs_emulator": points(accuracy(float_pred, y), accuracy(emu_pred, y)),
             "float_vs_lava_same_samples": points(
-                None if float_pred is None or lava_pred is None else accuracy(float_pred[:n_lava], y),
-                None if lava_pred is None else accuracy(lava_pred, y))},
-        "timesteps": int(steps),
-        "fit": fit,
-        "files": {"nir": str(nir_path), "net": str(net_path)},
-        "energy": "energy.md",
+                accuracy(None if float_pred is None else float_pred[:n_lava], y),
+                accuracy(lava_pred, y))},
+        "readout": net.readout, "dt": fit["dt"], "dt_source": fit["dt_source"],
+        "timesteps": int(x.shape[1]), "fit": fit,
+        "files": {"nir": str(nir_path), "net": str(net_path)}, "energy": "energy.md",
     }
+    ok, report["verdict"] = verdict(report, args.min_agreement)
     write_reports(out_dir, report)
-    return report, out_dir
+    return report, out_dir, ok
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        report, out_dir = verify(args)
-    except (VerifyError, CompileError, NetxError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+def save_outputs(path, steps_f, steps_e, lava):
+    arrays = {"emulator": steps_e.numpy()}
+    if steps_f is not None:
+        arrays["float"] = steps_f.numpy()
+    if lava is not None:
+        arrays["lava"] = np.asarray(readout_steps(lava))
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def print_summary(report, out_dir):
     f, e, la, be, ag = (report[k] for k in ("float", "emulator", "lava", "bit_exact", "agreement"))
-    print(f"float    acc {_fmt(f['accuracy'], True)} (n={f['n']})")
-    print(f"emulator acc {_fmt(e['accuracy'], True)} (n={e['n']}, {e['samples_per_s']:.0f} samples/s)")
+    print(f"float    acc {_fmt(f['accuracy'], True)} (n={f['n']}, {f['source']})")
+    print(f"emulator acc {_fmt(e['accuracy'], True)} (n={e['n']}, {e['samples_per_s']:.0f} "
+          f"samples/s)")
     if la["n"]:
         print(f"lava     acc {_fmt(la['accuracy'], True)} (n={la['n']}, "
-              f"{la['samples_per_s']:.2f} samples/s)")
-    print(f"bit exact: {be['n'] - be['mismatched_samples']}/{be['n']} samples; agreement float/emu "
-          f"{_fmt(ag['float_vs_emulator'], True)}, emu/lava {_fmt(ag['emulator_vs_lava'], True)}")
+              f"{la['samples_per_s']:.2f} samples/s, {la['workers']} workers)")
+    fe = be["float_vs_emulator"]
+    spikes = "" if not fe else (f"; float/emu spikes: {fe['mismatched_spikes']} differ in "
+                                f"{fe['mismatched_samples']}/{fe['n']} samples")
+    print(f"bit exact: {be['n'] - be['mismatched_samples']}/{be['n']} samples{spikes}; agreement "
+          f"float/emu {_fmt(ag['float_vs_emulator'], True)}, emu/lava "
+          f"{_fmt(ag['emulator_vs_lava'], True)}")
     d = report["drop_points"]
     print(f"float-to-Loihi drop: {_pts(d['float_vs_emulator'])} (all {e['n']} samples, emulator), "
           f"{_pts(d['float_vs_lava_same_samples'])} (same {la['n']} samples, Lava)")
     print(f"wrote {out_dir / 'verify.json'}, {out_dir / 'verify.md'}")
-    if be["mismatched_samples"]:
-        print(f"error: {be['mismatched_samples']} samples differ between emulator and Lava",
-              file=sys.stderr)
-        sys.exit(1)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+
+    def work():
+        report, out_dir, ok = verify(args)
+        print_summary(report, out_dir)
+        if not ok:
+            print(f"error: {report['verdict']}", file=sys.stderr)
+            return CHECK_FAILED
+        print(report["verdict"])
+        return None
+
+    code = run_guarded(work, CompileError, NetxError)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -298,20 +298,23 @@ def _identity(in_shape, out_shape, pool, scale):
 
 # ---- 4. integers -------------------------------------------------------------------------------
 
-def choose_step(weights, name):
-    """The step s minimising sum (W - s clip(round(W / s), -128, 127))^2 over all weights of a
-    group (candidates: max |W| / 127 and a few quantiles, so rare outliers may be clipped)."""
+def choose_step(weights, extras, name):
+    """The step s minimising the squared rounding error of all incoming weights (clipped to
+    8 bits) plus that of the threshold and bias (`extras`). Candidates: max |W| / 127, a few
+    quantiles of |W| / 127 (rare outliers may then clip) and the finest power of two that keeps
+    max |W| / s within 127 (exact for weights on a binary grid, as many exporters write)."""
     flat = np.concatenate([np.abs(w).reshape(-1) for w in weights])
-    if not flat.size or flat.max() == 0:
-        raise CompileError(f"node {name!r}: all incoming weights are zero")
+    peak = float(flat.max(initial=0))
+    candidates = [float(np.percentile(flat, q)) / WEIGHT_MAX for q in (100, 99.99, 99.9, 99.5)]
+    candidates.append(2.0 ** np.ceil(np.log2(peak / WEIGHT_MAX)) if peak else 0.0)
     best = None
-    for q in (100, 99.99, 99.9, 99.5, 99.0):
-        s = float(np.percentile(flat, q)) / WEIGHT_MAX
+    for s in candidates:
         if s <= 0:
             continue
         err = sum(float(((w - s * np.clip(np.rint(w / s), WEIGHT_MIN, WEIGHT_MAX)) ** 2).sum())
                   for w in weights)
-        if best is None or err < best[0] - 1e-12 * abs(best[0]):
+        err += sum(float(((e - s * np.rint(e / s)) ** 2).sum()) for e in extras)
+        if best is None or err < best[0] * (1 - 1e-9):
             best = (err, s)
     return best[1]
 
@@ -444,9 +447,12 @@ def compile_group(graph, name, dt, preds, recurrent, sources, input_name, in_sha
         raise CompileError(f"node {name!r}: a synaptic bias into a neuron whose current decays "
                            f"(iDecay {i_decay}); Loihi adds its bias to v, not to the current")
     bias = syn_bias * gain + np.broadcast_to(v_leak, shape)  # per step, in units of v
+    if not any(np.any(i["w"]) for i in infos):
+        raise CompileError(f"node {name!r}: all incoming weights are zero")
     meta_step = _metadata_step(graph, infos)
     exact = meta_step is not None
-    step = meta_step * gain if exact else choose_step([i["w"] for i in infos], name)
+    extras = [np.asarray(bias)] + ([] if theta is None else [np.asarray(theta)])
+    step = meta_step * gain if exact else choose_step([i["w"] for i in infos], extras, name)
     syns, errors = [], []
     for j, info in enumerate(infos):
         k, _ = to_int(info["w"], step, name, "weights", WEIGHT_MIN, WEIGHT_MAX, exact)

@@ -7,7 +7,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test clean
 
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
 setup: $(STAMP)
+	@test -f $(FASHION) || test -f data/fashion-mnist/train-images-idx3-ubyte.gz || \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get install -y -q dataset-fashion-mnist || \
+	      { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }; \
+	  else \
+	    echo "error: Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' (Debian), or put its four idx .gz files under data/fashion-mnist (or pass --data-dir DIR with DIR/fashion-mnist)" >&2; exit 1; \
+	  fi
 
 $(STAMP): pyproject.toml
 	@test -n "$(PY310)" || { echo "error: python3.10 not found (lava-nc 0.10.0 needs Python 3.10)"; exit 1; }

@@ -1,6 +1,7 @@
 """Datasets (loading, the fixed seeded split, errors) and input encoders (determinism, rates)."""
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,6 +117,77 @@ def test_cifar10_dvs_without_data_is_a_one_line_error(tmp_path, monkeypatch):
         load_dataset("cifar10-dvs", data_dir=tmp_path)
     msg = _one_line(e.value)
     assert str(tmp_path / "CIFAR10DVS") in msg and "--data-dir" in msg
+
+
+# ---- fashion -----------------------------------------------------------------------------------
+
+def _write_idx(path, magic, array):
+    import gzip
+    head = np.array([magic, *array.shape], dtype=">i4").tobytes()
+    with gzip.open(path, "wb") as f:
+        f.write(head + array.astype(np.uint8).tobytes())
+
+
+def _fake_fashion(folder, n_train=5, n_test=3):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        x = rng.integers(0, 256, (n, 28, 28))
+        x[0, 0, 0] = 255
+        y = rng.integers(0, 10, n)
+        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", 2051, x)
+        _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", 2049, y)
+        arrays[split] = (x, y)
+    return arrays
+
+
+def test_fashion_reads_idx_files_from_data_dir(tmp_path):
+    arrays = _fake_fashion(tmp_path / "fashion-mnist")
+    train, test, info = load_dataset("fashion", data_dir=tmp_path)
+    assert info.name == "fashion" and info.in_shape == (1, 28, 28) and info.num_classes == 10
+    assert (len(train), len(test)) == (5, 3)
+    for ds, (x, y) in ((train, arrays["train"]), (test, arrays["t10k"])):
+        for i in range(len(ds)):
+            img, label, idx = ds[i]
+            assert img.dtype == torch.float32 and img.shape == (1, 28, 28) and idx == i
+            assert torch.equal(img[0], torch.tensor(x[i] / 255.0, dtype=torch.float32))
+            assert label == int(y[i])
+
+
+def test_fashion_bad_or_missing_files_are_one_line_errors(tmp_path, monkeypatch):
+    import train.data as data
+    monkeypatch.setattr(data, "FASHION_SYSTEM_DIR", tmp_path / "nowhere")
+    with pytest.raises(DataError) as e:
+        load_dataset("fashion", data_dir=tmp_path)
+    msg = _one_line(e.value)
+    assert "apt-get install dataset-fashion-mnist" in msg and "--data-dir" in msg
+    assert str(tmp_path / "fashion-mnist") in msg
+    _fake_fashion(tmp_path / "fashion-mnist")
+    _write_idx(tmp_path / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz", 2051, np.zeros((3, 1, 1)))
+    with pytest.raises(DataError) as e:
+        load_dataset("fashion", data_dir=tmp_path)
+    assert "t10k-labels-idx1-ubyte.gz: not an IDX file with magic 2049" in _one_line(e.value)
+
+
+@pytest.mark.skipif(not (Path("/usr/share/datasets/fashion-mnist") /
+                         "train-images-idx3-ubyte.gz").is_file(),
+                    reason="Debian's dataset-fashion-mnist is not installed (make setup as root)")
+def test_fashion_real_files(tmp_path):
+    """The real Fashion-MNIST: 60,000 / 10,000, 28x28, 6,000 / 1,000 images per class."""
+    train, test, info = load_dataset("fashion", data_dir=tmp_path)  # empty: the system folder
+    assert (len(train), len(test)) == (60000, 10000)
+    for ds, per_class in ((train, 6000), (test, 1000)):
+        images, labels = ds.base.images, ds.base.labels
+        assert images.dtype == torch.uint8 and images.shape[1:] == (1, 28, 28)
+        assert torch.bincount(labels, minlength=10).tolist() == [per_class] * 10
+        assert images.max() == 255 and images.min() == 0
+    x, y, i = train[0]
+    assert x.shape == (1, 28, 28) and 0 <= x.min() and x.max() <= 1 and i == 0
+    assert (y, test[0][1]) == (9, 9)  # both sets open with an ankle boot (class 9)
+    # train and test are distinct images
+    sample = {r.numpy().tobytes() for r in test.base.images[:500]}
+    assert not sample & {r.numpy().tobytes() for r in train.base.images[:5000]}
 
 
 def test_unknown_dataset_errors():

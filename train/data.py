@@ -2,8 +2,10 @@
 
 Every dataset yields (image, label, index) with images as float tensors in [0, 1], shape (C, H, W);
 the index makes the rate encoding replayable (the same spikes can be fed to Lava later).
-Nothing downloads: on-disk datasets must already be under --data-dir.
+Nothing downloads: on-disk datasets must already be under --data-dir (Fashion-MNIST also comes from
+Debian's dataset-fashion-mnist package, which `make setup` installs as root).
 """
+import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +13,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-DATASETS = ("mnist5k", "digits", "cifar10", "cifar100", "cifar10-dvs")
+DATASETS = ("mnist5k", "digits", "fashion", "cifar10", "cifar100", "cifar10-dvs")
+FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian: dataset-fashion-mnist
+FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                 "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 ENCODINGS = ("rate", "direct")
 
 
@@ -63,6 +68,58 @@ def _digits(data_dir, split_seed, timesteps):
     return (*_split(x, d.target, 360, split_seed), DatasetInfo("digits", (1, 8, 8), 10))
 
 
+class ByteImages(Dataset):
+    """Images kept as uint8 (N, C, H, W), returned as float in [0, 1] (x / 255) one at a time."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i].float() / 255.0, int(self.labels[i])
+
+
+def read_idx(path, magic, dims):
+    """One gzip'd IDX file (the MNIST format): big-endian int32 magic (2051 images, 2049 labels),
+    `dims` int32 sizes, then uint8 data. Returns a uint8 tensor of those sizes."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    head = np.frombuffer(raw[:4 * (1 + dims)], dtype=">i4") if len(raw) >= 4 * (1 + dims) else []
+    if len(head) != 1 + dims or head[0] != magic:
+        raise DataError(f"{path}: not an IDX file with magic {magic}")
+    shape = tuple(int(v) for v in head[1:])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 * (1 + dims))
+    if data.size != int(np.prod(shape)):
+        raise DataError(f"{path}: {data.size} bytes of data, the header says {shape}")
+    return torch.from_numpy(data.reshape(shape).copy())
+
+
+def fashion_dir(data_dir):
+    """<data_dir>/fashion-mnist if it holds the four files, else Debian's system folder."""
+    for folder in (Path(data_dir) / "fashion-mnist", FASHION_SYSTEM_DIR):
+        if all((folder / f).is_file() for pair in FASHION_FILES.values() for f in pair):
+            return folder
+    raise DataError(f"fashion: Fashion-MNIST not found in {Path(data_dir) / 'fashion-mnist'} or "
+                    f"{FASHION_SYSTEM_DIR}; install it with 'apt-get install dataset-fashion-mnist' "
+                    f"(make setup does so as root) or put its four idx .gz files under "
+                    f"--data-dir {Path(data_dir)}/fashion-mnist")
+
+
+def _fashion(data_dir, split_seed, timesteps):
+    """Fashion-MNIST (Zalando): the official 60,000 / 10,000 split, 28x28 grey, 10 classes."""
+    folder = fashion_dir(data_dir)
+    splits = []
+    for images, labels in FASHION_FILES.values():
+        x = read_idx(folder / images, 2051, 3)
+        y = read_idx(folder / labels, 2049, 1).long()
+        if len(x) != len(y):
+            raise DataError(f"{folder / images}: {len(x)} images but {len(y)} labels")
+        splits.append(Indexed(ByteImages(x.unsqueeze(1), y)))
+    return (*splits, DatasetInfo("fashion", (1, 28, 28), 10))
+
+
 def _cifar(name, data_dir, split_seed, timesteps):
     import torchvision
     cls, folder, k = ((torchvision.datasets.CIFAR10, "cifar-10-batches-py", 10) if name == "cifar10"
@@ -103,7 +160,8 @@ def load_dataset(name="mnist5k", data_dir="data", split_seed=0, timesteps=8):
         raise DataError(f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")
     if name in ("cifar10", "cifar100"):
         return _cifar(name, data_dir, split_seed, timesteps)
-    loader = {"mnist5k": _mnist5k, "digits": _digits, "cifar10-dvs": _cifar10_dvs}[name]
+    loader = {"mnist5k": _mnist5k, "digits": _digits, "fashion": _fashion,
+              "cifar10-dvs": _cifar10_dvs}[name]
     return loader(data_dir, split_seed, timesteps)
 
 

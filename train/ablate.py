@@ -1,32 +1,43 @@
-"""Ablation: every method x seed under the same budget, one teacher per seed.
+"""Ablation: every method x seed under the same budget, one teacher per seed, paired statistics.
 
-    python -m train.ablate --methods none,kd,fkd,ckd,ckd-samd,ckd-nld,tser,esd --seeds 0,1,2 \\
-        --out results/ablation_mnist5k --dataset mnist5k --epochs 12
+    python -m train.ablate --methods none,kd,ckd,esd --seeds 0,1,2,3,4 \
+        --out results/ablation_digits --dataset digits --epochs 40 --train-samples 400 \
+        --timesteps 4 --encoding direct
 
 Arguments this script does not know are passed to `python -m train.distill` for every run (so
 --dataset, --epochs, --timesteps, --train-samples, --batch-size, --lr, --backprop and method flags
 all work). Per seed the teacher is trained once (OUT/runs/seed<S>/teacher/teacher.pt) and loaded
-by every run that needs one, so all students of a seed start from the same initial weights.
-Variants: ckd-samd = ckd --no-nld, ckd-nld = ckd --no-samd, esd = esd with rate-based backprop
-(as the ESD paper trains), esd-bptt = esd with BPTT, none-rate = cross-entropy with rate backprop.
+by every run that needs one; every student of a seed starts from the same initial weights and
+sees the same data in the same order, so methods are compared seed by seed (paired).
+Variants: ckd-samd = ckd --no-nld, ckd-nld = ckd --no-samd, tser-noent = tser without the entropy
+term (--tser-gamma 0), esd = esd with rate-based backprop (as the ESD paper trains), esd-bptt = esd
+with BPTT, none-rate = cross-entropy with rate backprop.
 
-Writes OUT/ablation.json (per method: accs per seed, mean, std, train_time_s; the command, package
-versions, machine) and OUT/ablation.md (method | accuracy mean +- std | time).
+Statistics, per method m and reference r (none, kd): the paired differences d_s = acc_m,s - acc_r,s
+over the seeds s, their mean and the 95 % t-interval mean +- t_{0.975, n-1} sd(d) / sqrt(n).
+Train accuracy is measured after training on the (subset of the) training set, without
+augmentation, in the student's recorded encoding; gap = train - test accuracy.
+
+Writes OUT/ablation.json (per method: accuracies per seed, train accuracies, gaps, paired
+differences with intervals, times; teacher accuracies; the command, package versions, machine)
+and OUT/ablation.md (the table, intervals that exclude zero marked).
 """
 import argparse
 import json
 import os
 import platform
 import shlex
+import math
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 from . import distill
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, load_model
 from .losses import METHODS
 
 VARIANTS = {
@@ -38,6 +49,7 @@ VARIANTS = {
     "ckd-samd": ["--method", "ckd", "--no-nld"],
     "ckd-nld": ["--method", "ckd", "--no-samd"],
     "tser": ["--method", "tser"],
+    "tser-noent": ["--method", "tser", "--tser-gamma", "0"],
     "esd": ["--method", "esd", "--backprop", "rate"],
     "esd-bptt": ["--method", "esd"],
 }
@@ -47,9 +59,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m train.ablate", description=__doc__.split("\n")[0],
                                 allow_abbrev=False,
                                 epilog="Other arguments are passed on to python -m train.distill.")
-    p.add_argument("--methods", default="none,kd,fkd,ckd,ckd-samd,ckd-nld,tser,esd",
+    p.add_argument("--methods", default="none,kd,fkd,ckd,ckd-samd,ckd-nld,tser,tser-noent,esd,"
+                                        "esd-bptt",
                    help=f"comma-separated, from: {', '.join(VARIANTS)}")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated integer seeds")
+    p.add_argument("--seeds", default="0,1,2,3,4",
+                   help="comma-separated integer seeds (paired intervals need at least 2)")
     p.add_argument("--out", default="results/ablation_mnist5k", help="output folder")
     p.add_argument("--reuse", action="store_true",
                    help="keep finished runs found under OUT/runs (their settings are not checked)")
@@ -85,22 +99,64 @@ def train_teacher(passthrough, seed, run_dir):
 
 
 def run_one(passthrough, variant, seed, run_dir, teacher_path, reuse):
-    """Train one student; returns (test accuracy, student training seconds)."""
+    """Train one student; returns {test_acc, train_acc, train_acc_running, seconds}."""
     metrics_path = run_dir / "train_metrics.json"
+    argv = passthrough + VARIANTS[variant] + ["--run", str(run_dir), "--seed", str(seed)]
     if not (reuse and metrics_path.exists()):
-        argv = passthrough + VARIANTS[variant] + ["--run", str(run_dir), "--seed", str(seed)]
         if teacher_path is not None:
             argv += ["--teacher", str(teacher_path)]
         if distill.main(argv) != 0:
             raise SystemExit(f"error: run {variant} seed {seed} failed ({run_dir})")
     metrics = json.loads(metrics_path.read_text())
-    seconds = sum(h["time_s"] for h in metrics["history"])
-    return metrics["student_accuracy"], seconds
+    return {"test_acc": metrics["student_accuracy"],
+            "train_acc": train_accuracy(argv, run_dir / "student.pt"),
+            "train_acc_running": metrics["history"][-1]["train_acc"],
+            "seconds": sum(h["time_s"] for h in metrics["history"])}
 
 
-def summarize(accs, times):
-    return {"accs": accs, "mean": statistics.fmean(accs),
-            "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+def train_accuracy(argv, student_path):
+    """Accuracy of a trained student on the training set it saw (after --train-samples), without
+    augmentation, in its recorded encoding (the test set's epoch-0 spikes for rate codes)."""
+    args = distill.parse_args(argv)
+    train_ds = distill.prepare_data(args, 1)[0]
+    student, ckpt = load_model(student_path, "student")
+    dl = DataLoader(train_ds, batch_size=256, shuffle=False)
+    return distill.evaluate(student, dl, torch.device("cpu"), 1, ckpt["encoding"])
+
+
+def t_quantile(n):
+    """t_{0.975} with n degrees of freedom (scipy, which scikit-learn brings)."""
+    from scipy.stats import t
+    return float(t.ppf(0.975, n))
+
+
+def paired(a, b):
+    """Paired differences d_s = a_s - b_s: mean, sample sd, n and the 95 % t-interval."""
+    d = [x - y for x, y in zip(a, b)]
+    n = len(d)
+    out = {"diffs": d, "n": n, "mean": statistics.fmean(d), "sd": None, "ci95": None,
+           "excludes_zero": False}
+    if n >= 2:
+        sd = statistics.stdev(d)
+        half = t_quantile(n - 1) * sd / math.sqrt(n)
+        lo, hi = out["mean"] - half, out["mean"] + half
+        out.update(sd=sd, ci95=[lo, hi], excludes_zero=lo > 0 or hi < 0)
+    return out
+
+
+def summarize(runs, refs):
+    """Per-method summary of its runs (one per seed); `refs` maps a reference name to its test
+    accuracies per seed (same seed order)."""
+    test = [r["test_acc"] for r in runs]
+    train = [r["train_acc"] for r in runs]
+    times = [r["seconds"] for r in runs]
+    std = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
+    return {"accs": test, "mean": statistics.fmean(test), "std": std(test),
+            "train_accs": train, "train_mean": statistics.fmean(train),
+            "train_accs_running": [r["train_acc_running"] for r in runs],
+            "gaps": [a - b for a, b in zip(train, test)],
+            "gap_mean": statistics.fmean(train) - statistics.fmean(test),
+            "vs": {name: paired(test, ref) for name, ref in refs.items()},
             "train_time_s": statistics.fmean(times), "train_time_s_per_seed": times}
 
 
@@ -114,17 +170,49 @@ def environment():
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def _diff(stats):
+    """'+1.23 [+0.40, +2.06] **≠0**' in points; **≠0** when the 95 % interval excludes zero."""
+    if stats is None:
+        return "–"
+    if stats["ci95"] is None:
+        return f"{100 * stats['mean']:+.2f}"
+    lo, hi = stats["ci95"]
+    mark = " **≠0**" if stats["excludes_zero"] else ""
+    return f"{100 * stats['mean']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]{mark}"
+
+
 def write_markdown(path, report):
+    methods, seeds = report["methods"], report["seeds"]
+    refs = [r for r in ("none", "kd") if r in methods]
+    n = len(seeds)
     lines = [f"# Ablation ({report['settings']})", "",
-             f"Seeds {', '.join(map(str, report['seeds']))}; accuracy = final-epoch test accuracy, "
-             "mean ± sample std over seeds; time = student training seconds per run (mean).", "",
-             "| method | accuracy (%) | time (s) |", "|---|---|---|"]
-    for name, m in report["methods"].items():
-        lines.append(f"| {name} | {100 * m['mean']:.2f} ± {100 * m['std']:.2f} | "
-                     f"{m['train_time_s']:.1f} |")
-    teachers = ", ".join(f"{100 * a:.2f}" for a in report["teacher_accs"].values() if a is not None)
-    lines += ["", f"Teacher accuracy per seed (%): {teachers or 'n/a'}", "",
-              f"Command: `{report['command']}`", ""]
+             f"{n} seeds ({', '.join(map(str, seeds))}), paired: per seed one teacher, and every "
+             "student starts from the same weights and sees the same data order. Test = final-epoch "
+             "test accuracy (mean ± sample std over seeds); train = accuracy on the training set "
+             "after training (no augmentation); gap = train − test. Δ = mean paired difference in "
+             f"points with its 95 % t-interval (t_0.975,{n - 1}); **≠0** marks an interval that "
+             "excludes zero.", "",
+             "| method | test (%) | train (%) | gap (pts) | "
+             + "".join(f"Δ vs {r} (pts) | " for r in refs) + "time (s) |",
+             "|---|---|---|---|" + "---|" * len(refs) + "---|"]
+    for name, m in methods.items():
+        cells = [f"{100 * m['mean']:.2f} ± {100 * m['std']:.2f}", f"{100 * m['train_mean']:.2f}",
+                 f"{100 * m['gap_mean']:+.2f}"]
+        cells += [_diff(m["vs"].get(r)) if r != name else "–" for r in refs]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {m['train_time_s']:.1f} |")
+    lines += ["", "Test accuracy per seed (%):", "",
+              "| method | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+              "|---|" + "---|" * n]
+    for name, m in methods.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * a:.2f}" for a in m["accs"]) + " |")
+    teachers = [a for a in report["teacher_accs"].values() if a is not None]
+    if teachers:
+        lines += ["", "Teacher test accuracy per seed (%): "
+                  + ", ".join(f"{100 * a:.2f}" for a in teachers)
+                  + f" (mean {100 * statistics.fmean(teachers):.2f})"]
+    else:
+        lines += ["", "Teacher: none trained (no method here needs one)."]
+    lines += ["", f"Command: `{report['command']}`", ""]
     atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines)))
 
 
@@ -133,7 +221,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    results = {m: ([], []) for m in args.methods}
+    results = {m: [] for m in args.methods}
     teacher_accs = {}
     for seed in args.seeds:
         seed_dir = out / "runs" / f"seed{seed}"
@@ -142,19 +230,22 @@ def main(argv=None):
             teacher_accs[seed] = train_teacher(passthrough, seed, seed_dir / "teacher")
             teacher_path = seed_dir / "teacher" / "teacher.pt"
         for variant in args.methods:
-            acc, seconds = run_one(passthrough, variant, seed, seed_dir / variant,
-                                   teacher_path if needs_teacher(variant) else None, args.reuse)
-            results[variant][0].append(acc)
-            results[variant][1].append(seconds)
-            print(f"ablation: {variant} seed {seed}: acc {acc:.4f} ({seconds:.0f}s)")
+            r = run_one(passthrough, variant, seed, seed_dir / variant,
+                        teacher_path if needs_teacher(variant) else None, args.reuse)
+            results[variant].append(r)
+            print(f"ablation: {variant} seed {seed}: test {r['test_acc']:.4f} train "
+                  f"{r['train_acc']:.4f} ({r['seconds']:.0f}s)")
+    refs = {r: [x["test_acc"] for x in results[r]] for r in ("none", "kd") if r in results}
     report = {
         "command": shlex.join(["python", "-m", "train.ablate", *(argv if argv is not None
                                                                   else sys.argv[1:])]),
         "settings": " ".join(passthrough) or "train.distill defaults",
         "seeds": args.seeds,
         "variants": {m: VARIANTS[m] for m in args.methods},
-        "methods": {m: summarize(*results[m]) for m in args.methods},
+        "methods": {m: summarize(results[m], {r: v for r, v in refs.items() if r != m})
+                    for m in args.methods},
         "teacher_accs": teacher_accs,
+        "teacher_mean": (statistics.fmean(teacher_accs.values()) if teacher_accs else None),
         "wall_time_s": time.time() - start,
         "environment": environment(),
     }

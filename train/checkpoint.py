@@ -4,13 +4,15 @@ A checkpoint is a dict saved with torch.save:
     format   'snn-kd-loihi/checkpoint'      version  1
     kind     'teacher' | 'student'          arch     {'name', 'config'} (see train.models)
     state_dict, dataset, encoding {'kind', 'timesteps', 'seed'}, epoch, epochs, complete,
-    optimizer, scheduler, history, args
+    optimizer, scheduler, history, args, settings {flag: value} (what --resume must match)
+Writes go through common.files.atomic_write: a failed write keeps the previous checkpoint.
 """
-import os
-import tempfile
+import json
 from pathlib import Path
 
 import torch
+
+from common.files import atomic_write, remove_stale_temps  # noqa: F401  (re-exported)
 
 from .models import arch_of, build_model
 
@@ -21,25 +23,43 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or not ours."""
 
 
-def atomic_write(path, write_fn):
-    """Call write_fn(tmp_path) and rename the result onto path, so path is never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_checkpoint(path, model, kind, **fields):
     ckpt = {"format": FORMAT, "version": VERSION, "kind": kind, "arch": arch_of(model),
             "state_dict": model.state_dict(), **fields}
-    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+    atomic_write(path, lambda tmp: _save(ckpt, tmp))
+
+
+def _save(obj, tmp):
+    # through a Python file object: a full disk is then OSError(ENOSPC), which atomic_write names
+    # in one line; given a path, torch.save reports it as an opaque RuntimeError
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
+def plain(value):
+    """Settings as JSON-like values (tuples as lists), so stored and new ones compare equal."""
+    return json.loads(json.dumps(value))
+
+
+def check_settings(path, ckpt, settings: dict, action="--resume"):
+    """Raise CheckpointError naming the first flag whose value differs from the one the checkpoint
+    was written with. `settings` maps a flag (e.g. '--batch-size') to its value."""
+    stored = ckpt.get("settings")
+    if stored is None:
+        raise CheckpointError(f"{path}: records no run settings (written by an older version); "
+                              f"cannot {action} it, start a new --run")
+    for flag, value in plain(settings).items():
+        if flag not in stored:
+            raise CheckpointError(f"{path}: records no {flag}; cannot {action} it, start a new "
+                                  f"--run")
+        if stored[flag] != value:
+            raise CheckpointError(f"{path}: the run used {flag} {_show(stored[flag])}, now "
+                                  f"{_show(value)}; {action} needs the same {flag} (or start a "
+                                  f"new --run)")
+
+
+def _show(value) -> str:
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) else str(value)
 
 
 def load_checkpoint(path, kind=None) -> dict:

@@ -16,13 +16,14 @@ from torch import nn
 from tqdm import tqdm
 
 import nir
-from train.checkpoint import CheckpointError, load_model
-from train.data import DataError, test_batches
+from common.cli import positive_float, positive_int
+from train.checkpoint import load_model
+from train.data import test_batches
 from train.layers import QuantConv2d, QuantLinear
 from train.models import SpikingCNN, SpikingResNet
 from train.neurons import LoihiCUBA
 
-from .checked import MismatchError, write_checked
+from .checked import run_export, write_checked
 from .interpreter import DEFAULT_DT, run_graph
 
 PRODUCER = "snn-kd-loihi export.to_nir"
@@ -322,26 +323,22 @@ def _summary(r) -> str:
 
 
 def main(argv=None):
+    """Exit codes: 0 written, 1 the check failed (nothing written), 2 bad input (export.checked)."""
     p = argparse.ArgumentParser(prog="python -m export.to_nir", description=__doc__.splitlines()[0])
     p.add_argument("--run", default="runs/default", help="run directory (default: runs/default)")
     p.add_argument("--checkpoint", help="student checkpoint (default: RUN/student.pt)")
     p.add_argument("--out", help="NIR file to write (default: RUN/student.nir)")
-    p.add_argument("--dt", type=float, default=DEFAULT_DT, help="NIR time step (default: 1e-4)")
-    p.add_argument("--samples", type=int, default=64,
+    p.add_argument("--dt", type=positive_float, default=DEFAULT_DT,
+                   help="NIR time step (default: 1e-4)")
+    p.add_argument("--samples", type=positive_int, default=64,
                    help="test samples for the faithfulness check (default: 64)")
     p.add_argument("--data-dir", default="data", help="dataset folder (default: data)")
     args = p.parse_args(argv)
-    if args.samples < 1:
-        p.error("--samples must be at least 1")
     run = Path(args.run)
     checkpoint = Path(args.checkpoint or run / "student.pt")
     out = Path(args.out or run / "student.nir")
-    try:
-        export(checkpoint, out, args.dt, args.samples, args.data_dir)
-    except MismatchError as e:
-        sys.exit(f"error: {out} not written: {e}")
-    except (ExportError, CheckpointError, DataError, OSError) as e:
-        sys.exit(f"error: {str(e).splitlines()[0]}")
+    run_export(out, "--out" if args.out else "--run",
+               lambda: export(checkpoint, out, args.dt, args.samples, args.data_dir), (ExportError,))
 
 
 if __name__ == "__main__":

@@ -17,10 +17,11 @@ import onnxruntime
 import torch
 from tqdm import tqdm
 
-from train.checkpoint import CheckpointError, load_model
-from train.data import DataError, test_batches
+from common.cli import positive_int
+from train.checkpoint import load_model
+from train.data import test_batches
 
-from .checked import MismatchError, write_checked
+from .checked import run_export, write_checked
 
 ATOL, RTOL = 1e-4, 1e-4
 OPSET = 17
@@ -79,26 +80,22 @@ def _summary(r) -> str:
 
 
 def main(argv=None):
+    """Exit codes: 0 written, 1 the check failed (nothing written), 2 bad input (export.checked)."""
     p = argparse.ArgumentParser(prog="python -m export.to_onnx",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--run", default="runs/default", help="run directory (default: runs/default)")
     p.add_argument("--checkpoint", help="teacher checkpoint (default: RUN/teacher.pt)")
     p.add_argument("--out", help="ONNX file to write (default: RUN/teacher.onnx)")
-    p.add_argument("--samples", type=int, default=256,
+    p.add_argument("--samples", type=positive_int, default=256,
                    help="test images for the parity check (default: 256)")
     p.add_argument("--data-dir", default="data", help="dataset folder (default: data)")
     args = p.parse_args(argv)
-    if args.samples < 1:
-        p.error("--samples must be at least 1")
     run = Path(args.run)
     checkpoint = Path(args.checkpoint or run / "teacher.pt")
     out = Path(args.out or run / "teacher.onnx")
-    try:
-        export(checkpoint, out, args.samples, args.data_dir)
-    except MismatchError as e:
-        sys.exit(f"error: {out} not written: {e}")
-    except (CheckpointError, DataError, OSError, onnx.checker.ValidationError) as e:
-        sys.exit(f"error: {str(e).splitlines()[0]}")
+    run_export(out, "--out" if args.out else "--run",
+               lambda: export(checkpoint, out, args.samples, args.data_dir),
+               (onnx.checker.ValidationError,))
 
 
 if __name__ == "__main__":

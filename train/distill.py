@@ -8,6 +8,7 @@ Writes to the run dir: teacher.pt, student.pt (resumable with --resume), train_m
 curves.png. Read top to bottom: arguments, data, teacher, student, report.
 """
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -22,17 +23,25 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, atomic_write, load_checkpoint, load_model, save_checkpoint
+from common.cli import (UsageError, check_writable_dir, device_arg, json_object, non_negative_int,
+                        positive_float, positive_int, run_guarded)
+from common.files import atomic_write, remove_stale_temps
+
+from .checkpoint import (CheckpointError, check_settings, first_difference, load_checkpoint,
+                         load_model, plain, save_checkpoint)
 from .data import DATASETS, ENCODINGS, DataError, encode, load_dataset, random_shift
 from .losses import METHODS, TeacherOutput, add_method_args, build_loss
-from .models import build_model, default_arch
+from .models import ARCHS, arch_of, build_model, default_arch
 from .ratebp import rate_forward
 
 
-def parse_args(argv=None):
+OUTPUTS = ("teacher.pt", "student.pt", "train_metrics.json", "curves.png")
+
+
+def build_parser():
     p = argparse.ArgumentParser(prog="python -m train.distill", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="mnist5k", choices=DATASETS)
+    p.add_argument("--dataset", default="mnist5k", choices=DATASETS, help="dataset")
     p.add_argument("--data-dir", default="data", help="root of on-disk datasets (cifar, dvs)")
     p.add_argument("--run", "--run-dir", dest="run", default="runs/default",
                    help="run directory for checkpoints and reports (--run-dir under torchrun, whose "
@@ -40,39 +49,47 @@ def parse_args(argv=None):
     p.add_argument("--method", default="kd", choices=sorted(METHODS), help="distillation method")
     p.add_argument("--backprop", default="bptt", choices=("bptt", "rate"),
                    help="BPTT through all steps, or rate-based backprop (memory flat in T)")
-    p.add_argument("--teacher", default=None, help="load this teacher checkpoint instead of training")
-    p.add_argument("--teacher-epochs", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=15, help="student epochs")
-    p.add_argument("--timesteps", type=int, default=8)
+    p.add_argument("--teacher", default=None, metavar="PATH",
+                   help="load this teacher checkpoint instead of training one into RUN/teacher.pt")
+    p.add_argument("--teacher-epochs", type=positive_int, default=8, help="teacher epochs")
+    p.add_argument("--epochs", type=positive_int, default=15, help="student epochs")
+    p.add_argument("--timesteps", type=positive_int, default=8, help="time steps T per sample")
     p.add_argument("--encoding", default=None, choices=ENCODINGS,
-                   help="input encoding (default: rate for images, frames for event data)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3, help="student learning rate (Adam)")
-    p.add_argument("--teacher-lr", type=float, default=2e-3)
-    p.add_argument("--shift", type=int, default=None,
-                   help="augment training images with random shifts of up to N pixels "
-                        "(default: 2 for images of 28 px or more, else 0)")
-    p.add_argument("--train-samples", type=int, default=None, help="use only the first N training samples")
-    p.add_argument("--student-config", type=json.loads, default={},
+                   help="student input encoding; None = direct for 3-channel images (CIFAR), rate "
+                        "otherwise; event data (cifar10-dvs) is always fed as frames")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="training batch size")
+    p.add_argument("--lr", type=positive_float, default=2e-3, help="student learning rate (Adam)")
+    p.add_argument("--teacher-lr", type=positive_float, default=2e-3,
+                   help="teacher learning rate (Adam)")
+    p.add_argument("--shift", type=non_negative_int, default=None, metavar="N",
+                   help="augment training images with random shifts of up to N pixels; "
+                        "None = 2 for images of 28 px or more, else 0")
+    p.add_argument("--train-samples", type=positive_int, default=None, metavar="N",
+                   help="use only the first N training samples; None = all")
+    p.add_argument("--student", default=None, choices=("scnn", "sresnet"),
+                   help="student architecture; None = the dataset's default (scnn up to 28 px, "
+                        "sresnet above)")
+    p.add_argument("--student-config", type=json_object, default={}, metavar="JSON",
                    help='JSON merged into the default student config, e.g. \'{"channels": [8, 16]}\'')
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of initialisation, shuffling, augmentation and input spikes")
+    p.add_argument("--device", type=device_arg, default="auto", metavar="{auto,cpu,cuda}",
+                   help="where to train; auto = cuda when available")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run (every flag that shapes the run must match)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_method_args(p)
-    return p.parse_args(argv)
+    return p
 
 
-class UsageError(RuntimeError):
-    """Flags that cannot work together."""
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 # ---- process set-up ----------------------------------------------------------------------------
 
 def setup(args):
     """Seed everything; join a torchrun process group if there is one. Returns (device, rank, world)."""
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but CUDA is not available")
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -147,6 +164,55 @@ def lr_schedule(opt, epochs, steps_per_epoch):
         pct_start=0.15)
 
 
+# ---- what --resume must match ------------------------------------------------------------------
+
+def teacher_settings(args, info, n_train, world) -> dict:
+    """Everything that shapes a teacher trained into RUN/teacher.pt, keyed by flag."""
+    return {"--dataset": info.name, "--teacher-epochs": args.teacher_epochs,
+            "--teacher-lr": args.teacher_lr, "--batch-size": args.batch_size,
+            "--train-samples": n_train, "--shift": args.shift, "--seed": args.seed,
+            "processes (torchrun --nproc_per_node)": world,
+            "teacher architecture": default_arch(info, student=False)}
+
+
+def student_settings(args, info, encoding, arch, n_train, world, teacher=None) -> dict:
+    """Everything that shapes the student run, keyed by flag: the data and its order, the LR
+    schedule, the model, the loss and its flags, and the teacher's weights when the loss uses it."""
+    settings = {"--dataset": info.name, "--method": args.method, "--backprop": args.backprop,
+                "--epochs": args.epochs, "--timesteps": args.timesteps,
+                "--encoding": encoding["kind"], "--batch-size": args.batch_size, "--lr": args.lr,
+                "--train-samples": n_train, "--shift": args.shift, "--seed": args.seed,
+                "--student/--student-config": arch,
+                "processes (torchrun --nproc_per_node)": world}
+    own = argparse.ArgumentParser(add_help=False)
+    METHODS[args.method].add_args(own)  # the method's own flags (--kd-tau, --samd, ...)
+    for dest in vars(own.parse_args([])):
+        settings["--" + dest.replace("_", "-")] = getattr(args, dest)
+    if teacher is not None:
+        settings["teacher weights (--teacher or RUN/teacher.pt)"] = weight_digest(teacher)[:16]
+    return settings
+
+
+def student_arch(args, info) -> dict:
+    """{'name', 'config'} of the student: --student (or the dataset's default) with
+    --student-config merged in, fully resolved. UsageError names a bad key or value."""
+    arch = default_arch(info, student=True, name=args.student)
+    known = [k for k in inspect.signature(ARCHS[arch["name"]]).parameters
+             if k not in ("in_shape", "num_classes")]  # these two come from the dataset
+    for key in args.student_config:
+        if key not in known:
+            raise UsageError(f"--student-config: unknown key {key!r} for student {arch['name']} "
+                             f"(known: {', '.join(known)})")
+    arch["config"].update(args.student_config)
+    try:
+        model = build_model(arch)
+    except Exception as e:  # any value the constructor cannot use
+        text = str(e).strip().splitlines()
+        raise UsageError(f"--student-config {json.dumps(args.student_config)}: cannot build "
+                         f"{arch['name']}: {text[0] if text else type(e).__name__}") from None
+    return plain(arch_of(model))
+
+
 # ---- teacher -----------------------------------------------------------------------------------
 
 def train_teacher(args, info, train_dl, test_dl, device, rank, world, run):
@@ -158,13 +224,22 @@ def train_teacher(args, info, train_dl, test_dl, device, rank, world, run):
                                   f"{ckpt['arch']['config'].get('in_shape')} != dataset {info.in_shape}")
         return teacher.to(device), evaluate(teacher.to(device), test_dl, device, world)
     start, ckpt = 0, None
+    settings = teacher_settings(args, info, len(train_dl.dataset), world)
     if path.exists():
         ckpt = load_checkpoint(path, "teacher")
-        if ckpt.get("complete"):
+        diff = first_difference(ckpt, settings)
+        if diff and args.resume:
+            check_settings(path, ckpt, settings)
+        if diff:  # a teacher for other settings: a fresh run would train another one
+            if rank == 0:
+                print(f"teacher: {path} was trained with {diff[0]} {diff[1]}, not {diff[2]}; "
+                      f"training a new teacher (--teacher {path} would reuse it)")
+            ckpt = None
+        elif ckpt.get("complete"):
             teacher, _ = load_model(path, "teacher")
             print(f"teacher: loaded {path} (test acc {ckpt['test_accuracy']:.4f})") if rank == 0 else None
             return teacher.to(device), ckpt["test_accuracy"]
-        if not args.resume:
+        elif not args.resume:
             ckpt = None
     teacher = build_model(default_arch(info, student=False)).to(device)
     opt = torch.optim.Adam(teacher.parameters(), lr=args.teacher_lr, weight_decay=1e-4)
@@ -197,7 +272,8 @@ def train_teacher(args, info, train_dl, test_dl, device, rank, world, run):
                   f"test acc {acc:.4f} ({time.time() - t0:.1f}s)")
             save_checkpoint(path, teacher, "teacher", dataset=info.name, epoch=epoch,
                             epochs=args.teacher_epochs, complete=done, test_accuracy=acc,
-                            optimizer=opt.state_dict(), scheduler=sched.state_dict())
+                            optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                            settings=plain(settings))
     return teacher, acc
 
 
@@ -227,25 +303,18 @@ class RateForward(torch.nn.Module):
 
 def train_student(args, info, encoding, teacher, train_dl, test_dl, device, rank, world, run):
     path = run / "student.pt"
-    arch = default_arch(info, student=True)
-    arch["config"].update(args.student_config)
-    try:
-        student = build_model(arch).to(device)
-    except TypeError as e:
-        raise UsageError(f"--student-config: {e}") from None
+    arch = student_arch(args, info)
+    student = build_model(arch).to(device)
     loss_fn = build_loss(args.method, args, student, teacher).to(device)
     params = list(student.parameters()) + list(loss_fn.parameters())
     opt = torch.optim.Adam(params, lr=args.lr)
     sched = lr_schedule(opt, args.epochs, len(train_dl))
+    settings = student_settings(args, info, encoding, arch, len(train_dl.dataset), world,
+                                teacher if loss_fn.needs_teacher else None)
     start, history = 0, []
     if args.resume and path.exists():
         ckpt = load_checkpoint(path, "student")
-        if ckpt.get("epochs") != args.epochs:
-            raise CheckpointError(f"{path}: planned for {ckpt.get('epochs')} epochs; --resume "
-                                  f"continues with the same --epochs (the LR schedule depends on it)")
-        if ckpt.get("method") != args.method or ckpt.get("encoding") != encoding:
-            raise CheckpointError(f"{path}: was trained with method {ckpt.get('method')!r} and "
-                                  f"encoding {ckpt.get('encoding')}; cannot resume with these flags")
+        check_settings(path, ckpt, settings)
         student.load_state_dict(ckpt["state_dict"])
         loss_fn.load_state_dict(ckpt["loss_state"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -289,7 +358,8 @@ def train_student(args, info, encoding, teacher, train_dl, test_dl, device, rank
                             epochs=args.epochs, complete=epoch + 1 == args.epochs,
                             test_accuracy=row["test_acc"], history=history,
                             loss_state=loss_fn.state_dict(), optimizer=opt.state_dict(),
-                            scheduler=sched.state_dict(), args=vars(args))
+                            scheduler=sched.state_dict(), args=vars(args),
+                            settings=plain(settings))
     if start >= args.epochs and rank == 0:
         print(f"student: {path} is already complete ({args.epochs} epochs)")
     return student, history
@@ -349,7 +419,7 @@ def prepare_data(args, world):
     train_ds, test_ds, info = load_dataset(args.dataset, args.data_dir, timesteps=args.timesteps)
     if args.shift is None:
         args.shift = 2 if info.in_shape[-1] >= 28 else 0
-    if args.train_samples:
+    if args.train_samples is not None:
         train_ds = Subset(train_ds, range(min(args.train_samples, len(train_ds))))
     kind = args.encoding or ("direct" if info.in_shape[0] == 3 else "rate")
     encoding = {"kind": "frames" if info.frames else kind, "timesteps": args.timesteps,
@@ -360,17 +430,34 @@ def prepare_data(args, world):
 
 
 def run(args):
-    device, rank, world = setup(args)
+    """Check everything that can be checked (flags, folder, data, student config, --teacher,
+    --resume) before creating the run folder or training anything; then train and report."""
     run_dir = Path(args.run)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(run_dir, "--run")
+    device, rank, world = setup(args)
     train_ds, test_ds, info, encoding, train_dl, test_dl = prepare_data(args, world)
+    arch = student_arch(args, info)
+    student_ckpt = run_dir / "student.pt"
+    if args.resume and student_ckpt.exists():  # refuse other flags now, not after the teacher
+        check_settings(student_ckpt, load_checkpoint(student_ckpt, "student"),
+                       student_settings(args, info, encoding, arch, len(train_ds), world))
+    needs_teacher = METHODS[args.method].needs_teacher
+    teacher = teacher_acc = None
+    if args.teacher:  # read (and checked) before anything is written
+        teacher, teacher_acc = train_teacher(args, info, train_dl, test_dl, device, rank, world,
+                                             run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
+        stale = [p for name in OUTPUTS for p in remove_stale_temps(run_dir, name)]
+        if stale:
+            print(f"removed {len(stale)} temp file(s) left by an interrupted run: "
+                  f"{', '.join(p.name for p in stale)}")
         print(f"{info.name}: {len(train_ds)} train / {len(test_ds)} test, T={args.timesteps}, "
               f"{encoding['kind']} input, method {args.method}, {device}, {world} process(es)")
     t0 = time.time()
-    needs_teacher = METHODS[args.method].needs_teacher
-    teacher, teacher_acc = (train_teacher(args, info, train_dl, test_dl, device, rank, world, run_dir)
-                            if needs_teacher or args.teacher else (None, None))
+    if needs_teacher and teacher is None:
+        teacher, teacher_acc = train_teacher(args, info, train_dl, test_dl, device, rank, world,
+                                             run_dir)
     if teacher is not None:
         teacher.eval()
         for p in teacher.parameters():
@@ -394,13 +481,14 @@ def run(args):
 
 
 def main(argv=None):
+    """Exit codes (common.cli): 0 done, 2 bad input (a flag, file, checkpoint, dataset, the
+    machine or the disk), with one line 'error: ...' on stderr."""
     args = parse_args(argv)
-    try:
+
+    def work():
         run(args)
-    except (DataError, CheckpointError, UsageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_guarded(work, DataError, CheckpointError)
 
 
 if __name__ == "__main__":

@@ -103,22 +103,28 @@ def read_netx(path) -> tuple:
     `nodes` are the NIR nodes a layer came from when the file says so. Raises EnergyError on
     anything this model cannot count.
     """
-    in_shape, layers = _parse(path)
-    return in_shape, counting_layers(layers)
+    net, layers = _parse(path)
+    return net.in_shape, layers
 
 
 def _parse(path):
+    """(hwmodels.loihi.Net, [Layer]) of a chain network; EnergyError for graphs it cannot count."""
     try:
-        return loihi.read_netx(path)
+        net = loihi.read_net(path)
     except loihi.NetxError as e:
         raise EnergyError(str(e)) from None
-
-
-def counting_layers(layers) -> list:
-    """hwmodels.loihi layers -> the structure this model counts with."""
-    return [Layer(layer.name, layer.kind, tuple(layer.in_shape), tuple(layer.out_shape),
-                  tuple(layer.weight.shape), layer.has_neuron, layer.stride, layer.padding,
-                  layer.dilation, layer.groups, tuple(layer.nodes)) for layer in layers]
+    layers, prev = [], "input"
+    for g in net.neurons:
+        syn = net.incoming(g.name)
+        if len(syn) != 1 or syn[0].src != prev or syn[0].recurrent:
+            raise EnergyError(f"{path}: group {g.name!r} has fan-in, a skip or a recurrent "
+                              f"connection; this energy model counts chains only")
+        s, src = syn[0], net.shape_of(prev)
+        layers.append(Layer(g.name, s.kind, tuple(src) if s.kind == "conv" else
+                            (int(np.prod(src)),), tuple(g.shape), tuple(s.weight.shape),
+                            g.spiking, s.stride, s.padding, s.dilation, s.groups, tuple(g.nodes)))
+        prev = g.name
+    return net, layers
 
 
 # ---- activity: spike counts --------------------------------------------------------------------
@@ -393,17 +399,16 @@ def test_batches(ckpt, samples=None, batch_size=100, data_dir="data"):
     return n, info, ((x.transpose(0, 1), y) for x, y in batches)
 
 
-def emulator_source(in_shape, layers, device):
+def emulator_source(net, device):
     """run(inputs) -> (spikes per neuron layer in order, predictions) from hwmodels.loihi."""
     try:
-        emulator = loihi.Emulator(in_shape, layers, device=device)
+        emulator = loihi.Emulator(net, device=device)
     except loihi.NetxError as e:
         raise EnergyError(f"emulator: {e}") from None
 
     def run(inputs):
         res = emulator.run(inputs.to(device))
-        names = [d.name for d in res.layers if d.has_neuron]
-        return [res.spikes[name] for name in names], res.predictions
+        return [res.spikes[g.name] for g in net.neurons if g.spiking], res.predictions
 
     return run
 
@@ -472,8 +477,8 @@ def run(args) -> dict:
     net = run_dir / "student.net"
     if not net.is_file():
         raise EnergyError(f"{net} not found; run `python -m deploy.verify --run {run_dir}` first")
-    in_shape, netx_layers = _parse(net)
-    layers = counting_layers(netx_layers)
+    net_obj, layers = _parse(net)
+    in_shape = net_obj.in_shape
     model, ckpt = load_model(run_dir / "student.pt", "student")
     analog = ckpt["encoding"]["kind"] == "direct"
     activity = args.activity
@@ -482,7 +487,7 @@ def run(args) -> dict:
     if activity == "emulator" and analog:
         raise EnergyError("analog ('direct') input cannot be fed to the Loihi emulator as spikes; "
                           "use --activity student")
-    source = (emulator_source(in_shape, netx_layers, args.device) if activity == "emulator"
+    source = (emulator_source(net_obj, args.device) if activity == "emulator"
               else student_source(model, args.device))
     n, info, batches = test_batches(ckpt, args.samples, args.batch_size, args.data_dir)
     if tuple(info.in_shape) != tuple(in_shape):

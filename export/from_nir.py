@@ -1,12 +1,13 @@
-"""Rebuild a runnable, trainable student from NIR (ours, docs/nir.md, or snnTorch's export_to_nir).
+"""Rebuild a runnable, trainable student from NIR (ours, docs/nir.md, or snnTorch's export_to_nir),
+and the float reference of any NIR graph (`float_model`).
 
 A chain input -> (Conv2d, neuron)* -> Flatten -> (Affine, neuron)* -> Affine -> I -> output becomes
 a `train.models.SpikingCNN`; any other feed-forward graph becomes a `NIRStudent` that runs the graph
 with the same LoihiCUBA / QuantConv2d / QuantLinear modules. Both return a `StudentOutput`.
 
-Parameters map back through the discrete reading of docs/nir.md (dt from the graph metadata, else
-snnTorch's 1e-4): alpha = 1 - dt/tau_syn, beta = 1 - dt/tau_mem, theta = v_threshold. Our own files
-round-trip exactly. Foreign values that are not on Loihi's grids (weights step * int8, decays in
+Parameters map back through the discrete reading of docs/nir.md (dt from
+`export.interpreter.resolve_dt`): alpha = 1 - dt/tau_syn, beta = 1 - dt/tau_mem,
+theta = v_threshold. Our own files round-trip exactly. Foreign values that are not on Loihi's grids (weights step * int8, decays in
 1/4096, thresholds on the weight grid) are rounded onto them with a warning naming the node.
 """
 import math
@@ -23,14 +24,11 @@ from train.models import SpikingCNN, StudentOutput, _time_batched
 from train.neurons import LoihiCUBA
 from train.quant import WEIGHT_MAX, WEIGHT_MIN
 
-from .interpreter import graph_dt, predecessors, topological_order
+from .interpreter import (NON_SPIKING, SPIKING, NIRError, check_recurrence, flatten_graph,
+                          graph_dt, predecessors, resolve_dt, run_graph, topological_order)
 
 DEFAULT_STEP = 1 / 64
 GAIN_RTOL = 1e-6
-
-
-class NIRError(ValueError):
-    """A NIR file or graph that cannot become a student; the message names the file or node."""
 
 
 def read_graph(path) -> nir.NIRGraph:
@@ -314,3 +312,81 @@ def student_from_nir(graph_or_path) -> nn.Module:
     modules = graph_modules(graph, dt)
     model = spiking_cnn(graph, modules)
     return (model if model is not None else NIRStudent(graph, modules)).eval()
+
+
+# ---- the float reference of any graph ----------------------------------------------------------
+
+def _readout_source(graph):
+    """(output name, the neuron it reads): the Output's single source, through Flatten nodes."""
+    if len(graph.outputs) != 1:
+        raise NIRError(f"graph has {len(graph.outputs)} Output nodes; a float model reads one")
+    out = next(iter(graph.outputs))
+    name = out
+    while True:
+        srcs = predecessors(graph, name)
+        if len(srcs) != 1:
+            raise NIRError(f"node {name!r}: has {len(srcs)} incoming edges; the readout must be "
+                           f"one neuron")
+        name = srcs[0]
+        if not isinstance(graph.nodes[name], nir.Flatten):
+            return out, name
+
+
+def readout_kind(graph) -> str:
+    """"spikes" when the Output reads a spiking neuron (LIF, CubaLIF, IF): the score is the spike
+    count over the run; "state" for a non-spiking one (I, LI, CubaLI): the score is its final
+    state. NIRError naming the node for anything else."""
+    graph = flatten_graph(graph)
+    _, src = _readout_source(graph)
+    node = graph.nodes[src]
+    if isinstance(node, SPIKING):
+        return "spikes"
+    if isinstance(node, NON_SPIKING):
+        return "state"
+    raise NIRError(f"node {src!r}: the Output reads a {type(node).__name__}; the readout must be "
+                   f"a neuron (spiking LIF/CubaLIF/IF or state I/LI/CubaLI)")
+
+
+class NIRFloatModel(nn.Module):
+    """The NIR equations in float (export.interpreter, unquantised weights) as a student.
+
+    forward(x: (T, B, ...)) -> StudentOutput with spikes {spiking neuron: (T, B, ...)} and
+    logits_t[t] the per-step increment of the readout score (score = logits_t.sum(0)):
+    readout "spikes": logits_t = the output neuron's spikes; "state": logits_t[t] = v[t] - v[t-1]
+    with v[-1] = 0, so the score is the final state v[T-1] (up to float32 rounding of the sum).
+    """
+
+    def __init__(self, graph: nir.NIRGraph, dt: float):
+        super().__init__()
+        self.graph, self.dt = flatten_graph(graph), float(dt)
+        if len(self.graph.inputs) != 1:
+            raise NIRError(f"graph has {len(self.graph.inputs)} Input nodes; a float model "
+                           f"takes one")
+        self.readout = readout_kind(self.graph)
+        self.output_name, _ = _readout_source(self.graph)
+        self.recurrent = check_recurrence(self.graph)
+        self.neurons = [n for n in topological_order(self.graph, skip=self.recurrent)
+                        if isinstance(self.graph.nodes[n], SPIKING)]
+
+    def forward(self, x) -> StudentOutput:
+        values = run_graph(self.graph, x, self.dt)
+        y = values[self.output_name]
+        if self.readout == "state":
+            y = y - torch.cat([torch.zeros_like(y[:1]), y[:-1]])
+        return StudentOutput(logits_t=y, spikes={n: values[n] for n in self.neurons})
+
+
+def float_model(graph_or_path, dt=None) -> nn.Module:
+    """The float reference of a NIR graph (eval mode): the trained student (`student_from_nir`)
+    for a graph written by export.to_nir, else a NIRFloatModel running the NIR equations at
+    resolve_dt(graph, dt). NIRError (DtError for dt) naming the node for what it cannot run."""
+    from .to_nir import PRODUCER
+    graph = graph_or_path if isinstance(graph_or_path, nir.NIRGraph) else read_graph(graph_or_path)
+    step, source = resolve_dt(graph, dt)
+    if (graph.metadata or {}).get("producer") == PRODUCER:
+        own = graph_dt(graph)
+        if not math.isclose(step, own, rel_tol=1e-9):
+            raise NIRError(f"--dt {step:g} differs from dt = {own:g} that export.to_nir wrote "
+                           f"(the student's decays are fixed by it)")
+        return student_from_nir(graph)
+    return NIRFloatModel(graph, step).eval()

@@ -1,44 +1,170 @@
 """Reference simulator of a NIR graph in discrete time (docs/nir.md), independent of the students.
 
-Every node is simulated from its NIR equation with forward Euler at step `dt` (graph metadata `dt`,
-default 1e-4 as snnTorch uses). For a neuron with time constant tau the Euler step of
+Every node is simulated from its NIR equation with forward Euler at step `dt` (`resolve_dt`: the
+--dt flag, metadata `dt`, snnTorch's r = tau/dt convention, or 1 for a graph without time
+constants). For a neuron with time constant tau the Euler step of
 `tau dv/dt = (v_leak - v) + r x` is
 
     v[t] = (1 - dt/tau) v[t-1] + (dt/tau) v_leak + (dt/tau) r x[t]
 
-The coefficients are derived from the NIR parameters in float64 and the state is kept in float32,
-the precision of the student and of Loihi's float reference, so spikes can be compared exactly.
-A node with several incoming edges receives the sum of their outputs (in edge order); nodes run in
-topological order, so the graph must be acyclic. Shapes exclude the batch; inputs are (T, B, ...).
+The coefficients are derived from the NIR parameters in float64 (an input gain within 1e-6 of 1,
+float32 round-off of snnTorch's r = tau/dt, is taken as exactly 1) and the state is kept in
+float32, the precision of the student and of Loihi's float reference, so spikes can be compared
+exactly. A node with several incoming edges receives the sum of their outputs (in edge order).
+Nested graphs are inlined (`flatten_graph`). Edges that close a cycle (`recurrent_edges`) deliver
+their source's output of the previous step (zeros at t = 0); every cycle must pass through exactly
+one neuron (self-recurrence, e.g. CubaLIF -> recurrent Linear -> the same CubaLIF). The other nodes
+run in topological order. Shapes exclude the batch; inputs are (T, B, ...).
 """
+import math
+
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 import nir
 
-DEFAULT_DT = 1e-4
+DEFAULT_DT = 1e-4   # snnTorch's hard-coded step; used only when a graph's own values say so
+DT_RTOL = 1e-4      # the r = tau/dt convention: all neurons must give the same dt within this
+GAIN_RTOL = 1e-6    # an Euler input gain this close to 1 is float32 round-off of r = tau/dt
+
+SPIKING = (nir.LIF, nir.CubaLIF, nir.IF)
+NON_SPIKING = (nir.I, nir.LI, nir.CubaLI)
+NEURONS = SPIKING + NON_SPIKING
 
 
-def topological_order(graph: nir.NIRGraph) -> list:
-    """Node names so that every edge goes forward (Kahn's algorithm, stable in node order)."""
+class NIRError(ValueError):
+    """A NIR file or graph that cannot be read or simulated; the message names the file or node."""
+
+
+class DtError(NIRError):
+    """The graph does not pin its time step; the one-line message names --dt and why."""
+
+
+# ---- graph utilities ---------------------------------------------------------------------------
+
+def _is_port(node):
+    return isinstance(node, (nir.Input, nir.Output))
+
+
+def _endpoint(graph, ref, kind):
+    """(node name, port) of an edge end: a plain node (port None), a subgraph (its single Input or
+    Output), or "subgraph.port"."""
+    if ref in graph.nodes:
+        node = graph.nodes[ref]
+        if not isinstance(node, nir.NIRGraph):
+            return ref, None
+        ports = [n for n, m in node.nodes.items() if isinstance(m, kind)]
+        if len(ports) != 1:
+            raise NIRError(f"node {ref!r}: edge to a subgraph with {len(ports)} "
+                           f"{kind.__name__} nodes must name one as '{ref}.<name>'")
+        return ref, ports[0]
+    outer, _, port = ref.rpartition(".")
+    sub = graph.nodes.get(outer)
+    if isinstance(sub, nir.NIRGraph) and isinstance(sub.nodes.get(port), kind):
+        return outer, port
+    raise NIRError(f"edge end {ref!r} is not a node of the graph")
+
+
+def flatten_graph(graph: nir.NIRGraph) -> nir.NIRGraph:
+    """Inline nested NIRGraph nodes: inner node n of subgraph s becomes "s.n", the subgraph's
+    Input / Output nodes are removed and the edges through them reconnected (an edge into s feeds
+    every node its Input fed; every node that fed its Output feeds the edge's destination).
+    A flat graph comes back unchanged (the same object). Subgraph metadata is kept in the flat
+    graph's metadata under "subgraph_metadata" {s: metadata}."""
+    if not any(isinstance(n, nir.NIRGraph) for n in graph.nodes.values()):
+        return graph
+    nodes, inner_edges, fan_in, fan_out = {}, [], {}, {}
+    meta = dict(graph.metadata or {})
+    for name, node in graph.nodes.items():
+        if not isinstance(node, nir.NIRGraph):
+            nodes[name] = node
+            continue
+        sub = flatten_graph(node)
+        sub_meta = {k: v for k, v in (sub.metadata or {}).items() if k != "subgraph_metadata"}
+        if sub_meta:
+            meta.setdefault("subgraph_metadata", {})[name] = sub_meta
+        for key, value in (sub.metadata or {}).get("subgraph_metadata", {}).items():
+            meta.setdefault("subgraph_metadata", {})[f"{name}.{key}"] = value
+        for n, m in sub.nodes.items():
+            if not _is_port(m):
+                nodes[f"{name}.{n}"] = m
+        for a, b in sub.edges:
+            ia, ib = _is_port(sub.nodes[a]), _is_port(sub.nodes[b])
+            if ia and ib:
+                raise NIRError(f"node {name!r}: subgraph connects {a!r} straight to {b!r}")
+            if ia:
+                fan_in.setdefault((name, a), []).append(f"{name}.{b}")
+            elif ib:
+                fan_out.setdefault((name, b), []).append(f"{name}.{a}")
+            else:
+                inner_edges.append((f"{name}.{a}", f"{name}.{b}"))
+    edges = []
+    for a, b in graph.edges:
+        src, dst = _endpoint(graph, a, nir.Output), _endpoint(graph, b, nir.Input)
+        srcs = [src[0]] if src[1] is None else fan_out.get(src, [])
+        dsts = [dst[0]] if dst[1] is None else fan_in.get(dst, [])
+        edges += [(s, d) for s in srcs for d in dsts if (s, d) not in edges]
+    edges += [e for e in inner_edges if e not in edges]
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=False)
+
+
+def _successors(graph):
+    succ = {name: [] for name in graph.nodes}
+    for src, dst in graph.edges:
+        if src not in succ or dst not in succ:
+            raise NIRError(f"edge ({src!r}, {dst!r}) names a node that is not in the graph")
+        succ[src].append(dst)
+    return succ
+
+
+def recurrent_edges(graph: nir.NIRGraph) -> set:
+    """The edges (src, dst) that close a cycle: back edges of a depth-first search from the Input
+    nodes in node order (then from any node not reached), successors in edge order."""
+    succ = _successors(graph)
+    starts = [n for n, m in graph.nodes.items() if isinstance(m, nir.Input)] + list(graph.nodes)
+    state, back = {}, set()   # state: 1 on the DFS stack, 2 finished
+    for start in starts:
+        if start in state:
+            continue
+        state[start] = 1
+        stack = [(start, iter(succ[start]))]
+        while stack:
+            name, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                state[name] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                back.add((name, nxt))
+            elif nxt not in state:
+                state[nxt] = 1
+                stack.append((nxt, iter(succ[nxt])))
+    return back
+
+
+def topological_order(graph: nir.NIRGraph, skip=()) -> list:
+    """Node names so that every edge not in `skip` goes forward (Kahn's algorithm, stable in node
+    order). Pass skip=recurrent_edges(graph) for a graph with recurrence."""
+    skip = set(skip)
+    edges = [e for e in graph.edges if tuple(e) not in skip]
     indegree = {name: 0 for name in graph.nodes}
-    for _, dst in graph.edges:
+    for _, dst in edges:
         indegree[dst] += 1
     ready = [name for name in graph.nodes if indegree[name] == 0]
     order = []
     while ready:
         name = ready.pop(0)
         order.append(name)
-        for src, dst in graph.edges:
+        for src, dst in edges:
             if src == name:
                 indegree[dst] -= 1
                 if indegree[dst] == 0:
                     ready.append(dst)
     if len(order) != len(graph.nodes):
         stuck = sorted(set(graph.nodes) - set(order))
-        raise ValueError(f"NIR graph has a cycle through {', '.join(stuck)}; only feed-forward "
-                         f"graphs can be simulated step by step")
+        raise NIRError(f"NIR graph has a cycle through {', '.join(stuck)}; only feed-forward "
+                       f"graphs can be simulated step by step")
     return order
 
 
@@ -46,18 +172,153 @@ def predecessors(graph: nir.NIRGraph, name: str) -> list:
     return [src for src, dst in graph.edges if dst == name]
 
 
-def graph_dt(graph: nir.NIRGraph) -> float:
-    return float(graph.metadata.get("dt", DEFAULT_DT))
+def _reach(edges, start, forward=True):
+    seen, todo = {start}, [start]
+    while todo:
+        name = todo.pop()
+        for a, b in edges:
+            here, nxt = (a, b) if forward else (b, a)
+            if here == name and nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
 
+
+def check_recurrence(graph: nir.NIRGraph, rec=None) -> set:
+    """Every cycle closed by a recurrent edge (src, dst) (the nodes on dst -> ... -> src paths
+    without recurrent edges) must hold exactly one neuron; NIRError otherwise. Returns rec."""
+    rec = recurrent_edges(graph) if rec is None else set(rec)
+    forward = [e for e in graph.edges if tuple(e) not in rec]
+    for src, dst in sorted(rec):
+        cycle = _reach(forward, dst) & _reach(forward, src, forward=False)
+        for name in sorted(cycle):
+            if isinstance(graph.nodes[name], nir.Delay):
+                raise NIRError(f"node {name!r}: Delay in a recurrent loop has no float meaning")
+        neurons = [n for n in sorted(cycle) if isinstance(graph.nodes[n], NEURONS)]
+        if len(neurons) != 1:
+            raise NIRError(f"cycle through {', '.join(sorted(cycle))} passes {len(neurons)} "
+                           f"neurons; only self-recurrence (one neuron per loop) is simulated")
+    return rec
+
+
+# ---- the time step -----------------------------------------------------------------------------
+
+def _walk_metadata(graph, prefix=""):
+    """(where, dt) for every "dt" in graph, subgraph and node metadata."""
+    meta = graph.metadata or {}
+    if "dt" in meta:
+        yield ("graph metadata" if not prefix else f"subgraph {prefix[:-1]!r} metadata"), meta["dt"]
+    for name, sub in meta.get("subgraph_metadata", {}).items():
+        if "dt" in sub:
+            yield f"subgraph {prefix + name!r} metadata", sub["dt"]
+    for name, node in graph.nodes.items():
+        if isinstance(node, nir.NIRGraph):
+            yield from _walk_metadata(node, f"{prefix}{name}.")
+        elif "dt" in (getattr(node, "metadata", None) or {}):
+            yield f"node {prefix + name!r} metadata", node.metadata["dt"]
+
+
+def _array(v) -> np.ndarray:
+    return np.asarray(v.detach() if torch.is_tensor(v) else v, dtype=np.float64)
+
+
+def _convention(graph):
+    """[(node, label, tau/gain)] for the r = tau_mem/dt, w_in = tau_syn/dt reading of every
+    LIF / CubaLIF; (node, type name, None) for LI / CubaLI (a time constant, no convention)."""
+    found = []
+    for name, node in graph.nodes.items():
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if isinstance(node, nir.CubaLIF):
+                found += [(name, "r*dt/tau_mem", _array(node.tau_mem) / _array(node.r)),
+                          (name, "w_in*dt/tau_syn", _array(node.tau_syn) / _array(node.w_in))]
+            elif isinstance(node, nir.LIF):
+                found.append((name, "r*dt/tau", _array(node.tau) / _array(node.r)))
+            elif isinstance(node, (nir.LI, nir.CubaLI)):
+                found.append((name, type(node).__name__, None))
+    return found
+
+
+def resolve_dt(graph: nir.NIRGraph, override=None) -> tuple:
+    """(dt, source): the --dt override; else metadata "dt" of the graph, subgraphs and nodes (all
+    equal); else the dt that snnTorch's convention r = tau_mem/dt (w_in = tau_syn/dt) pins when
+    every LIF / CubaLIF gives the same one (rtol 1e-4, rounded to 6 significant digits; not when
+    r = w_in = 1 everywhere, which reads as no memory rather than as the convention); else 1 for
+    a graph without time constants (IF / I only: discrete time); else DtError."""
+    if override is not None:
+        dt = float(override)
+        if not math.isfinite(dt) or dt <= 0:
+            raise DtError(f"--dt {override} is not a positive time step")
+        return dt, "override"
+    found = list(_walk_metadata(graph))
+    if found:
+        values = []
+        for where, value in found:
+            try:
+                values.append(float(np.asarray(value).reshape(())))
+            except (TypeError, ValueError):
+                raise DtError(f"{where}: dt = {value!r} is not a number; pass --dt") from None
+            if not math.isfinite(values[-1]) or values[-1] <= 0:
+                raise DtError(f"{where}: dt = {value!r} is not a positive time step; pass --dt")
+        for (where, _), value in zip(found, values):
+            if not math.isclose(value, values[0], rel_tol=1e-9):
+                raise DtError(f"{where}: dt = {value:g} disagrees with {found[0][0]} dt = "
+                              f"{values[0]:g}; pass --dt")
+        return values[0], found[0][0]
+    graph_flat = flatten_graph(graph)
+    found = _convention(graph_flat)
+    if not found:
+        return 1.0, "no time constants: discrete time"
+    pinned = [(name, label, v) for name, label, v in found if v is not None]
+    if not pinned:
+        name, kind, _ = found[0]
+        raise DtError(f"node {name!r}: {kind} has a time constant but the graph gives no dt; "
+                      f"pass --dt")
+    # tau = r = inf (snnTorch's beta = 1: no leak) runs the same at any dt
+    pinned = [(name, label, v[~np.isnan(v)]) for name, label, v in pinned]
+    every = np.concatenate([v.reshape(-1) for _, _, v in pinned])
+    if every.size == 0:
+        return 1.0, "no time constants: discrete time"
+    for name, label, v in pinned:
+        if not np.all(np.isfinite(v)) or np.any(v <= 0) \
+                or not np.allclose(v, every[0], rtol=DT_RTOL, atol=0):
+            raise DtError(f"node {name!r}: {label} != 1 for any single dt; pass --dt")
+    if all(np.all(_array(getattr(graph_flat.nodes[n], k, 1.0)) == 1.0)
+           for n in {name for name, _, _ in pinned} for k in ("r", "w_in")):
+        name = pinned[0][0]
+        raise DtError(f"node {name!r}: r = 1 everywhere would read as dt = tau (no memory), "
+                      f"not as snnTorch's r = tau/dt; pass --dt")
+    dt = float(f"{float(np.median(every)):.6g}")
+    return dt, "snntorch convention r = tau/dt"
+
+
+def graph_dt(graph: nir.NIRGraph) -> float:
+    return resolve_dt(graph)[0]
+
+
+# ---- one simulator per node type ---------------------------------------------------------------
 
 def _f32(values) -> torch.Tensor:
     return torch.as_tensor(np.asarray(values, dtype=np.float64)).to(torch.float32)
 
 
 def _leak(tau, dt):
-    """(decay, gain) of the Euler step v <- decay v + gain u for tau dv/dt = -v + u."""
-    ratio = dt / np.asarray(tau, dtype=np.float64)
+    """(decay, dt/tau) of the Euler step v <- decay v + (dt/tau) u for tau dv/dt = -v + u."""
+    ratio = dt / _array(tau)
     return 1.0 - ratio, ratio
+
+
+def _gain(ratio, scale):
+    """Euler input gain (dt/tau) * scale; tau = scale = inf (snnTorch's beta = 1) gives 1, and a
+    gain within GAIN_RTOL of 1 is taken as exactly 1."""
+    scale = _array(scale)
+    with np.errstate(invalid="ignore"):
+        g = ratio * scale
+    g = np.where(np.isinf(scale) & (ratio == 0), 1.0, g)
+    return np.where(np.abs(g - 1.0) <= GAIN_RTOL, 1.0, g)
+
+
+def _shape(*values):
+    return np.broadcast_shapes(*(np.shape(_array(v)) for v in values))
 
 
 class Stateless:
@@ -97,16 +358,17 @@ class CubaLIFStep(_Membrane):
     (no threshold, output v)."""
 
     def __init__(self, node, dt, spiking=True):
-        a_syn, g_syn = _leak(node.tau_syn, dt)
-        a_mem, g_mem = _leak(node.tau_mem, dt)
-        self.a_syn, self.g_syn = _f32(a_syn), _f32(g_syn * node.w_in)
-        self.a_mem, self.g_mem = _f32(a_mem), _f32(g_mem * node.r)
-        self.c_mem = _f32(g_mem * node.v_leak)
+        a_syn, ratio_syn = _leak(node.tau_syn, dt)
+        a_mem, ratio_mem = _leak(node.tau_mem, dt)
+        self.a_syn, self.g_syn = _f32(a_syn), _f32(_gain(ratio_syn, node.w_in))
+        self.a_mem, self.g_mem = _f32(a_mem), _f32(_gain(ratio_mem, node.r))
+        self.c_mem = _f32(ratio_mem * _array(node.v_leak))
+        self.shape = _shape(node.tau_syn, node.tau_mem, node.r, node.w_in, node.v_leak)
         self._thresholds(node, spiking)
 
     def reset(self, batch):
-        self.i = torch.zeros(batch, *self.a_mem.shape)
-        self.v = torch.zeros(batch, *self.a_mem.shape)
+        self.i = torch.zeros(batch, *self.shape)
+        self.v = torch.zeros(batch, *self.shape)
 
     def step(self, x):
         self.i = self.a_syn * self.i + self.g_syn * x
@@ -119,12 +381,14 @@ class LIFStep(_Membrane):
     Euler: v = (1 - dt/tau) v + (dt/tau)(v_leak + r x). `spiking=False` gives LI (output v)."""
 
     def __init__(self, node, dt, spiking=True):
-        a, g = _leak(node.tau, dt)
-        self.a, self.g, self.c = _f32(a), _f32(g * node.r), _f32(g * node.v_leak)
+        a, ratio = _leak(node.tau, dt)
+        self.a, self.g = _f32(a), _f32(_gain(ratio, node.r))
+        self.c = _f32(ratio * _array(node.v_leak))
+        self.shape = _shape(node.tau, node.r, node.v_leak)
         self._thresholds(node, spiking)
 
     def reset(self, batch):
-        self.v = torch.zeros(batch, *self.a.shape)
+        self.v = torch.zeros(batch, *self.shape)
 
     def step(self, x):
         self.v = self.a * self.v + self.g * x + self.c
@@ -136,11 +400,12 @@ class IntegratorStep(_Membrane):
     z = v > v_threshold, v <- v_reset where z, output z."""
 
     def __init__(self, node, dt, spiking=False):
-        self.g = _f32(dt * np.asarray(node.r, dtype=np.float64))
+        self.g = _f32(_gain(np.float64(dt), node.r))
+        self.shape = _shape(node.r)
         self._thresholds(node, spiking)
 
     def reset(self, batch):
-        self.v = torch.zeros(batch, *self.g.shape)
+        self.v = torch.zeros(batch, *self.shape)
 
     def step(self, x):
         self.v = self.v + self.g * x
@@ -222,36 +487,56 @@ def node_simulator(name, node, dt):
         return neurons[type(node)]()
     if type(node) in synapses:
         return synapses[type(node)](node)
-    raise ValueError(f"node {name!r}: the reference interpreter cannot simulate "
-                     f"{type(node).__name__} nodes")
+    if isinstance(node, nir.Delay):
+        raise NIRError(f"node {name!r}: Delay has no float meaning here (the float model and "
+                       f"Loihi have no per-synapse delays)")
+    raise NIRError(f"node {name!r}: the reference interpreter cannot simulate "
+                   f"{type(node).__name__} nodes")
 
 
 def sum_inputs(values, name):
     if not values:
-        raise ValueError(f"node {name!r} has no incoming edge and is not an Input node")
+        raise NIRError(f"node {name!r} has no incoming edge and is not an Input node")
     total = values[0]
     for v in values[1:]:
         total = total + v
     return total
 
 
+def _zeros(graph, src, dst, batch):
+    """Zeros standing for a recurrent edge's source output at t = 0."""
+    for types, key in ((graph.nodes[src].output_type, "output"),
+                       (graph.nodes[dst].input_type, "input")):
+        shape = (types or {}).get(key)
+        if shape is not None and np.size(shape):
+            return torch.zeros(batch, *(int(n) for n in np.asarray(shape).reshape(-1)))
+    raise NIRError(f"node {src!r}: recurrent edge to {dst!r} needs the node's output_type")
+
+
 def run_graph(graph: nir.NIRGraph, x, dt=None) -> dict:
     """Simulate `graph` on input x of shape (T, B, ...) from zero state.
 
-    x is a tensor for a graph with one Input node, or a dict {input name: tensor}. Returns
-    {node name: (T, B, ...) float32 outputs of that node at every step}.
+    Nested graphs are flattened first (node names "outer.inner"). An edge in
+    recurrent_edges(graph) delivers its source's output of step t-1 (zeros at t = 0); the others
+    that of step t. dt: resolve_dt(graph) when None. x is a tensor for a graph with one Input
+    node, or a dict {input name: tensor}. Returns {node name: (T, B, ...) float32 outputs of that
+    node at every step}.
     """
+    graph = flatten_graph(graph)
     dt = graph_dt(graph) if dt is None else float(dt)
     inputs = x if isinstance(x, dict) else {name: x for name in graph.inputs}
     if set(inputs) != set(graph.inputs):
-        raise ValueError(f"graph inputs are {sorted(graph.inputs)}, got {sorted(inputs)}")
-    order = topological_order(graph)
-    sources = {name: predecessors(graph, name) for name in order}
+        raise NIRError(f"graph inputs are {sorted(graph.inputs)}, got {sorted(inputs)}")
+    rec = check_recurrence(graph)
+    order = topological_order(graph, skip=rec)
+    sources = {name: [(src, (src, name) in rec) for src in predecessors(graph, name)]
+               for name in order}
     sims = {name: node_simulator(name, graph.nodes[name], dt) for name in order}
     steps, batch = next(iter(inputs.values())).shape[:2]
     for sim in sims.values():
         sim.reset(batch)
     record = {name: [] for name in order}
+    before = {src: _zeros(graph, src, dst, batch) for src, dst in sorted(rec)}
     with torch.no_grad():
         for t in range(steps):
             now = {}
@@ -259,8 +544,9 @@ def run_graph(graph: nir.NIRGraph, x, dt=None) -> dict:
                 if name in inputs:
                     u = inputs[name][t].to(torch.float32)
                 else:
-                    u = sum_inputs([now[src] for src in sources[name]], name)
+                    u = sum_inputs([before[src] if late else now[src]
+                                    for src, late in sources[name]], name)
                 now[name] = sims[name].step(u)
                 record[name].append(now[name])
+            before = {src: now[src] for src in before}
     return {name: torch.stack(outs) for name, outs in record.items()}
-

@@ -117,22 +117,22 @@ def _checked(cast, text, ok, what):
 
 # ---- output folders ----------------------------------------------------------------------------
 
-def check_writable_dir(path, flag="--run"):
-    """Raise UsageError (one line naming flag and path) unless `path` is a writable folder or can
-    be created as one. Creates nothing, so a failed command leaves no empty folder behind."""
+def check_writable_dir(path, flag="--run", shown=None):
+    """Raise UsageError, one line '<flag> <shown>: <why>', unless the folder `path` exists and is
+    writable or can be created; `shown` is what the user gave (default: path; an exporter checks
+    the folder of its --out file). Creates nothing, so a failed command leaves no empty folder."""
     path = Path(path)
+    shown = path if shown is None else shown
     p = path
     while not p.exists() and p != p.parent:  # the nearest ancestor that exists
         p = p.parent
+    if p.is_file():
+        raise UsageError(f"{flag} {shown}: {p} is a file, not a folder")
     if not p.is_dir():
-        what = "is a file" if p.is_file() else "exists and is not a folder"
-        where = "" if p == path else f" ({p} {what})"
-        raise UsageError(f"{flag} {path}: cannot be a folder{where}" if where
-                         else f"{flag} {path}: {what}, not a folder")
+        raise UsageError(f"{flag} {shown}: {p} is not a folder")
     if not os.access(p, os.W_OK | os.X_OK):
-        read_only = _read_only_fs(p)
-        raise UsageError(f"{flag} {path}: {p} is "
-                         f"{'on a read-only file system' if read_only else 'not writable'}")
+        where = "on a read-only file system" if _read_only_fs(p) else "not writable"
+        raise UsageError(f"{flag} {shown}: {p} is {where}")
 
 
 def _read_only_fs(p) -> bool:

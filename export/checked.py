@@ -36,7 +36,7 @@ def run_export(out, flag, work, errors=()):
     failed check, 2 on bad input, with one line naming what is wrong."""
     out = Path(out)
     try:
-        check_writable_dir(out.parent, flag)
+        check_writable_dir(out.parent, flag, shown=out)
         if out.exists() and not out.is_file():
             raise UsageError(f"{flag} {out}: exists and is not a regular file")
         remove_stale_temps(out.parent, out.name)

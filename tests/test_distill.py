@@ -204,26 +204,27 @@ def test_resume_of_a_complete_run_is_a_no_op(tmp_path):
 
 def test_missing_teacher_file(tmp_path, capsys):
     missing = tmp_path / "no_teacher.pt"
-    assert main(args(tmp_path / "run", "--teacher", str(missing))) != 0
+    assert main(args(tmp_path / "run", "--teacher", str(missing))) == 2
     one_line_error(capsys, missing)
-    assert not (tmp_path / "run" / "student.pt").exists()
+    assert not (tmp_path / "run").exists()  # inputs are checked before the run folder is made
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint at all", b""])
 def test_garbage_teacher_file(tmp_path, capsys, content):
     bad = tmp_path / "teacher.pt"
     bad.write_bytes(content)
-    assert main(args(tmp_path / "run", "--teacher", str(bad))) != 0
+    assert main(args(tmp_path / "run", "--teacher", str(bad))) == 2
     one_line_error(capsys, bad)
+    assert not (tmp_path / "run").exists()
 
 
 def test_teacher_that_is_a_student_or_a_foreign_file(kd_run, tmp_path, capsys):
     _, run = kd_run
-    assert main(args(tmp_path / "a", "--teacher", str(run / "student.pt"))) != 0
+    assert main(args(tmp_path / "a", "--teacher", str(run / "student.pt"))) == 2
     one_line_error(capsys, run / "student.pt", "teacher")
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
-    assert main(args(tmp_path / "b", "--teacher", str(foreign))) != 0
+    assert main(args(tmp_path / "b", "--teacher", str(foreign))) == 2
     one_line_error(capsys, foreign)
 
 
@@ -231,39 +232,44 @@ def test_teacher_for_another_input_shape(tmp_path, capsys):
     t = tmp_path / "mnist_teacher.pt"
     save_checkpoint(t, SmallCNN(in_shape=(1, 28, 28), channels=(2, 2, 2)), "teacher",
                     complete=True, test_accuracy=0.1)
-    assert main(args(tmp_path / "run", "--teacher", str(t))) != 0
+    assert main(args(tmp_path / "run", "--teacher", str(t))) == 2
     one_line_error(capsys, t, "shape")
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_dataset_dir(tmp_path, capsys):
     argv = args(tmp_path / "run")
     argv[argv.index("digits")] = "cifar10"
-    assert main(argv + ["--data-dir", str(tmp_path / "data")]) != 0
+    assert main(argv + ["--data-dir", str(tmp_path / "data")]) == 2
     one_line_error(capsys, tmp_path / "data" / "cifar-10-batches-py")
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_with_other_flags(none_run, tmp_path, capsys):
     import shutil
     run = tmp_path / "run"
     shutil.copytree(none_run[1], run)
-    assert main(args(run, "--resume", method="kd", epochs=2)) != 0
-    one_line_error(capsys, run / "student.pt", "resume")
+    assert main(args(run, "--resume", method="kd", epochs=2)) == 2
+    one_line_error(capsys, run / "student.pt", "--method", "--resume")
 
 
 def test_unknown_student_config_key(tmp_path, capsys):
     argv = args(tmp_path / "run", method="none")
     argv[argv.index(STUDENT)] = '{"chanels": [4, 8]}'
-    assert main(argv) != 0
-    one_line_error(capsys, "chanels")
+    assert main(argv) == 2
+    one_line_error(capsys, "chanels", "known: channels")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("bad", [["--dataset", "imagenet"], ["--student-config", "{nope"],
-                                 ["--epochs", "two"], ["--method", "magic"]])
+                                 ["--epochs", "two"], ["--method", "magic"], ["--epochs", "0"],
+                                 ["--train-samples", "0"], ["--lr", "0"], ["--device", "foo"]])
 def test_bad_flags_exit_with_usage(bad, capsys):
     with pytest.raises(SystemExit) as e:
         main(bad)
     assert e.value.code == 2
-    assert "usage:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "usage:" in err and bad[0] in err.strip().splitlines()[-1]  # the error names the flag
 
 
 def test_help(capsys):
@@ -271,8 +277,9 @@ def test_help(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--dataset", "--method", "--resume", "--teacher", "--student-config"):
+    for flag in ("--dataset", "--method", "--resume", "--teacher", "--student-config", "--student"):
         assert flag in out
+    assert "(default: 64)" in out and "(default: 15)" in out  # --batch-size, --epochs
 
 
 # ---- DistributedDataParallel -------------------------------------------------------------------

@@ -36,6 +36,7 @@ def test_missing_teacher(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["--run", str(tmp_path)])
     msg = str(e.value)
+    assert e.value.code == 2  # bad input
     assert str(tmp_path / "teacher.pt") in msg and "not found" in msg and "\n" not in msg
 
 
@@ -46,4 +47,5 @@ def test_mismatch_writes_nothing(tmp_path, monkeypatch):
                                                       "samples": 1})
     with pytest.raises(SystemExit) as e:
         main(["--run", str(tmp_path), "--samples", "1"])
+    assert e.value.code == 1  # the check failed
     assert "FAIL" in str(e.value) and not (tmp_path / "teacher.onnx").exists()

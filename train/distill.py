@@ -414,6 +414,14 @@ def plot_curves(path, history, method):
     plt.close(fig)
 
 
+def encoding_kind(requested, info) -> str:
+    """--encoding as used: event data is always 'frames'; else the request, or by default
+    'direct' for 3-channel images (CIFAR) and 'rate' otherwise (as --help says)."""
+    if info.frames:
+        return "frames"
+    return requested or ("direct" if info.in_shape[0] == 3 else "rate")
+
+
 def prepare_data(args, world):
     """Datasets, loaders and the input encoding for these arguments (resolves --shift)."""
     train_ds, test_ds, info = load_dataset(args.dataset, args.data_dir, timesteps=args.timesteps)
@@ -421,8 +429,7 @@ def prepare_data(args, world):
         args.shift = 2 if info.in_shape[-1] >= 28 else 0
     if args.train_samples is not None:
         train_ds = Subset(train_ds, range(min(args.train_samples, len(train_ds))))
-    kind = args.encoding or ("direct" if info.in_shape[0] == 3 else "rate")
-    encoding = {"kind": "frames" if info.frames else kind, "timesteps": args.timesteps,
+    encoding = {"kind": encoding_kind(args.encoding, info), "timesteps": args.timesteps,
                 "seed": args.seed}
     train_dl = loader(train_ds, args.batch_size, True, args.seed, world)
     test_dl = loader(test_ds, 256, False, args.seed, world)

@@ -48,7 +48,10 @@ def one_line(e) -> str:
 
 def fail(message, code=BAD_INPUT):
     """Print 'error: <first line of message>' on stderr and exit with `code` (raises Exit)."""
-    line = one_line(message) if isinstance(message, BaseException) else str(message).splitlines()[0]
+    if isinstance(message, BaseException):
+        line = one_line(message)
+    else:
+        line = (str(message).strip().splitlines() or ["failed"])[0]
     print(f"error: {line}", file=sys.stderr)
     raise Exit(line, code)
 

@@ -338,7 +338,8 @@ def main(argv=None):
     checkpoint = Path(args.checkpoint or run / "student.pt")
     out = Path(args.out or run / "student.nir")
     run_export(out, "--out" if args.out else "--run",
-               lambda: export(checkpoint, out, args.dt, args.samples, args.data_dir), (ExportError,))
+               lambda: export(checkpoint, out, args.dt, args.samples, args.data_dir),
+               (ExportError,))
 
 
 if __name__ == "__main__":

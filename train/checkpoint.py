@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from common.files import atomic_write, remove_stale_temps  # noqa: F401  (re-exported)
+from common.files import atomic_write  # noqa: F401  (re-exported for older imports)
 
 from .models import arch_of, build_model
 
@@ -36,30 +36,41 @@ def _save(obj, tmp):
         torch.save(obj, f)
 
 
+_MISSING = object()
+
+
 def plain(value):
     """Settings as JSON-like values (tuples as lists), so stored and new ones compare equal."""
     return json.loads(json.dumps(value))
 
 
+def first_difference(ckpt, settings: dict):
+    """(flag, stored value, new value) for the first flag in `settings` whose value differs from
+    the checkpoint's 'settings' (stored None when it records none), or None when all match."""
+    stored = ckpt.get("settings") or {}
+    for flag, value in plain(settings).items():
+        if stored.get(flag, _MISSING) != value:
+            return flag, stored.get(flag), value
+    return None
+
+
 def check_settings(path, ckpt, settings: dict, action="--resume"):
     """Raise CheckpointError naming the first flag whose value differs from the one the checkpoint
     was written with. `settings` maps a flag (e.g. '--batch-size') to its value."""
-    stored = ckpt.get("settings")
-    if stored is None:
+    if "settings" not in ckpt:
         raise CheckpointError(f"{path}: records no run settings (written by an older version); "
                               f"cannot {action} it, start a new --run")
-    for flag, value in plain(settings).items():
-        if flag not in stored:
-            raise CheckpointError(f"{path}: records no {flag}; cannot {action} it, start a new "
-                                  f"--run")
-        if stored[flag] != value:
-            raise CheckpointError(f"{path}: the run used {flag} {_show(stored[flag])}, now "
-                                  f"{_show(value)}; {action} needs the same {flag} (or start a "
-                                  f"new --run)")
+    diff = first_difference(ckpt, settings)
+    if diff:
+        flag, old, new = diff
+        raise CheckpointError(f"{path}: the run used {flag} {_show(old)}, now {_show(new)}; "
+                              f"{action} needs the same {flag} (or start a new --run)")
 
 
 def _show(value) -> str:
-    return json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) else str(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
 
 
 def load_checkpoint(path, kind=None) -> dict:

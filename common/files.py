@@ -3,13 +3,15 @@
     atomic_write(path, write_fn)      write_fn(tmp) then rename tmp onto path: path is either the
                                       old complete file or the new complete file, never half of one
     remove_stale_temps(dir, name)     delete '.<name>.*.tmp' left by a run that was killed mid-write
+    with new_folder(path): ...        make path (and parents); removed again if the block fails
+                                      while they are still empty
     describe_os_error(e, path)        'PATH: no space left on device' and the like
 """
 import errno
 import glob
 import os
 import tempfile
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 _CAUSES = {
@@ -119,3 +121,22 @@ def remove_stale_temps(directory, name) -> list:
             p.unlink()
             removed.append(p)
     return removed
+
+
+@contextmanager
+def new_folder(path):
+    """Create folder `path` (with its parents) for the block; if the block raises, remove the
+    folders it created that are still empty, so a run that fails early leaves no empty folder."""
+    path = Path(path)
+    made = _missing_dirs(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FileError(e, path) from None
+    try:
+        yield path
+    except BaseException:
+        for d in made:
+            with suppress(OSError):
+                d.rmdir()
+        raise

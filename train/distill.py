@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from common.cli import (UsageError, check_writable_dir, device_arg, json_object, non_negative_int,
                         positive_float, positive_int, run_guarded)
-from common.files import atomic_write, remove_stale_temps
+from common.files import atomic_write, new_folder, remove_stale_temps
 
 from .checkpoint import (CheckpointError, check_settings, first_difference, load_checkpoint,
                          load_model, plain, save_checkpoint)
@@ -237,7 +237,8 @@ def train_teacher(args, info, train_dl, test_dl, device, rank, world, run):
             ckpt = None
         elif ckpt.get("complete"):
             teacher, _ = load_model(path, "teacher")
-            print(f"teacher: loaded {path} (test acc {ckpt['test_accuracy']:.4f})") if rank == 0 else None
+            if rank == 0:
+                print(f"teacher: loaded {path} (test acc {ckpt['test_accuracy']:.4f})")
             return teacher.to(device), ckpt["test_accuracy"]
         elif not args.resume:
             ckpt = None
@@ -453,34 +454,34 @@ def run(args):
     if args.teacher:  # read (and checked) before anything is written
         teacher, teacher_acc = train_teacher(args, info, train_dl, test_dl, device, rank, world,
                                              run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        stale = [p for name in OUTPUTS for p in remove_stale_temps(run_dir, name)]
-        if stale:
-            print(f"removed {len(stale)} temp file(s) left by an interrupted run: "
-                  f"{', '.join(p.name for p in stale)}")
-        print(f"{info.name}: {len(train_ds)} train / {len(test_ds)} test, T={args.timesteps}, "
-              f"{encoding['kind']} input, method {args.method}, {device}, {world} process(es)")
-    t0 = time.time()
-    if needs_teacher and teacher is None:
-        teacher, teacher_acc = train_teacher(args, info, train_dl, test_dl, device, rank, world,
-                                             run_dir)
-    if teacher is not None:
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-    student, history = train_student(args, info, encoding, teacher, train_dl, test_dl, device,
-                                     rank, world, run_dir)
-    student_acc = history[-1]["test_acc"] if history else float("nan")
-    digests = rank_digests(student, world)
-    if rank == 0:
-        if len(set(digests)) > 1:
-            print("warning: DDP replicas ended with different weights", file=sys.stderr)
-        write_report(run_dir, args, info, encoding, teacher_acc, student_acc, history,
-                     time.time() - t0, digests)
-        t_txt = "n/a" if teacher_acc is None else f"{teacher_acc:.4f}"
-        print(f"done in {time.time() - t0:.0f}s: teacher acc {t_txt}, student acc "
-              f"{student_acc:.4f} -> {run_dir}")
+    with new_folder(run_dir):  # removed again if the run fails while it is empty
+        if rank == 0:
+            stale = [p for name in OUTPUTS for p in remove_stale_temps(run_dir, name)]
+            if stale:
+                print(f"removed {len(stale)} temp file(s) left by an interrupted run: "
+                      f"{', '.join(p.name for p in stale)}")
+            print(f"{info.name}: {len(train_ds)} train / {len(test_ds)} test, T={args.timesteps}, "
+                  f"{encoding['kind']} input, method {args.method}, {device}, {world} process(es)")
+        t0 = time.time()
+        if needs_teacher and teacher is None:
+            teacher, teacher_acc = train_teacher(args, info, train_dl, test_dl, device, rank, world,
+                                                 run_dir)
+        if teacher is not None:
+            teacher.eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+        student, history = train_student(args, info, encoding, teacher, train_dl, test_dl, device,
+                                         rank, world, run_dir)
+        student_acc = history[-1]["test_acc"] if history else float("nan")
+        digests = rank_digests(student, world)
+        if rank == 0:
+            if len(set(digests)) > 1:
+                print("warning: DDP replicas ended with different weights", file=sys.stderr)
+            write_report(run_dir, args, info, encoding, teacher_acc, student_acc, history,
+                         time.time() - t0, digests)
+            t_txt = "n/a" if teacher_acc is None else f"{teacher_acc:.4f}"
+            print(f"done in {time.time() - t0:.0f}s: teacher acc {t_txt}, student acc "
+                  f"{student_acc:.4f} -> {run_dir}")
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -1,29 +1,52 @@
-"""Run a netx network in Lava's fixed-point CPU simulator (Loihi2SimCfg, select_tag='fixed_pt').
+"""Run a compiled `hwmodels.loihi.Net` in Lava's fixed-point CPU simulator
+(Loihi2SimCfg(select_tag='fixed_pt')), in one process or sharded over worker processes.
 
-All samples stream through ONE network instance, back to back, T steps each. Between samples the
-states are reset by netx itself: `hdf5.Network(reset_interval=T, reset_offset=1)` builds every
-neuron group as `LIFReset`, which zeroes u and v of layer i (0-based) at the steps
-t = k T + i + 2 (Lava counts steps from 1): exactly the step at which sample k's first input
-reaches layer i through i + 1 synaptic delays. Each synapse only buffers one step, and that step
-already belongs to the same sample, so every sample runs from zero state as if alone; no gap
-steps are needed, only L extra steps at the end to drain the pipeline.
+Network: when the file holds a netx `layer/` chain, lava-dl's `netx.hdf5.Network` builds it;
+otherwise it is built from Lava's own processes: one `LIFReset` per group (du = iDecay - 1, Lava
+adds 1; dv = vDecay; bias_mant, bias_exp 6), one `Dense` (weights scaled by netx's
+`optimize_weight_bits`, as netx does) or `Conv` per connection, all connections into a group
+summed at its `a_in`, a `RingBuffer` source. Lava works in (W, H, C) order: conv weights go in as
+netx passes them (out, kw, kh, in, spatially flipped), a dense connection reads a (C, H, W) source
+through `transpose(2, 1, 0).flatten()` and writes a (C, H, W) group through
+`reshape((C, H, W)).transpose(2, 1, 0)`.
 
-Recorded per step: every layer's output spikes (io.sink.RingBuffer on the block's `out`) and u, v
-of the last layer (io.sink.Read through a RefPort, read after the step). Results are shifted back
-by the synaptic delay (layer i lags the input by i + 1 steps), so they line up with
-`hwmodels.loihi.Emulator.run` step for step.
+Streaming: all samples run back to back through one network, T steps each. Lava delays every
+connection by one step, so the group at depth d (Net.depths()) first sees sample k at Lava step
+kT + 1 + d (Lava counts from 1; the source sends input row j at step j + 1). `LIFReset(
+reset_interval=T, reset_offset=1 + d)` zeroes its u and v exactly then (netx: reset_offset=1 gives
+layer i the offset i + 2 = 1 + depth). Every feed-forward input of a group comes from depth d - 1
+(relay-aligned nets; checked), so each synapse's one-step buffer already holds the same sample and
+only max-depth extra steps drain the pipeline. A recurrent Dense would carry the previous
+sample's last spikes into the reset step: the run pauses after step kT + d and sets that Dense's
+`a_buff` to zero (Var.set), as the emulator starts every sample with no recurrent input.
+
+Recorded: each spiking group's spikes (a sink writing each step into a .npy memmap) and u, v of the
+output group (a RefPort reader, also into memmaps). Group of depth d: Lava step index j (0-based)
+holds its output for input step j - d; results are aligned back to the emulator's time.
+
+    python -m deploy.lava_run --net NET --inputs X.npy --out R.npz   (one worker of
+                                                                       run_lava_parallel)
 """
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
 import numpy as np
 from tqdm import tqdm
 
-from hwmodels.loihi import Result
+from hwmodels.loihi import NetxError, Result, read_net
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def preload():
     """Import Lava now: it calls multiprocessing.set_start_method('fork') at import time, which
     fails once anything else (datasets, loaders, a get_start_method() call) has fixed the start
     method. Lava needs 'fork', so un-fix it just before Lava's first import."""
-    import sys
     if "lava.magma.runtime.message_infrastructure.multiprocessing" not in sys.modules:
         import multiprocessing
         if multiprocessing.get_start_method(allow_none=True) is not None:
@@ -31,30 +54,28 @@ def preload():
     import lava.lib.dl.netx.hdf5  # noqa: F401
 
 
-def _to_lava(x):
-    """(..., C, H, W) -> (..., W, H, C): netx works in XYZ order."""
-    return np.moveaxis(x, (-3, -2, -1), (-1, -2, -3)) if x.ndim >= 3 else x
+def _lava_shape(shape) -> tuple:
+    return tuple(shape[::-1]) if len(shape) == 3 else tuple(shape)
 
 
 def _from_lava(x, shape):
-    """Lava's (W, H, C, steps) or (N, steps) -> (steps, *shape) in (C, H, W) order."""
-    x = np.moveaxis(x, -1, 0)
-    return np.moveaxis(x, (1, 2, 3), (3, 2, 1)) if len(shape) == 3 else x.reshape(-1, *shape)
+    """(steps, *Lava shape) -> (steps, *shape) in (C, H, W) order."""
+    return np.transpose(x, (0, 3, 2, 1)) if len(shape) == 3 else x.reshape(len(x), *shape)
 
 
-def _file_sink_classes():
-    """A sink process whose model writes each step's input into a .npy memmap (row time_step-1).
+def _recorder_classes():
+    """Two processes writing each step into a .npy memmap at row time_step - 1: FileSink (an
+    InPort: spikes) and FileRead (a RefPort onto a Var, read after the step: u, v).
 
-    Lava's own io.sink.RingBuffer returns its buffer through Var.get(), which moves arrays element
-    by element (8 s for one 14x14x16 x 64-step buffer here); writing to a shared file is instant.
+    Lava's own io.sink.RingBuffer / Read return their buffers through Var.get(), which moves
+    arrays element by element (8 s for one 14x14x16 x 64-step buffer); a shared file is instant.
     Defined inside a function so that Lava is imported lazily; handed to Lava through
-    Loihi2SimCfg(exception_proc_model_map={sink: model}).
-    """
+    Loihi2SimCfg(exception_proc_model_map={proc: model})."""
     from lava.magma.core.decorator import implements, requires, tag
     from lava.magma.core.model.py.model import PyLoihiProcessModel
-    from lava.magma.core.model.py.ports import PyInPort
+    from lava.magma.core.model.py.ports import PyInPort, PyRefPort
     from lava.magma.core.model.py.type import LavaPyType
-    from lava.magma.core.process.ports.ports import InPort
+    from lava.magma.core.process.ports.ports import InPort, RefPort
     from lava.magma.core.process.process import AbstractProcess
     from lava.magma.core.resources import CPU
     from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
@@ -63,6 +84,12 @@ def _file_sink_classes():
         def __init__(self, *, shape, path):
             super().__init__(shape=shape, path=path)
             self.a_in = InPort(shape=shape)
+
+    class FileRead(AbstractProcess):
+        def __init__(self, *, var, path):
+            super().__init__(path=path)
+            self.state = RefPort(var.shape)
+            self.state.connect_var(var)
 
     @implements(proc=FileSink, protocol=LoihiProtocol)
     @requires(CPU)
@@ -77,74 +104,306 @@ def _file_sink_classes():
         def run_spk(self):
             self.out[self.time_step - 1] = self.a_in.recv()
 
-    return FileSink, PyFileSinkModel
+    @implements(proc=FileRead, protocol=LoihiProtocol)
+    @requires(CPU)
+    @tag("fixed_pt")
+    class PyFileReadModel(PyLoihiProcessModel):
+        state: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, np.int32)
+
+        def __init__(self, proc_params):
+            super().__init__(proc_params)
+            self.out = np.load(proc_params["path"], mmap_mode="r+")
+
+        def post_guard(self):
+            return True
+
+        def run_post_mgmt(self):
+            self.out[self.time_step - 1] = self.state.read()
+
+    return {FileSink: PyFileSinkModel, FileRead: PyFileReadModel}
 
 
-def run_lava(net_path, inputs, layers, samples_per_chunk=8, progress=True):
-    """Run inputs (N, T, *in_shape) {0,1} through Lava; `layers` from hwmodels.loihi.read_netx.
+def check_aligned(net):
+    """Lava's per-synapse delay equals the emulator's time only when every feed-forward input of
+    a group comes from one depth less (deploy.compile's relays make it so)."""
+    depth = net.depths()
+    for s in net.synapses:
+        if not s.recurrent and depth[s.src] != depth[s.dst] - 1:
+            raise NetxError(f"connection {s.name!r}: {s.src!r} (depth {depth[s.src]}) feeds "
+                            f"{s.dst!r} (depth {depth[s.dst]}); Lava's delays need equal path "
+                            f"lengths (insert relay groups)")
 
-    Returns a hwmodels.loihi.Result of numpy arrays aligned with the input steps (delay removed).
-    """
-    import tempfile
 
+class _Built:
+    """A Lava network of a Net: `lif` group -> LIF process, `out` group -> its spike OutPort,
+    `inputs` [(InPort, flat)] to feed from the source (flat: (C, H, W)-flattened),
+    `recurrent` [(depth, Dense)], `root` a process to run / stop."""
+
+    def __init__(self):
+        self.lif, self.out, self.inputs, self.recurrent, self.root = {}, {}, [], [], None
+
+
+def _build_netx(net_path, net, steps):
     from lava.lib.dl.netx import hdf5
+    if not net.chain():
+        raise NetxError(f"{net_path}: has a netx layer/ chain but its net/ is not a chain")
+    network = hdf5.Network(net_config=str(net_path), reset_interval=steps, reset_offset=1)
+    if len(network.layers) != len(net.neurons):
+        raise NetxError(f"{net_path}: netx built {len(network.layers)} layers, the net has "
+                        f"{len(net.neurons)} groups")
+    built = _Built()
+    for i, (g, block) in enumerate(zip(net.neurons, network.layers)):
+        built.lif[g.name], built.out[g.name] = block.neuron, block.out
+        if hasattr(block, "synapse_rec"):
+            built.recurrent.append((i + 1, block.synapse_rec))
+    first = net.incoming(net.neurons[0].name)[0]
+    built.inputs.append((network.inp, first.kind == "dense" and len(net.in_shape) == 3))
+    built.root = network
+    return built
+
+
+def _build_procs(net, steps):
+    from lava.lib.dl.netx.utils import optimize_weight_bits
+    from lava.proc.conv.process import Conv
+    from lava.proc.dense.process import Dense
+    from lava.proc.lif.process import LIFReset
+
+    depth = net.depths()
+    built = _Built()
+    for g in net.neurons:
+        shape = _lava_shape(g.shape)
+        bias = 0 if g.bias is None else np.asarray(g.bias, dtype=np.int32)
+        if np.ndim(bias) == 3:
+            bias = np.transpose(bias, (2, 1, 0))
+        built.lif[g.name] = LIFReset(shape=shape, du=g.i_decay - 1, dv=g.v_decay, vth=g.vth,
+                                     bias_mant=bias, bias_exp=6, reset_interval=steps,
+                                     reset_offset=1 + depth[g.name], name=g.name)
+        built.out[g.name] = built.lif[g.name].s_out
+    for s in net.synapses:
+        src_shape, dst_shape = net.shape_of(s.src), net.shape_of(s.dst)
+        if s.kind == "conv":
+            w = np.asarray(s.weight, dtype=np.int64)[:, :, ::-1, ::-1].transpose(0, 3, 2, 1)
+            proc = Conv(weight=w.copy(), input_shape=_lava_shape(src_shape),
+                        stride=tuple(s.stride[::-1]), padding=tuple(s.padding[::-1]),
+                        dilation=tuple(s.dilation[::-1]), groups=s.groups, name=s.name)
+            out = proc.a_out
+        else:
+            w, bits, exp, _ = optimize_weight_bits(np.asarray(s.weight, dtype=np.int64).copy())
+            proc = Dense(weights=w, weight_exp=int(exp), num_weight_bits=int(bits), name=s.name)
+            out = proc.a_out
+            if len(dst_shape) == 3:
+                out = out.reshape(tuple(dst_shape)).transpose([2, 1, 0])
+        out.connect(built.lif[s.dst].a_in)
+        flat = s.kind == "dense" and len(src_shape) == 3
+        if s.src == "input":
+            built.inputs.append((proc.s_in, flat))
+        else:
+            _feed(built.out[s.src], flat).connect(proc.s_in)
+        if s.recurrent:
+            built.recurrent.append((depth[s.dst], proc))
+    built.root = built.lif[net.neurons[0].name]
+    return built
+
+
+def _feed(port, flat):
+    """Connect an OutPort to an InPort, through (W, H, C) -> (C, H, W) -> flat when `flat`."""
+    return port.transpose([2, 1, 0]).flatten() if flat else port
+
+
+def _source_data(inputs, in_shape, total):
+    """(N, T, *in_shape) -> Lava's (*Lava shape, total) int32, zero after the last sample."""
+    n, steps = inputs.shape[:2]
+    x = inputs.reshape(n * steps, *in_shape) != 0
+    if len(in_shape) == 3:
+        x = np.transpose(x, (0, 3, 2, 1))
+    data = np.zeros((total, *x.shape[1:]), dtype=np.int32)
+    data[: n * steps] = x
+    return np.moveaxis(data, 0, -1)
+
+
+def _stops(n, steps, total, chunk, rec_depths):
+    """Lava steps after which to pause: every `chunk` steps, the end, and after kT + d for the
+    depth d of each recurrent connection (to clear its buffer before the group's reset)."""
+    stops = set(range(chunk, total, chunk)) | {total}
+    stops |= {k * steps + d for d in rec_depths for k in range(n) if k * steps + d < total}
+    return sorted(stops)
+
+
+def run_lava(net_path, inputs, net=None, progress=True, samples_per_chunk=8,
+             progress_file=None):
+    """Run inputs (N, T, *in_shape) {0,1} through Lava; `net` = hwmodels.loihi.read_net(net_path).
+
+    Returns a hwmodels.loihi.Result of numpy arrays in the emulator's time (delays removed).
+    progress_file: a file to keep the number of finished samples in (for a parent process).
+    """
+    import h5py
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
-    from lava.proc.io.sink import Read
     from lava.proc.io.source import RingBuffer as Source
 
+    net = net if net is not None else read_net(net_path)
+    check_aligned(net)
     inputs = np.asarray(inputs)
     n, steps = inputs.shape[:2]
-    net = hdf5.Network(net_config=str(net_path), reset_interval=steps, reset_offset=1)
-    if len(net.layers) != len(layers):
-        raise RuntimeError(f"{net_path}: netx built {len(net.layers)} layers, expected "
-                           f"{len(layers)}")
-    depth = len(layers)
-    chunk = steps * samples_per_chunk
-    total = -(-(n * steps + depth) // chunk) * chunk
-    flat = inputs.reshape(n * steps, *inputs.shape[2:])
-    flat = flat.reshape(n * steps, -1) if layers[0].kind == "dense" else _to_lava(flat)
-    data = np.zeros((total, *flat.shape[1:]), dtype=np.int32)
-    data[: n * steps] = flat != 0
-    source = Source(data=np.moveaxis(data, 0, -1))
-    source.s_out.connect(net.inp)
-    FileSink, FileSinkModel = _file_sink_classes()
+    with h5py.File(net_path, "r") as f:
+        has_layers = "layer" in f and len(f["layer"]) > 0
+    built = _build_netx(net_path, net, steps) if has_layers else _build_procs(net, steps)
+    depth = net.depths()
+    total = n * steps + max(depth.values())
+    source = Source(data=_source_data(inputs, net.in_shape, total))
+    for port, flat in built.inputs:
+        _feed(source.s_out, flat).connect(port)
+    models = _recorder_classes()
+    FileSink, FileRead = list(models)
+    spiking = [g for g in net.neurons if g.spiking]
+    out_group = net.group(net.output)
     with tempfile.TemporaryDirectory(prefix="lava_run_") as tmp:
-        paths, sinks = [], []
-        for i, block in enumerate(net.layers):
-            path = f"{tmp}/layer{i}.npy"
-            np.lib.format.open_memmap(path, mode="w+", dtype=np.int8,
-                                      shape=(total, *block.out.shape)).flush()
-            sink = FileSink(shape=block.out.shape, path=path)
-            block.out.connect(sink.a_in)
-            paths.append(path)
-            sinks.append(sink)
-        reads = []
-        for var in (net.layers[-1].neuron.v, net.layers[-1].neuron.u):
-            read = Read(buffer=total)
-            read.connect_var(var)
-            reads.append(read)
-        cfg = Loihi2SimCfg(select_tag="fixed_pt",
-                           exception_proc_model_map={sink: FileSinkModel for sink in sinks})
+        def memmap(name, shape, dtype):
+            path = f"{tmp}/{name}.npy"
+            np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(total, *shape)).flush()
+            return path
+
+        exceptions, paths = {}, {}
+        for g in spiking:
+            paths[g.name] = memmap(f"s{len(paths)}", _lava_shape(g.shape), np.int8)
+            sink = FileSink(shape=_lava_shape(g.shape), path=paths[g.name])
+            built.out[g.name].connect(sink.a_in)
+            exceptions[sink] = models[FileSink]
+        for key in ("u", "v"):
+            paths[key] = memmap(key, _lava_shape(out_group.shape), np.int32)
+            reader = FileRead(var=getattr(built.lif[out_group.name], key), path=paths[key])
+            exceptions[reader] = models[FileRead]
+        cfg = Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=exceptions)
+        rec_depths = sorted({d for d, _ in built.recurrent})
+        stops = _stops(n, steps, total, steps * samples_per_chunk, rec_depths)
         bar = tqdm(total=n, desc="lava", unit="sample", disable=not progress)
+        done, last = 0, 0
         try:
-            for start in range(0, total, chunk):
-                net.run(condition=RunSteps(num_steps=chunk), run_cfg=cfg)
-                bar.update(min(samples_per_chunk, max(0, n - start // steps)))
-            states = [_from_lava(read.data.get(), layers[-1].out_shape).reshape(total, -1)
-                      for read in reads]
+            for stop in stops:
+                built.root.run(condition=RunSteps(num_steps=stop - last), run_cfg=cfg)
+                last = stop
+                for d, dense in built.recurrent:
+                    if stop >= d and (stop - d) % steps == 0 and (stop - d) // steps < n:
+                        dense.a_buff.set(np.zeros(dense.a_buff.shape, dtype=np.int32))
+                now = min(n, max(0, (stop - max(depth.values())) // steps))
+                bar.update(now - done)
+                done = now
+                if progress_file:
+                    Path(progress_file).write_text(str(done))
+            bar.update(n - done)
         finally:
             bar.close()
-            net.stop()
-        recorded = [_from_lava(np.moveaxis(np.load(p), 0, -1), layers[i].out_shape)
-                    for i, p in enumerate(paths)]
+            built.root.stop()
+        rows = {key: np.load(path) for key, path in paths.items()}
 
-    def aligned(per_step, i):
-        """Lava step index j holds layer i's output for input step j - (i + 1)."""
-        x = per_step[i + 1: i + 1 + n * steps]
-        return x.reshape(n, steps, *x.shape[1:])
+    def aligned(per_step, shape, d):
+        """Lava step index j holds the output of a group at depth d for input step j - d."""
+        x = _from_lava(per_step[d: d + n * steps], shape)
+        return x.reshape(n, steps, *shape)
 
-    spikes = {layer.name: aligned(recorded[i], i).astype(bool)
-              for i, layer in enumerate(layers) if layer.has_neuron}
-    readout, readout_u = (aligned(s, depth - 1).astype(np.int64) for s in states)
-    return Result(spikes, readout, readout_u, layers)
+    spikes = {g.name: aligned(rows[g.name], g.shape, depth[g.name]).astype(bool)
+              for g in spiking}
+    u, v = (aligned(rows[k], out_group.shape, depth[out_group.name]).astype(np.int64)
+            .reshape(n, steps, -1) for k in ("u", "v"))
+    result = Result(spikes=spikes, readout=v, readout_u=u, readout_kind=net.readout)
+    if net.readout == "spikes":
+        result.output_spikes = spikes[net.output].reshape(n, steps, -1)
+    return result
+
+
+# ---- parallel: one Lava runtime per worker process -----------------------------------------------
+
+def _save(path, result):
+    arrays = {"readout": result.readout, "readout_u": result.readout_u}
+    arrays.update({f"spikes/{k}": v for k, v in result.spikes.items()})
+    np.savez(path, **arrays)
+
+
+def _load(path, net):
+    with np.load(path) as z:
+        spikes = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("spikes/")}
+        return Result(spikes=spikes, readout=z["readout"], readout_u=z["readout_u"],
+                      readout_kind=net.readout)
+
+
+def run_lava_parallel(net_path, inputs, net=None, workers=1, progress=True):
+    """run_lava with the samples split into `workers` contiguous shards, each run by its own
+    `python -m deploy.lava_run` process (Lava forks its own processes, so no multiprocessing
+    Pool); results merged in sample order. workers <= 1 runs in this process."""
+    net = net if net is not None else read_net(net_path)
+    inputs = np.asarray(inputs)
+    n = len(inputs)
+    workers = max(1, min(int(workers), n))
+    if workers == 1:
+        preload()
+        return run_lava(net_path, inputs, net, progress=progress)
+    check_aligned(net)
+    bounds = np.linspace(0, n, workers + 1).astype(int)
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    with tempfile.TemporaryDirectory(prefix="lava_workers_") as tmp:
+        procs = []
+        for i in range(workers):
+            shard = f"{tmp}/x{i}.npy"
+            np.save(shard, inputs[bounds[i]: bounds[i + 1]])
+            cmd = [sys.executable, "-m", "deploy.lava_run", "--net", str(Path(net_path).resolve()),
+                   "--inputs", shard, "--out", f"{tmp}/r{i}.npz", "--progress", f"{tmp}/p{i}"]
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                          stderr=open(f"{tmp}/e{i}.txt", "w")))
+        bar = tqdm(total=n, desc=f"lava x{workers}", unit="sample", disable=not progress)
+        try:
+            while any(p.poll() is None for p in procs):
+                time.sleep(0.5)
+                bar.update(sum(_count(f"{tmp}/p{i}") for i in range(workers)) - bar.n)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            bar.close()
+        for i, p in enumerate(procs):
+            if p.wait() != 0:
+                tail = Path(f"{tmp}/e{i}.txt").read_text().strip().splitlines()[-3:]
+                raise RuntimeError(f"lava worker {i} (samples {bounds[i]}..{bounds[i + 1]}) "
+                                   f"exited {p.returncode}: {' | '.join(tail)}")
+        parts = [_load(f"{tmp}/r{i}.npz", net) for i in range(workers)]
+    spikes = {k: np.concatenate([r.spikes[k] for r in parts]) for k in parts[0].spikes}
+    result = Result(spikes=spikes,
+                    readout=np.concatenate([r.readout for r in parts]),
+                    readout_u=np.concatenate([r.readout_u for r in parts]),
+                    readout_kind=net.readout)
+    if net.readout == "spikes":
+        result.output_spikes = result.spikes[net.output].reshape(n, inputs.shape[1], -1)
+    return result
+
+
+def _count(path) -> int:
+    try:
+        return int(Path(path).read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m deploy.lava_run",
+                                description="Run one shard of samples through Lava (a worker of "
+                                            "run_lava_parallel).")
+    p.add_argument("--net", required=True, help="compiled network (student.net)")
+    p.add_argument("--inputs", required=True, help=".npy spikes (N, T, *input shape)")
+    p.add_argument("--out", required=True, help=".npz to write the Result to")
+    p.add_argument("--progress", help="file to write the number of finished samples to")
+    args = p.parse_args(argv)
+    try:
+        net = read_net(args.net)
+        inputs = np.load(args.inputs)
+    except (NetxError, OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    preload()
+    try:
+        result = run_lava(args.net, inputs, net, progress=False, progress_file=args.progress)
+    except NetxError as e:
+        sys.exit(f"error: {e}")
+    _save(args.out, result)
+
+
+if __name__ == "__main__":
+    main()

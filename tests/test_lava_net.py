@@ -1,0 +1,165 @@
+"""Lava runs any Net exactly as the emulator does (deploy.lava_run): every spike of every group at
+every step and the output group's u and v, through lava-dl netx (chains with a `layer/` entry)
+and through Lava's own processes (any graph), in one process and sharded over workers.
+Nets come from tests/test_loihi_emulator.py (built directly, not by the compiler)."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_loihi_emulator import CHAINS, chain_case, inputs, lively, random_graph, save  # noqa: E402
+
+from deploy.lava_run import check_aligned  # noqa: E402
+from hwmodels.loihi import Emulator, NetxError, Synapses, lava_dense_weights  # noqa: E402
+
+HAS_LAVA = importlib.util.find_spec("lava") is not None and \
+    importlib.util.find_spec("lava.lib.dl.netx") is not None
+lava = pytest.mark.skipif(not HAS_LAVA, reason="lava-nc / lava-dl not installed")
+
+
+def assert_same(emu, got, what):
+    assert set(got.spikes) == set(emu.spikes), what
+    for name in emu.spikes:
+        assert np.array_equal(emu.spikes[name].numpy(), got.spikes[name]), (what, name)
+    assert np.array_equal(emu.readout.numpy(), got.readout), what
+    assert np.array_equal(emu.readout_u.numpy(), got.readout_u), what
+    assert got.readout_kind == emu.readout_kind
+    if emu.readout_kind == "spikes":
+        assert np.array_equal(emu.output_spikes.numpy(), got.output_spikes), what
+
+
+def run_both(tmp_path, net, x, layers, name):
+    from deploy.lava_run import preload, run_lava
+    preload()
+    path = save(tmp_path, net, f"{name}.net", layers=layers)
+    emu = Emulator(net).run(torch.from_numpy(x))
+    return emu, run_lava(path, x, net, progress=False, samples_per_chunk=2)
+
+
+@lava
+@pytest.mark.parametrize("layers", [True, False], ids=["netx", "processes"])
+@pytest.mark.parametrize("case", CHAINS)
+def test_chains_equal_in_lava(tmp_path, case, layers):
+    """Chains through netx's layer/ (dense_rec, flatten, bias, neuron-less integrators) and
+    through Lava's processes. 'recurrent' fails unless the recurrent buffer is cleared between
+    samples (checked by hand: the previous sample's last spikes leak into the next one)."""
+    net, rate = chain_case(case, 0)
+    x = inputs(net, 0, samples=3, steps=6, rate=rate)
+    emu, got = run_both(tmp_path, net, x, layers, case)
+    assert lively(emu), case
+    assert_same(emu, got, case)
+
+
+@lava
+@settings(max_examples=6, deadline=None, suppress_health_check=[
+    HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2 ** 32 - 1), in3d=st.booleans(), spikes=st.booleans(),
+       edge=st.booleans())
+def test_random_graphs_equal_in_lava(tmp_path, seed, in3d, spikes, edge):
+    """Fan-in of 1-3, fan-out, relay-aligned conv and dense skips, recurrent dense (incl. -128 /
+    127 weights), 13-bit biases, spiking and state readouts."""
+    net = random_graph(seed, in3d=in3d, readout="spikes" if spikes else "state", edge=edge)
+    x = inputs(net, seed % 1000, samples=2, steps=5)
+    assume(lively(Emulator(net).run(torch.from_numpy(x))))
+    emu, got = run_both(tmp_path, net, x, False, f"g{seed}_{in3d}_{spikes}_{edge}")
+    assert_same(emu, got, seed)
+
+
+@lava
+def test_parallel_workers_equal_one_worker(tmp_path):
+    from deploy.lava_run import preload, run_lava, run_lava_parallel
+    preload()
+    net = random_graph(7, readout="spikes")
+    path = save(tmp_path, net)
+    x = inputs(net, 7, samples=5, steps=4)
+    one = run_lava(path, x, net, progress=False)
+    two = run_lava_parallel(path, x, net, workers=2, progress=False)
+    assert set(one.spikes) == set(two.spikes)
+    for name in one.spikes:
+        assert np.array_equal(one.spikes[name], two.spikes[name]), name
+    assert np.array_equal(one.readout, two.readout) and np.array_equal(one.readout_u, two.readout_u)
+    assert np.array_equal(one.output_spikes, two.output_spikes)
+    assert_same(Emulator(net).run(torch.from_numpy(x)), two, "parallel")
+
+
+@lava
+def test_worker_failure_names_the_worker(tmp_path):
+    from deploy.lava_run import run_lava_parallel
+    net = random_graph(3)
+    path = save(tmp_path, net)
+    path.write_bytes(b"not hdf5")
+    with pytest.raises(RuntimeError, match=r"lava worker 0 .*not a readable HDF5 file"):
+        run_lava_parallel(path, inputs(net, 0, samples=2), net, workers=2, progress=False)
+
+
+def test_unaligned_paths_are_refused():
+    net = next(n for n in map(random_graph, range(40)) if any(
+        s.src.startswith("r") for s in n.synapses))
+    skip = next(s for s in net.synapses if s.src.startswith("r"))
+    relay = net.group(skip.src)
+    feed = next(s for s in net.synapses if s.dst == relay.name)
+    skip_around = Synapses("around", feed.src, skip.dst, "dense",
+                           np.ones((net.group(skip.dst).size, int(np.prod(net.shape_of(feed.src)))),
+                                   np.int64))
+    net.synapses.append(skip_around)
+    with pytest.raises(NetxError, match="'around'.*equal path lengths"):
+        check_aligned(net)
+
+
+# ---- weights: our numpy mirrors of netx + Lava's weight handling -------------------------------
+
+def _lava_functions():
+    from deploy.lava_run import preload
+    preload()
+    from lava.lib.dl.netx.utils import optimize_weight_bits
+    from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
+
+    def realise(w, bits):
+        mode = determine_sign_mode(w)
+        return truncate_weights(clip_weights(w, mode, num_bits=8), mode, bits)
+    return optimize_weight_bits, realise
+
+
+RANGES = [(-128, 128), (0, 128), (-128, 1), (-128, 0), (-4, 5), (1, 3)]
+
+
+@lava
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 5), st.integers(1, 7))
+def test_lava_dense_weights_equal_lava_functions(seed, rows, cols):
+    optimize_weight_bits, realise = _lava_functions()
+    rng = np.random.default_rng(seed)
+    lo, hi = RANGES[seed % 5]
+    w = rng.integers(lo, hi, (rows, cols))
+    if not w.any():
+        w[0, 0] = 1
+    scaled, bits, exp, _ = optimize_weight_bits(w.copy())
+    ours, our_exp = lava_dense_weights(w)
+    assert our_exp == exp and np.array_equal(ours, realise(scaled, bits))
+
+
+@lava
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 5), st.integers(1, 6))
+def test_dense_rec_joint_scaling_equals_netx(seed, rows, cols):
+    """deploy.netx._joint_realised == netx's create_dense(rec=True) followed by Lava's Dense."""
+    from deploy.netx import _joint_realised
+    optimize_weight_bits, realise = _lava_functions()
+    rng = np.random.default_rng(seed)
+    w = rng.integers(*RANGES[seed % 6], (rows, cols))
+    r = rng.integers(*RANGES[(seed // 6) % 6], (rows, rows))
+    if rng.random() < 0.3:
+        r[0, 0] = -128
+    if not np.hstack([w, r]).any():
+        w[0, 0] = 1
+    cat, bits, exp, _ = optimize_weight_bits(np.hstack([w, r]).copy())
+    lava_w, lava_r = realise(cat[:, :cols], bits), realise(cat[:, cols:], bits)
+    ours = _joint_realised([w, r])
+    assert np.array_equal(ours[0], lava_w * 2.0 ** exp)
+    assert np.array_equal(ours[1], lava_r * 2.0 ** exp)

@@ -412,6 +412,19 @@ def _netx_chain(group, path) -> Net:
     return Net(in_shape=in_shape, neurons=neurons, synapses=synapses).check(str(path))
 
 
+def _netx_bias(g, out, path, where):
+    """netx's bias -> (out shape) bias_mant: dense (N,); conv per channel (C,) or per neuron in
+    netx's (W, H, C) order (netx.blocks.AbstractBlock._neuron)."""
+    bias = np.asarray(g["bias"][()]).astype(np.int64)
+    if len(out) == 3 and bias.shape == tuple(out[::-1]):
+        return np.transpose(bias, (2, 1, 0)).copy()
+    if len(out) == 3 and bias.shape == (out[0],):
+        return np.broadcast_to(bias[:, None, None], out).copy()
+    if bias.size != int(np.prod(out)) or len(out) == 3:
+        raise NetxError(f"{path}: {where} bias of shape {bias.shape} does not fit {out}")
+    return bias.reshape(out)
+
+
 def _netx_layer(g, kind, shape, name, prev, path, where):
     if "weight" not in g:
         raise NetxError(f"{path}: {where} has no field 'weight'")
@@ -455,7 +468,7 @@ def _netx_layer(g, kind, shape, name, prev, path, where):
             raise NetxError(f"{path}: {where} dense_rec needs weight_rec of shape {(out[0],) * 2}")
         syns.append(Synapses(name=f"{name}.rec", src=name, dst=name, kind="dense", weight=rec,
                              recurrent=True, nodes=nodes))
-    bias = np.asarray(g["bias"][()]).astype(np.int64).reshape(out) if "bias" in g else None
+    bias = _netx_bias(g, out, path, where) if "bias" in g else None
     group_ = Neurons(name=name, shape=out, i_decay=params["iDecay"], v_decay=params["vDecay"],
                      vth=params["vThMant"], bias=bias, role="neuron" if "neuron" in g else "readout",
                      nodes=nodes)

@@ -7,8 +7,9 @@ with the same LoihiCUBA / QuantConv2d / QuantLinear modules. Both return a `Stud
 
 Parameters map back through the discrete reading of docs/nir.md (dt from
 `export.interpreter.resolve_dt`): alpha = 1 - dt/tau_syn, beta = 1 - dt/tau_mem,
-theta = v_threshold. Our own files round-trip exactly. Foreign values that are not on Loihi's grids (weights step * int8, decays in
-1/4096, thresholds on the weight grid) are rounded onto them with a warning naming the node.
+theta = v_threshold. Our own files round-trip exactly. Foreign values that are not on Loihi's
+grids (weights step * int8, decays in 1/4096, thresholds on the weight grid) are rounded onto them
+with a warning naming the node.
 """
 import math
 import warnings

@@ -7,6 +7,7 @@ read back and simulated by `export.interpreter`, whose per-step spikes of every 
 equal the student's exactly and whose readout must match within READOUT_RTOL.
 """
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -298,6 +299,14 @@ def sample_batches(ckpt, samples, data_dir, batch_size=32):
     return (x for x, _ in batches)
 
 
+def write_nir(path, graph):
+    """nir.write into memory, then one plain file write. HDF5 writing straight to a full disk
+    floods stderr and can crash the interpreter at exit; a Python write raises OSError(ENOSPC)."""
+    buf = io.BytesIO()
+    nir.write(buf, graph)
+    Path(path).write_bytes(buf.getvalue())
+
+
 def export(checkpoint, out, dt=DEFAULT_DT, samples=64, data_dir="data", log=print):
     """student.pt -> student.nir; the file is put in place only when the check passes."""
     model, ckpt = load_model(checkpoint, "student")
@@ -309,7 +318,7 @@ def export(checkpoint, out, dt=DEFAULT_DT, samples=64, data_dir="data", log=prin
                        desc="faithfulness", unit="batch", file=sys.stderr)
         return check_file(tmp, model, batches)
 
-    return write_checked(out, lambda tmp: nir.write(tmp, graph), check, _summary, log)
+    return write_checked(out, lambda tmp: write_nir(tmp, graph), check, _summary, log)
 
 
 def _summary(r) -> str:

@@ -2,6 +2,7 @@
 folder, disk or --resume gives one line and exit code 2 (a failed export check 1) and leaves
 nothing behind; a run killed mid-checkpoint resumes with no temp file left."""
 import errno
+import io
 import json
 import os
 import signal
@@ -18,7 +19,8 @@ import common.files as files
 import train.distill as distill
 from common.cli import Exit, check_writable_dir, UsageError
 from common.files import FileError, atomic_write, describe_os_error, remove_stale_temps
-from train.checkpoint import _save, load_checkpoint
+import train.checkpoint as checkpoint
+from train.checkpoint import load_checkpoint
 from train.data import DatasetInfo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,38 +173,54 @@ def test_read_only_file_system_during_a_checkpoint_write(tmp_path, capsys, monke
     assert not (tmp_path / "run").exists()  # the folder this run made is removed again
 
 
-def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
-    """The second epoch's checkpoint write runs out of space half-way (as torch.save on a file
-    object does: OSError ENOSPC): one line naming student.pt, exit 2, epoch 1's checkpoint kept,
-    no temp file."""
-    run = tmp_path / "run"
-    real, calls = torch.save, []
+class FullDisk(io.FileIO):
+    """A file on a disk with `room` bytes left: the write that crosses it is cut short, the next
+    one fails with ENOSPC, as write(2) does. torch.save then raises its own RuntimeError while
+    closing the zip, with the OSError in the exception chain (as on a real full tmpfs)."""
+    room = 4096
 
-    def fills_the_disk(obj, f, *a, **k):
-        if isinstance(obj, dict) and obj.get("kind") == "student":
-            calls.append(obj["epoch"])
-            if obj["epoch"] == 1:
-                f.write(b"PK\x03\x04" + b"\0" * 4096)
+    def write(self, b):
+        left = self.room - self.tell()
+        if len(b) > left:
+            if left <= 0:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(obj, f, *a, **k)
+            return super().write(bytes(b)[:left])
+        return super().write(b)
 
-    monkeypatch.setattr(torch, "save", fills_the_disk)
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
+    """The second epoch's checkpoint runs out of space: one line naming student.pt, exit 2,
+    epoch 1's checkpoint kept, no temp file."""
+    run, opened = tmp_path / "run", []
+
+    def open_on_a_full_disk(path, mode="r", *a, **k):
+        if Path(path).name.startswith(".student.pt."):
+            opened.append(path)
+            if len(opened) == 2:
+                return FullDisk(path, "w")
+        return open(path, mode, *a, **k)
+
+    monkeypatch.setattr(checkpoint, "open", open_on_a_full_disk, raising=False)
     assert distill.main(argv(run, epochs=2)) == 2
     monkeypatch.undo()
-    assert calls == [0, 1]
+    assert len(opened) == 2
     error_line(capsys, run / "student.pt", "no space left on device")
     ckpt = load_checkpoint(run / "student.pt", "student")
     assert ckpt["epoch"] == 0 and not ckpt["complete"]
     assert no_temp_files(run) and sorted(os.listdir(run)) == ["student.pt"]
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-def test_torch_save_through_a_file_object_reports_a_full_disk_as_enospc():
-    """Why checkpoints are saved through a Python file object: on a real full device torch.save
-    then raises OSError(ENOSPC), which atomic_write names in one line (with a path it raises an
-    opaque RuntimeError)."""
+def test_checkpoint_writer_turns_torchs_runtime_error_into_enospc(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "open", lambda path, mode: FullDisk(path, "w"), raising=False)
     with pytest.raises(OSError) as e:
-        _save({"x": torch.zeros(100_000)}, "/dev/full")
+        checkpoint._save({"x": torch.zeros(100_000)}, tmp_path / "c.pt")
+    assert e.value.errno == errno.ENOSPC
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_checkpoint_writer_on_a_real_full_device():
+    with pytest.raises(OSError) as e:
+        checkpoint._save({"x": torch.zeros(100_000)}, "/dev/full")
     assert e.value.errno == errno.ENOSPC
 
 

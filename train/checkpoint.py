@@ -30,10 +30,20 @@ def save_checkpoint(path, model, kind, **fields):
 
 
 def _save(obj, tmp):
-    # through a Python file object: a full disk is then OSError(ENOSPC), which atomic_write names
-    # in one line; given a path, torch.save reports it as an opaque RuntimeError
+    """torch.save through a Python file object, so that a full disk is OSError(ENOSPC), which
+    atomic_write names in one line. (Given a path, torch.save reports it as an opaque RuntimeError;
+    given a file, the OSError of the write can still be followed by torch's RuntimeError from
+    closing the zip, so the OSError is dug out of the exception chain.)"""
     with open(tmp, "wb") as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:
+            cause = e.__context__
+            while cause is not None and not isinstance(cause, OSError):
+                cause = cause.__context__
+            if cause is None:
+                raise
+            raise cause from None
 
 
 _MISSING = object()

@@ -420,8 +420,7 @@ def test_save_checkpoint_failure_keeps_the_previous_checkpoint(student_ckpt, mon
     before = path.read_bytes()
 
     def broken_save(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"PK\x03\x04 partial")
+        f.write(b"PK\x03\x04 partial")  # save_checkpoint hands torch.save an open file
         raise KeyboardInterrupt  # interrupted mid-write
 
     monkeypatch.setattr(torch, "save", broken_save)

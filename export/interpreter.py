@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 import nir
 
-DEFAULT_DT = 1e-4   # snnTorch's hard-coded step; used only when a graph's own values say so
+DEFAULT_DT = 1e-4   # snnTorch's hard-coded step: export.to_nir's default, never a reader's fallback
 DT_RTOL = 1e-4      # the r = tau/dt convention: all neurons must give the same dt within this
 GAIN_RTOL = 1e-6    # an Euler input gain this close to 1 is float32 round-off of r = tau/dt
 

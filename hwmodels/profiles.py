@@ -1,8 +1,8 @@
 """Energy profiles: a few named constants per technology, each with its source (SPEC.md section 6).
 
-Energy of one SNN layer for one sample under a profile:
+Energy of one neuron group for one sample under a profile, summed over its incoming connections c:
 
-    E = e_synop * SynOps + e_neuron_active * active + e_neuron_inactive * (updates - active)
+    E = sum_c e_synop * SynOps_c + e_neuron_active * active + e_neuron_inactive * (updates - active)
 
 with SynOps = sum over steps of input spikes x fan-out, updates = neurons x T and `active` the
 neuron-steps that emitted a spike (our reading of "active" in Davies et al.; an assumption).
@@ -39,12 +39,19 @@ class Profile:
     e_neuron_inactive: float         # J per neuron update that does not spike
     source: str
 
+    def synaptic_energy(self, synops, macs=None) -> float:
+        """Joules of one connection; macs is None for spike input (module docstring)."""
+        if macs is not None and self.e_mac is not None:
+            return self.e_mac * macs
+        return self.e_synop * synops
+
+    def neuron_energy(self, updates, active) -> float:
+        """Joules of a group's neuron updates, `active` of them spiking."""
+        return self.e_neuron_active * active + self.e_neuron_inactive * (updates - active)
+
     def layer_energy(self, synops, macs, updates, active) -> float:
-        """Joules for one layer (formula in the module docstring); macs is None for spike input."""
-        synaptic = (self.e_mac * macs if macs is not None and self.e_mac is not None
-                    else self.e_synop * synops)
-        return (synaptic + self.e_neuron_active * active
-                + self.e_neuron_inactive * (updates - active))
+        """Joules for one group fed by one connection (formula in the module docstring)."""
+        return self.synaptic_energy(synops, macs) + self.neuron_energy(updates, active)
 
 
 PROFILES = {

@@ -1,14 +1,15 @@
-"""Map layers onto Loihi 2 neurocores.
+"""Map neuron groups (relay groups included) onto Loihi 2 neurocores.
 
-A layer's neurons and the synapses that end on them live in the same cores (Loihi stores synapses
-at the destination core), so
+A group's neurons and the synapses of all its incoming connections live in the same cores (Loihi
+stores synapses at the destination core), so
 
-    cores(layer) = max(ceil(neurons / neurons_per_core), ceil(synapses / synapses_per_core))
+    cores(group) = max(ceil(neurons / neurons_per_core), ceil(synapses / synapses_per_core), 1)
 
-and the network fits one chip when the cores of all layers add up to at most cores_per_chip.
-`synapses` here is the synapse memory: one entry per (presynaptic, postsynaptic) connection, i.e.
-convolutions unrolled (as Loihi 1 stores them; conservative for Loihi 2). The input layer is fed
-from outside (host or sensor) and takes no neurocore.
+and the network fits one chip when the cores of all groups add up to at most cores_per_chip; a
+core holds one group (no packing of small groups). `synapses` is the synapse memory: one entry per
+(presynaptic, postsynaptic) pair with a non-zero weight, i.e. convolutions unrolled (as Loihi 1
+stores them; conservative for Loihi 2). The input is fed from outside (host or sensor) and takes
+no neurocore. Relay groups (delay alignment) are mapped like any group and also reported apart.
 
 The per-core limits are the chip-wide figures of the Intel Loihi 2 brief divided evenly over its
 128 neurocores (assumptions: neuron state and 8-bit synapses share no memory budget; compilers may
@@ -37,9 +38,21 @@ class CoreLimits:
 
 
 def layer_cores(neurons: int, synapses: int, limits: CoreLimits = CoreLimits()) -> int:
-    """Neurocores one layer needs (formula in the module docstring)."""
+    """Neurocores one group needs (formula in the module docstring)."""
     return max(math.ceil(neurons / limits.neurons_per_core),
                math.ceil(synapses / limits.synapses_per_core), 1)
+
+
+def map_groups(groups, limits: CoreLimits = CoreLimits()) -> dict:
+    """groups: dicts with name, role, neurons, synapses (incoming) -> {'cores': {name: cores},
+    'chip': chip_usage of all, with relay_cores / relay_neurons / relay_synapses added}."""
+    cores = {g["name"]: layer_cores(g["neurons"], g["synapses"], limits) for g in groups}
+    relays = [g for g in groups if g["role"] == "relay"]
+    chip = chip_usage(cores.values(), limits)
+    chip.update(relay_groups=len(relays), relay_cores=sum(cores[g["name"]] for g in relays),
+                relay_neurons=sum(g["neurons"] for g in relays),
+                relay_synapses=sum(g["synapses"] for g in relays))
+    return {"cores": cores, "chip": chip}
 
 
 def chip_usage(cores_per_layer, limits: CoreLimits = CoreLimits()) -> dict:

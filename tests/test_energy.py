@@ -1,5 +1,6 @@
-"""Energy model: SynOps and MAC counts against hand counts, energy arithmetic, core mapping, and an
-end-to-end report from a hand-written netx HDF5 file."""
+"""Energy model over a compiled Net: fan-out and SynOps against hand counts (conv with padding and
+stride, a residual block with a relay group, a recurrent connection), MACs, energy arithmetic,
+core mapping with relays, the report files and the command line."""
 import json
 
 import h5py
@@ -9,12 +10,34 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hwmodels.energy import (EnergyError, Layer, Tally, build_report, count_macs, main, read_netx,
-                             write_report)
+from hwmodels.energy import (EnergyError, Tally, ann_macs, count_macs, fanout, main,
+                             student_source)
+from hwmodels.energy_report import build_report, write_report
+from hwmodels.loihi import INTEGRATOR, Emulator, Net, Neurons, Synapses, save_net
 from hwmodels.profiles import PROFILES, ann_energy
-from hwmodels.resources import CoreLimits, chip_usage, layer_cores
+from hwmodels.resources import CoreLimits, chip_usage, layer_cores, map_groups
 
 PJ = 1e-12
+LIF = dict(i_decay=2048, v_decay=1024, vth=64)
+RELAY = dict(i_decay=4096, v_decay=4096, vth=0, role="relay")
+
+
+def conv(name, src, dst, weight, **geometry):
+    return Synapses(name=name, src=src, dst=dst, kind="conv",
+                    weight=np.asarray(weight, dtype=np.int64), **geometry)
+
+
+def dense(name, src, dst, weight, recurrent=False):
+    return Synapses(name=name, src=src, dst=dst, kind="dense",
+                    weight=np.asarray(weight, dtype=np.int64), recurrent=recurrent)
+
+
+def readout(name, shape):
+    return Neurons(name, shape, INTEGRATOR["iDecay"], INTEGRATOR["vDecay"],
+                   INTEGRATOR["vThMant"], role="readout", nodes=["integrator"])
+
+
+# ---- fan-out -----------------------------------------------------------------------------------
 
 # conv 1 -> 2 channels, 3x3 kernel, stride 2, padding 1 on a 5x5 input: 3x3 outputs per channel.
 # Along one axis, output o covers inputs 2o-1 .. 2o+1, so input y is reached by
@@ -25,9 +48,54 @@ HAND_FANOUT = 2 * torch.tensor([[1, 2, 1, 2, 1],
                                 [1, 2, 1, 2, 1],
                                 [2, 4, 2, 4, 2],
                                 [1, 2, 1, 2, 1]])
-CONV = Layer("conv1", "conv", (1, 5, 5), (2, 3, 3), (2, 1, 3, 3), True, (2, 2), (1, 1))
-DENSE = Layer("dense2", "dense", (18,), (4,), (4, 18), True)
-READOUT = Layer("dense3", "dense", (4,), (3,), (3, 4), False, nodes=("readout", "integrator"))
+CONV = conv("conv1.w", "input", "conv1", np.ones((2, 1, 3, 3)), stride=(2, 2), padding=(1, 1))
+
+
+def test_conv_fanout_matches_hand_count():
+    f = fanout(CONV, (1, 5, 5), (2, 3, 3))
+    assert torch.equal(f, HAND_FANOUT[None])
+    assert int(f.sum()) == 2 * 7 * 7  # 9 taps per axis, 2 fall on the padding
+
+
+def test_fanout_counts_only_non_zero_weights():
+    w = np.ones((2, 1, 3, 3))
+    w[1] = 0                       # output channel 1 has no synapse: fan-out halves
+    w[0, 0, 0, 0] = 0              # tap (0, 0): pixel (y, x) is no longer reached from o = (y+1)/2
+    f = fanout(conv("c", "input", "g", w, stride=(2, 2), padding=(1, 1)), (1, 5, 5), (2, 3, 3))
+    hand = HAND_FANOUT[None] // 2
+    for y in (1, 3):               # y = 2o - 1 + 0 for o = 1, 2 (tap row 0), same for x
+        for x in (1, 3):
+            hand[0, y, x] -= 1
+    assert torch.equal(f, hand)
+    d = dense("d", "input", "g", [[1, 0, 2], [0, 0, 3]])
+    assert fanout(d, (3,), (2,)).tolist() == [1, 0, 2]
+
+
+@pytest.mark.parametrize("cfg", [dict(cin=4, cout=6, k=3, s=2, p=1, d=1, g=2, h=9, w=7),
+                                 dict(cin=3, cout=3, k=3, s=1, p=2, d=2, g=3, h=6, w=6),
+                                 dict(cin=2, cout=5, k=4, s=3, p=0, d=1, g=1, h=11, w=8)])
+def test_conv_fanout_matches_autograd(cfg):
+    """d(sum of a conv with 0/1 weights)/d(input) counts the synapses each input reaches."""
+    shape = (cfg["cout"], cfg["cin"] // cfg["g"], cfg["k"], cfg["k"])
+    mask = (torch.rand(shape, generator=torch.Generator().manual_seed(cfg["h"])) < 0.7).double()
+    x = torch.zeros(1, cfg["cin"], cfg["h"], cfg["w"], dtype=torch.float64, requires_grad=True)
+    y = F.conv2d(x, mask, None, cfg["s"], cfg["p"], cfg["d"], cfg["g"])
+    y.sum().backward()
+    syn = conv("c", "input", "g", mask.long().numpy() * 3, stride=(cfg["s"],) * 2,
+               padding=(cfg["p"],) * 2, dilation=(cfg["d"],) * 2, groups=cfg["g"])
+    f = fanout(syn, (cfg["cin"], cfg["h"], cfg["w"]), tuple(y.shape[1:]))
+    assert torch.equal(f, x.grad[0].round().long())
+
+
+# ---- a chain: conv -> dense -> integrator readout ----------------------------------------------
+
+def chain_net():
+    return Net(in_shape=(1, 5, 5), neurons=[
+        Neurons("conv1", (2, 3, 3), **LIF, nodes=["lif1"]),
+        Neurons("dense2", (4,), **LIF, nodes=["lif2"]),
+        readout("dense3", (3,))], synapses=[
+        CONV, dense("dense2.w", "conv1", "dense2", np.ones((4, 18))),
+        dense("dense3.w", "dense2", "dense3", np.ones((3, 4)))]).check()
 
 
 def input_spikes():
@@ -40,74 +108,145 @@ def input_spikes():
 HAND_CONV_SYNOPS = 2 * (1 + 4 + 4 + 1)  # fan-outs of (0,0), (1,1), (1,1), (4,4)
 
 
-def test_conv_fanout_matches_hand_count():
-    assert torch.equal(CONV.fanout(), HAND_FANOUT[None])
-    assert int(CONV.fanout().sum()) == 2 * 7 * 7  # 9 taps per axis, 2 fall on the padding
-
-
-@pytest.mark.parametrize("cfg", [dict(cin=4, cout=6, k=3, s=2, p=1, d=1, g=2, h=9, w=7),
-                                 dict(cin=3, cout=3, k=3, s=1, p=2, d=2, g=3, h=6, w=6),
-                                 dict(cin=2, cout=5, k=4, s=3, p=0, d=1, g=1, h=11, w=8)])
-def test_conv_fanout_matches_autograd(cfg):
-    """d(sum of a conv with all-ones weights)/d(input) counts the neurons each input reaches."""
-    weight = (cfg["cout"], cfg["cin"] // cfg["g"], cfg["k"], cfg["k"])
-    x = torch.zeros(1, cfg["cin"], cfg["h"], cfg["w"], dtype=torch.float64, requires_grad=True)
-    y = F.conv2d(x, torch.ones(weight, dtype=torch.float64), None, cfg["s"], cfg["p"], cfg["d"],
-                 cfg["g"])
-    y.sum().backward()
-    layer = Layer("c", "conv", (cfg["cin"], cfg["h"], cfg["w"]), tuple(y.shape[1:]), weight, True,
-                  (cfg["s"],) * 2, (cfg["p"],) * 2, (cfg["d"],) * 2, cfg["g"])
-    assert torch.equal(layer.fanout(), x.grad[0].round().long())
-
-
-def test_synops_hand_counted():
+def test_chain_synops_hand_counted():
     spikes_conv = torch.zeros(1, 2, 2, 3, 3)
     spikes_conv[0, 0, 1, 2, 2] = 1                 # 1 spike at step 0
     spikes_conv[0, 1, 0, :, 0] = 1                 # 3 spikes at step 1
     spikes_dense = torch.zeros(1, 2, 4, dtype=torch.bool)
     spikes_dense[0, 1, :2] = True                  # 2 spikes
-    tally = Tally([CONV, DENSE, READOUT])
+    tally = Tally(chain_net())
     tally.add(input_spikes(), {"conv1": spikes_conv, "dense2": spikes_dense})
-    conv, dense, readout = tally.layer_stats()
-    assert conv["synops_per_sample"] == HAND_CONV_SYNOPS
-    assert conv["input_spikes_per_sample"] == 4 and conv["spikes_per_sample"] == 4
-    assert conv["neuron_updates_per_sample"] == 18 * 2
-    assert conv["firing_rate"] == pytest.approx(4 / 36)
-    assert dense["synops_per_sample"] == 4 * 4     # 4 input spikes, each reaching 4 neurons
-    assert readout["synops_per_sample"] == 2 * 3   # 2 input spikes, each reaching 3 outputs
-    assert readout["spikes_per_sample"] is None and readout["firing_rate"] is None
+    c1, c2, c3 = tally.connection_stats()
+    assert (c1["synops_per_sample"], c2["synops_per_sample"], c3["synops_per_sample"]) == \
+        (HAND_CONV_SYNOPS, 4 * 4, 2 * 3)           # dense: each input spike reaches all outputs
+    assert c1["input_spikes_per_sample"] == 4 and c1["synapses"] == 98
+    conv1, dense2, dense3 = tally.group_stats()
+    assert conv1["spikes_per_sample"] == 4 and conv1["neuron_updates_per_sample"] == 18 * 2
+    assert conv1["firing_rate"] == pytest.approx(4 / 36)
+    assert dense3["spikes_per_sample"] is None and dense3["firing_rate"] is None
+    assert tally.input_stats()["spikes_per_sample"] == 4
 
 
 def test_counts_average_over_samples_and_batches():
-    tally = Tally([DENSE])
+    net = Net(in_shape=(18,), neurons=[Neurons("d", (4,), **LIF)],
+              synapses=[dense("d.w", "input", "d", np.ones((4, 18)))])
+    tally = Tally(net)
     x = torch.zeros(2, 3, 18)
     x[0, :, 0] = 1                                 # sample 0: 3 spikes; sample 1: none
-    tally.add(x, {"dense2": torch.zeros(2, 3, 4)})
-    tally.add(x[1:], {"dense2": torch.ones(1, 3, 4)})
-    stats = tally.layer_stats()[0]
-    assert stats["synops_per_sample"] == 3 * 4 / 3
-    assert stats["spikes_per_sample"] == 12 / 3
+    tally.add(x, {"d": torch.zeros(2, 3, 4)})
+    tally.add(x[1:], {"d": torch.ones(1, 3, 4)})
+    assert tally.connection_stats()[0]["synops_per_sample"] == 3 * 4 / 3
+    assert tally.group_stats()[0]["spikes_per_sample"] == 12 / 3
 
 
-def test_analog_first_layer_counts_macs():
+def test_analog_first_connection_counts_macs():
     x = torch.rand(1, 2, 1, 5, 5) + 0.1            # all non-zero
-    tally = Tally([CONV], analog_input=True)
+    net = Net(in_shape=(1, 5, 5), neurons=[Neurons("conv1", (2, 3, 3), **LIF)], synapses=[CONV])
+    tally = Tally(net, analog_input=True)
     tally.add(x, {"conv1": torch.zeros(1, 2, 2, 3, 3)})
-    stats = tally.layer_stats()[0]
+    stats = tally.connection_stats()[0]
     assert stats["input"] == "analog"
     assert stats["macs_per_sample"] == 2 * (2 * 3 * 3 * 1 * 9)  # T x one ANN pass
     assert stats["synops_per_sample"] == 2 * 98                 # graded spikes: every input
-    assert PROFILES["45nm"].layer_energy(1, stats["macs_per_sample"], 0, 0) == pytest.approx(
+    assert PROFILES["45nm"].synaptic_energy(1, stats["macs_per_sample"]) == pytest.approx(
         324 * 4.6 * PJ)
 
 
+# ---- a residual block with a relay group -------------------------------------------------------
+
+def residual_net():
+    """input (2,4,4) -> A (conv 3x3 p1) -> B (conv 3x3 p1) -> readout (dense); skip input -> B
+    through the relay group input.relay1 (depthwise 1x1 identity), then a full 1x1 conv.
+
+    conv_b has no synapse from A's channel 0 to B's channel 1, so A's channel 0 reaches half."""
+    w_b = np.ones((2, 2, 3, 3))
+    w_b[1, 0] = 0
+    return Net(in_shape=(2, 4, 4), neurons=[
+        Neurons("A", (2, 4, 4), **LIF, nodes=["blocks.0.lif_a"]),
+        Neurons("input.relay1", (2, 4, 4), **RELAY),
+        Neurons("B", (2, 4, 4), **LIF, nodes=["blocks.0.lif_b"]),
+        readout("out", (3,))], synapses=[
+        conv("conv_a", "input", "A", np.ones((2, 2, 3, 3)), padding=(1, 1)),
+        conv("input.relay1.in", "input", "input.relay1", np.ones((2, 1, 1, 1)), groups=2),
+        conv("conv_b", "A", "B", w_b, padding=(1, 1)),
+        conv("shortcut", "input.relay1", "B", np.ones((2, 2, 1, 1))),
+        dense("readout", "B", "out", np.ones((3, 32)))]).check()
+
+
+def residual_spikes():
+    """T = 2. Input: (c0,0,0) t0, (c1,1,1) t0, (c0,1,1) t1. A: (c0,0,0) t0, (c1,0,2) t1.
+    B: 3 spikes. The relay repeats the input (in the float model's time)."""
+    x = torch.zeros(1, 2, 2, 4, 4)
+    x[0, 0, 0, 0, 0] = x[0, 0, 1, 1, 1] = x[0, 1, 0, 1, 1] = 1
+    a = torch.zeros(1, 2, 2, 4, 4)
+    a[0, 0, 0, 0, 0] = a[0, 1, 1, 0, 2] = 1
+    b = torch.zeros(1, 2, 2, 4, 4)
+    b[0, 1, :, 2, 2] = b[0, 0, 1, 3, 3] = 1
+    return x, {"A": a, "input.relay1": x.clone(), "B": b}
+
+
+def test_residual_synops_hand_counted():
+    x, spikes = residual_spikes()
+    tally = Tally(residual_net())
+    tally.add(x, spikes)
+    got = {c["name"]: c["synops_per_sample"] for c in tally.connection_stats()}
+    # 3x3 conv, padding 1, on 4x4: a corner reaches 2 x 2 positions, an interior pixel 3 x 3
+    assert got == {
+        "conv_a": 2 * 4 + 2 * 9 + 2 * 9,           # 2 output channels x (corner, inner, inner)
+        "input.relay1.in": 3,                      # identity: one synapse per spike
+        "conv_b": 1 * 4 + 2 * 6,                   # A (c0, corner): only B's c0; (c1, edge): both
+        "shortcut": 2 * 3,                         # 1x1 conv 2 -> 2: two synapses per spike
+        "readout": 3 * 3}
+    groups = {g["name"]: g for g in tally.group_stats()}
+    assert groups["B"]["synops_per_sample"] == got["conv_b"] + got["shortcut"]
+    assert groups["B"]["connections"] == ["conv_b", "shortcut"]
+    assert groups["input.relay1"]["role"] == "relay"
+    # conv_b unrolled: (2 + 3 + 3 + 2)^2 = 100 per channel pair, 3 pairs non-zero; 1x1: 4 x 16
+    assert groups["input.relay1"]["synapses"] == 32
+    assert groups["B"]["synapses"] == 3 * 100 + 4 * 16
+    assert groups["input.relay1"]["ann_macs_per_sample"] == 0   # no relays in the ANN
+    assert groups["B"]["ann_macs_per_sample"] == 32 * 2 * 9 + 32 * 2
+
+
+def test_residual_activity_from_the_emulator():
+    """The emulator's relay spikes equal the input spikes, and the counts follow its spikes."""
+    net = residual_net()
+    x = (torch.rand(3, 5, 2, 4, 4, generator=torch.Generator().manual_seed(1)) < 0.3).long()
+    result = Emulator(net).run(x)
+    assert torch.equal(result.spikes["input.relay1"], x.bool())
+    tally = Tally(net)
+    tally.add(x, result.spikes)
+    got = {c["name"]: c["synops_per_sample"] for c in tally.connection_stats()}
+    assert got["input.relay1.in"] == int(x.sum()) / 3
+    assert got["shortcut"] == 2 * int(x.sum()) / 3
+    assert got["readout"] == 3 * int(result.spikes["B"].sum()) / 3
+
+
+# ---- a recurrent connection --------------------------------------------------------------------
+
+def test_recurrent_connection_sees_the_previous_step():
+    rec = np.ones((3, 3)) - np.eye(3)              # no self-synapse: fan-out 2
+    net = Net(in_shape=(2,), neurons=[Neurons("h", (3,), **LIF)], synapses=[
+        dense("h.w", "input", "h", np.ones((3, 2))), dense("h.rec", "h", "h", rec, True)]).check()
+    h = torch.tensor([[[1, 0, 0], [1, 1, 0], [0, 0, 1]]])   # (B=1, T=3, 3)
+    tally = Tally(net)
+    tally.add(torch.zeros(1, 3, 2), {"h": h})
+    stats = {c["name"]: c for c in tally.connection_stats()}
+    assert stats["h.rec"]["recurrent"]
+    # steps 0 and 1 reach steps 1 and 2; the spike of the last step is never delivered
+    assert stats["h.rec"]["input_spikes_per_sample"] == 3
+    assert stats["h.rec"]["synops_per_sample"] == 3 * 2
+    assert stats["h.w"]["synops_per_sample"] == 0
+
+
+# ---- MACs, energy, cores -----------------------------------------------------------------------
+
 def test_ann_macs_reference():
-    conv = Layer("c", "conv", (3, 8, 8), (8, 8, 8), (8, 3, 3, 3), True, (1, 1), (1, 1))
-    assert conv.ann_macs == 8 * 8 * 8 * 3 * 9
-    grouped = Layer("g", "conv", (4, 8, 8), (8, 4, 4), (8, 2, 3, 3), True, (2, 2), (1, 1),
-                    groups=2)
-    assert grouped.ann_macs == 8 * 4 * 4 * 4 * 9 // 2
-    assert DENSE.ann_macs == 18 * 4
+    c = conv("c", "input", "g", np.ones((8, 3, 3, 3)), padding=(1, 1))
+    assert ann_macs(c, (3, 8, 8), (8, 8, 8)) == 8 * 8 * 8 * 3 * 9
+    g = conv("g", "input", "g", np.ones((8, 2, 3, 3)), stride=(2, 2), padding=(1, 1), groups=2)
+    assert ann_macs(g, (4, 8, 8), (8, 4, 4)) == 8 * 4 * 4 * 4 * 9 // 2
+    assert ann_macs(dense("d", "input", "g", np.ones((4, 18))), (2, 3, 3), (4,)) == 18 * 4
     model = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.ReLU(),
                           nn.Conv2d(8, 8, 3, 2, 1, groups=4), nn.Flatten(), nn.Linear(128, 10))
     macs = dict(count_macs(model, (3, 8, 8)))
@@ -135,90 +274,68 @@ def test_core_mapping():
         CoreLimits(neurons_per_core=0)
 
 
-def write_netx(path, layers):
-    """A netx-style HDF5 file: layer/<i>/{type, shape, weight, stride, ...}, as lava-dl writes."""
-    with h5py.File(path, "w") as f:
-        for i, spec in enumerate(layers):
-            g = f.create_group(f"layer/{i}")
-            g.create_dataset("type", data=np.array([spec.pop("type").encode()], dtype="S10"))
-            neuron = spec.pop("neuron", False)
-            if "nodes" in spec:
-                g.attrs["nodes"] = spec.pop("nodes")
-            for key, value in spec.items():
-                g.create_dataset(key, data=np.asarray(value))
-            if neuron:
-                n = g.create_group("neuron")
-                for key, value in dict(type=b"CUBA", iDecay=2048, vDecay=1024, vThMant=64).items():
-                    n.create_dataset(key, data=value)
+def test_core_mapping_with_relays():
+    groups = [dict(name="a", role="neuron", neurons=40, synapses=10),
+              dict(name="a.relay1", role="relay", neurons=40, synapses=40),
+              dict(name="b", role="neuron", neurons=10, synapses=500)]
+    mapping = map_groups(groups, CoreLimits(neurons_per_core=16, synapses_per_core=100,
+                                            cores_per_chip=8))
+    assert mapping["cores"] == {"a": 3, "a.relay1": 3, "b": 5}
+    chip = mapping["chip"]
+    assert chip["cores_used"] == 11 and not chip["fits"] and chip["chips"] == 2
+    assert (chip["relay_groups"], chip["relay_cores"], chip["relay_neurons"],
+            chip["relay_synapses"]) == (1, 3, 40, 40)
 
 
-def tiny_net(path):
-    write_netx(path, [dict(type="input", shape=[1, 5, 5]),
-                      dict(type="conv", shape=[2, 3, 3], weight=np.ones((2, 1, 3, 3)),
-                           stride=[2, 2], padding=[1, 1], dilation=[1, 1], groups=1, neuron=True),
-                      dict(type="flatten"),
-                      dict(type="dense", shape=[4], weight=np.ones((4, 18)), neuron=True),
-                      dict(type="dense", shape=[3], weight=np.ones((3, 4)),
-                           nodes="readout,integrator")])
-
-
-def test_end_to_end_report(tmp_path):
-    tiny_net(tmp_path / "student.net")
-    in_shape, layers = read_netx(tmp_path / "student.net")
-    assert in_shape == (1, 5, 5)
-    assert layers == [CONV, DENSE, READOUT]
-    spikes = {"conv1": torch.ones(1, 2, 2, 3, 3, dtype=torch.bool),
-              "dense2": torch.zeros(1, 2, 4, dtype=torch.bool)}
-    tally = Tally(layers)
-    tally.add(input_spikes(), spikes)
-    teacher = [("fc", 25 * 10)]
-    report = build_report(tally.layer_stats(), list(PROFILES.values()), teacher_macs=teacher,
+def test_residual_report(tmp_path):
+    """Energies, relays' cost and core mapping of the hand-counted residual net, and the files."""
+    x, spikes = residual_spikes()
+    tally = Tally(residual_net())
+    tally.add(x, spikes)
+    limits = CoreLimits(neurons_per_core=20)
+    report = build_report(tally, list(PROFILES.values()), limits, teacher_macs=[("fc", 250)],
                           meta={"run": str(tmp_path), "samples": 1, "timesteps": 2})
     written = write_report(report, tmp_path)
     assert all(p.is_file() and p.stat().st_size > 0 for p in written)
     data = json.loads((tmp_path / "energy.json").read_text())
-    for key in ("name", "kind", "neurons", "synapses", "spikes_per_sample", "synops_per_sample",
-                "neuron_updates_per_sample", "energy_j", "cores"):
-        assert all(key in layer for layer in data["layers"]), key
-    for key in ("synops_per_sample", "energy_j_per_sample", "ann_energy_j_per_sample",
-                "ann_over_snn"):
-        assert key in data["total"], key
-    assert set(data["chip"]) >= {"cores_used", "fits"}
-    conv, dense, readout = data["layers"]
-    assert conv["synops_per_sample"] == HAND_CONV_SYNOPS
-    assert dense["synops_per_sample"] == 36 * 4     # 36 conv spikes, fan-out 4
-    assert readout["synops_per_sample"] == 0
-    assert readout["nodes"] == ["readout", "integrator"]
-    synops = HAND_CONV_SYNOPS + 36 * 4
+    assert [g["name"] for g in data["layers"]] == ["A", "input.relay1", "B", "out"]
+    for key in ("name", "kind", "role", "neurons", "synapses", "spikes_per_sample",
+                "synops_per_sample", "neuron_updates_per_sample", "energy_j", "cores"):
+        assert all(key in g for g in data["layers"]), key
+    assert [g["cores"] for g in data["layers"]] == [2, 2, 2, 1]   # 32 neurons / 20 per core
+    relay = data["total"]["relays"]
+    assert (relay["groups"], relay["neurons"], relay["synapses"], relay["cores"],
+            relay["synops_per_sample"]) == (1, 32, 32, 2, 3)
+    # relay: 3 SynOps, 64 updates, 3 of them spiking
+    assert relay["energy_j_per_sample"]["loihi"] == pytest.approx(
+        (3 * 23.6 + 3 * 81 + 61 * 52) * PJ)
+    assert data["chip"]["cores_used"] == 7 and data["chip"]["relay_cores"] == 2
+    synops = 44 + 3 + 16 + 6 + 9
     assert data["total"]["synops_per_sample"] == synops
-    loihi = synops * 23.6 + 36 * 81 + (8 + 6) * 52  # conv all spike; dense, readout none
-    assert data["total"]["energy_j_per_sample"]["loihi"] == pytest.approx(loihi * PJ)
+    spikes_, updates = 2 + 3 + 3, 3 * 64 + 6
+    assert data["total"]["energy_j_per_sample"]["loihi"] == pytest.approx(
+        (synops * 23.6 + spikes_ * 81 + (updates - spikes_) * 52) * PJ)
     assert data["total"]["energy_j_per_sample"]["45nm"] == pytest.approx(synops * 0.9 * PJ)
-    student_ann = 18 * 9 + 18 * 4 + 4 * 3
+    student_ann = 32 * 2 * 9 + 32 * 2 * 9 + 32 * 2 + 32 * 3
     assert data["total"]["ann_macs_per_sample"] == {"student_ann": student_ann, "teacher": 250}
-    assert data["total"]["ann_over_snn"]["45nm"]["student_ann"] == pytest.approx(
-        student_ann * 4.6 / (synops * 0.9))
-    assert [layer["cores"] for layer in data["layers"]] == [1, 1, 1]
-    assert data["chip"] == {**data["chip"], "cores_used": 3, "fits": True}
-    assert "| conv1 | conv |" in (tmp_path / "energy.md").read_text()
+    md = (tmp_path / "energy.md").read_text()
+    assert "| input.relay1 | relay | conv |" in md and "| shortcut | input.relay1 -> B |" in md
+    assert "Delay alignment: 1 relay group(s), 32 neurons" in md
 
 
-def test_netx_errors(tmp_path):
-    write_netx(tmp_path / "pool.net", [dict(type="input", shape=[1, 4, 4]),
-                                       dict(type="pool", shape=[1, 2, 2])])
-    with pytest.raises(EnergyError, match="type 'pool'"):
-        read_netx(tmp_path / "pool.net")
-    write_netx(tmp_path / "bad.net", [dict(type="input", shape=[6]),
-                                      dict(type="dense", weight=np.ones((2, 5)))])
-    with pytest.raises(EnergyError, match="does not take 6 inputs"):
-        read_netx(tmp_path / "bad.net")
-    (tmp_path / "junk.net").write_text("not hdf5")
-    with pytest.raises(EnergyError, match="not a readable HDF5"):
-        read_netx(tmp_path / "junk.net")
-    tally = Tally([DENSE])
-    with pytest.raises(EnergyError, match="no spikes given"):
-        tally.add(torch.zeros(1, 2, 18), {})
+def test_tally_errors():
+    tally = Tally(chain_net())
+    with pytest.raises(EnergyError, match="no spikes given for group conv1"):
+        tally.add(input_spikes(), {})
+    with pytest.raises(EnergyError, match="group conv1: spikes of shape"):
+        tally.add(input_spikes(), {"conv1": torch.zeros(1, 2, 18), "dense2": torch.zeros(1, 2, 4)})
+    with pytest.raises(EnergyError, match="inputs of shape"):
+        tally.add(torch.zeros(1, 2, 25), {})
+    with pytest.raises(EnergyError, match="no samples counted"):
+        tally.group_stats()
 
+
+# ---- command line ------------------------------------------------------------------------------
 
 def test_cli_missing_net(tmp_path, capsys):
     assert main(["--run", str(tmp_path)]) == 2
@@ -226,9 +343,23 @@ def test_cli_missing_net(tmp_path, capsys):
     assert "student.net not found" in err and "deploy.verify" in err and len(err.splitlines()) == 1
 
 
+def test_cli_unreadable_net(tmp_path, capsys):
+    (tmp_path / "student.net").write_text("not hdf5")
+    assert main(["--run", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable HDF5" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag", [["--samples", "0"], ["--profile", "7nm"], ["--batch-size", "x"]])
+def test_cli_bad_flags(tmp_path, flag):
+    with pytest.raises(SystemExit) as e:
+        main(["--run", str(tmp_path), *flag])
+    assert e.value.code == 2
+
+
 def student_run(run_dir):
-    """A tiny digits run: untrained scnn student + SmallCNN teacher checkpoints and a netx file
-    written by hand from the student's integer weights (Loihi's default CUBA parameters)."""
+    """A tiny digits run: untrained scnn student + SmallCNN teacher checkpoints and a Net built by
+    hand from the student's integer weights."""
     from train.checkpoint import save_checkpoint
     from train.models import build_model
 
@@ -241,26 +372,23 @@ def student_run(run_dir):
     encoding = {"kind": "rate", "timesteps": 4, "seed": 0}
     save_checkpoint(run_dir / "student.pt", student, "student", dataset="digits", encoding=encoding)
     save_checkpoint(run_dir / "teacher.pt", teacher, "teacher", dataset="digits", encoding=encoding)
-    shapes = {"conv1": [4, 8, 8], "conv2": [8, 4, 4], "fc3": [16], "readout": [10]}
-    specs = [dict(type="input", shape=[1, 8, 8])]
-    for name, m in student.layers.items():
-        if name == "flatten":
-            specs.append(dict(type="flatten"))
-        elif name.startswith("conv"):
-            specs.append(dict(type="conv", shape=shapes[name], weight=m.int_weight().numpy(),
-                              stride=list(m.stride), padding=list(m.padding), dilation=[1, 1],
-                              groups=1, neuron=True))
-        elif name in shapes:
-            specs.append(dict(type="dense", shape=shapes[name], weight=m.int_weight().numpy(),
-                              neuron=name != "readout"))
-    write_netx(run_dir / "student.net", specs)
+    m = student.layers
+    w = {name: m[name].int_weight().numpy() for name in ("conv1", "conv2", "fc3", "readout")}
+    net = Net(in_shape=(1, 8, 8), neurons=[
+        Neurons("conv1", (4, 8, 8), **LIF, nodes=["lif1"]),
+        Neurons("conv2", (8, 4, 4), **LIF, nodes=["lif2"]),
+        Neurons("dense3", (16,), **LIF, nodes=["lif3"]), readout("dense4", (10,))], synapses=[
+        conv("conv1.w", "input", "conv1", w["conv1"], padding=(1, 1)),
+        conv("conv2.w", "conv1", "conv2", w["conv2"], stride=(2, 2), padding=(1, 1)),
+        dense("dense3.w", "conv2", "dense3", w["fc3"]),
+        dense("dense4.w", "dense3", "dense4", w["readout"])]).check()
+    with h5py.File(run_dir / "student.net", "w") as f:
+        save_net(f, net)
     return student, teacher
 
 
 @pytest.mark.parametrize("activity", ["student", "emulator"])
 def test_cli_end_to_end(tmp_path, activity, capsys):
-    if activity == "emulator":
-        pytest.importorskip("hwmodels.loihi")
     student, teacher = student_run(tmp_path)
     assert main(["--run", str(tmp_path), "--samples", "12", "--batch-size", "5",
                  "--activity", activity, "--profile", "loihi"]) == 0
@@ -268,11 +396,30 @@ def test_cli_end_to_end(tmp_path, activity, capsys):
     data = json.loads((tmp_path / "energy.json").read_text())
     assert data["samples"] == 12 and data["timesteps"] == 4 and data["activity_source"] == activity
     assert list(data["total"]["energy_j_per_sample"]) == ["loihi"]
-    assert [layer["name"] for layer in data["layers"]] == ["conv1", "conv2", "dense3", "dense4"]
+    assert [g["name"] for g in data["layers"]] == ["conv1", "conv2", "dense3", "dense4"]
     teacher_macs = sum(m for _, m in count_macs(teacher, (1, 8, 8)))
     assert data["total"]["ann_macs_per_sample"]["teacher"] == teacher_macs
     conv1, conv2, dense3, dense4 = data["layers"]
     assert conv2["input_spikes_per_sample"] == conv1["spikes_per_sample"]
     assert dense4["input_spikes_per_sample"] == dense3["spikes_per_sample"]
     assert conv1["neuron_updates_per_sample"] == 4 * 8 * 8 * 4
+    assert data["input"]["spikes_per_sample"] == data["connections"][0]["input_spikes_per_sample"]
     assert (tmp_path / "energy.png").stat().st_size > 0
+
+
+def test_student_source_fills_relays():
+    """Student activity: groups take the spikes of the layer their nodes name; relays repeat
+    their source's."""
+    class Student(nn.Module):
+        def forward(self, x):
+            from train.models import StudentOutput
+            t, b = x.shape[:2]
+            out = StudentOutput(logits_t=torch.zeros(t, b, 3))
+            out.spikes = {"blocks.0.lif_a": x, "blocks.0.lif_b": 1 - x}
+            return out
+
+    x, _ = residual_spikes()
+    spikes, predictions = student_source(Student(), residual_net(), "cpu")(x)
+    assert torch.equal(spikes["A"], x) and torch.equal(spikes["B"], 1 - x)
+    assert spikes["input.relay1"] is x or torch.equal(spikes["input.relay1"], x)
+    assert predictions.shape == (1,)

@@ -423,3 +423,37 @@ def test_student_source_fills_relays():
     assert torch.equal(spikes["A"], x) and torch.equal(spikes["B"], 1 - x)
     assert spikes["input.relay1"] is x or torch.equal(spikes["input.relay1"], x)
     assert predictions.shape == (1,)
+
+
+def test_cli_compiled_residual_student(tmp_path, capsys):
+    """A residual student through the real compiler (relay groups included): the torch student and
+    the emulator give the same spikes, hence the same SynOps on every connection."""
+    from deploy.compile import compile_graph
+    from export.to_nir import student_to_nir
+    from train.checkpoint import save_checkpoint
+    from train.models import SpikingResNet
+
+    torch.manual_seed(0)
+    student = SpikingResNet(in_shape=(1, 8, 8), widths=(4, 8), blocks=(1, 1)).eval()
+    save_checkpoint(tmp_path / "student.pt", student, "student", dataset="digits",
+                    encoding={"kind": "rate", "timesteps": 4, "seed": 0})
+    net, _ = compile_graph(student_to_nir(student), tmp_path / "student.net", timesteps=4)
+    relays = [g.name for g in net.neurons if g.role == "relay"]
+    assert relays, "the residual student should need relay groups"
+    reports = {}
+    for activity in ("student", "emulator"):
+        assert main(["--run", str(tmp_path), "--samples", "20", "--activity", activity]) == 0
+        reports[activity] = json.loads((tmp_path / "energy.json").read_text())
+    capsys.readouterr()
+    by_student, by_emulator = (
+        {c["name"]: c["synops_per_sample"] for c in reports[a]["connections"]}
+        for a in ("student", "emulator"))
+    assert by_student == by_emulator and sum(by_emulator.values()) > 0
+    data = reports["emulator"]
+    layers = {g["name"]: g for g in data["layers"]}
+    assert data["total"]["relays"]["groups"] == len(relays)
+    assert data["total"]["relays"]["cores"] == sum(layers[r]["cores"] for r in relays)
+    for r in relays:  # a relay repeats its source's spikes: one SynOp per spike in, and as many out
+        assert layers[r]["spikes_per_sample"] == layers[r]["input_spikes_per_sample"] == \
+            layers[r]["synops_per_sample"]
+    assert data["chip"]["cores_used"] == sum(g["cores"] for g in data["layers"])

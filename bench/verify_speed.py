@@ -1,78 +1,274 @@
-"""Emulator vs Lava throughput on the same network and the same samples (target: >= 100x).
+"""Verification speed side by side (issue 15): the exact emulator vs Lava on the same network.
 
-    python bench/verify_speed.py [--run runs/default | --net FILE.net] [--inputs X.npy]
-                                 [--samples 64] [--timesteps 8] [--rate 0.2] [--device cpu] [--threads N]
+    python bench/verify_speed.py [--run runs/default] [--samples 512] [--lava-samples 32]
+                                 [--workers N] [--timesteps 8] [--rate 0.2] [--repeats 3]
+                                 [--growth-samples 128] [--growth-lava-samples 8]
+                                 [--device cpu|cuda] [--out FILE]
 
-The network is RUN/student.net (compiled from RUN/student.nir when missing). Inputs are the first
---samples rows of --inputs (N, T, ...) or seeded Bernoulli(--rate) spikes. Both runs must agree bit
-for bit (checked). Writes the numbers to --out (default RUN/verify_speed.json, or beside --net).
+Network: RUN/student.net when it exists, else a random (checkpoint-free) default mnist5k student
+(train.models scnn, exported by export.to_nir, compiled by deploy.compile), weights as
+initialised. Inputs: seeded Bernoulli(--rate) spikes. Measured, all in one run:
+
+- emulator samples/s at 1 torch thread and at all threads (best of --repeats), and the same
+  samples' Lava results compared bit for bit (mismatched samples);
+- the emulator's multiply-adds/s (every connection counted as a dense conv / matmul over T x B)
+  against plain torch float32 conv2d / matmul of the same shapes on the same data (the practical
+  ceiling), and where the emulator's time goes (cProfile: synapses vs neuron updates);
+- Lava samples/s with 1 worker (in this process) and with --workers worker processes
+  (deploy.lava_run.run_lava_parallel; wall time including each worker's start-up);
+- growth with width (channels and hidden x1, x2, x4 at T = --timesteps) and with T (4, 8, 16 at
+  width x1) on random students of the default shapes: emulator (1 thread) and Lava (1 worker).
+
+Writes --out (default results/verify_speed.json) atomically and prints a table.
 """
 import argparse
+import cProfile
 import json
+import os
+import pstats
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deploy.compile import CompileError, compile_graph  # noqa: E402
-from deploy.verify import compare  # noqa: E402
-from hwmodels.loihi import Emulator, NetxError  # noqa: E402
-from train.checkpoint import atomic_write  # noqa: E402
+from common.files import atomic_write  # noqa: E402
+from hwmodels.loihi import Emulator, NetxError, read_net  # noqa: E402
+
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def random_student(width=1, timesteps=8, seed=0):
+    """The default mnist5k student (scnn) with channels / hidden x width, as initialised,
+    through export.to_nir and deploy.compile -> Net."""
+    from deploy.compile import build_net
+    from export.to_nir import student_to_nir
+    from train.models import build_model
+    torch.manual_seed(seed)
+    model = build_model({"name": "scnn", "config": dict(
+        in_shape=(1, 28, 28), num_classes=10, channels=(16 * width, 32 * width),
+        hidden=(128 * width,))})
+    net, _ = build_net(student_to_nir(model), timesteps=timesteps)
+    return net
+
+
+def write_net(net, path, timesteps):
+    from deploy.compile import write
+    write(path, net, timesteps)
+    return path
+
+
+def spikes_in(net, samples, timesteps, rate, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(samples, timesteps, *net.in_shape, generator=g) < rate).to(torch.uint8)
+
+
+def best_time(fn, repeats):
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def with_threads(n, fn):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(old)
+
+
+def macs(net, samples, steps) -> int:
+    """Multiply-adds of every connection as a dense conv / matmul, over all samples and steps."""
+    total = 0
+    for s in net.synapses:
+        out = int(np.prod(net.shape_of(s.dst)))
+        per = out * int(np.prod(s.weight.shape[1:]))
+        total += per
+    return total * samples * steps
+
+
+def ceiling(net, x, repeats):
+    """Seconds for plain float32 conv2d / matmul of the net's shapes on its own spikes (T*B rows):
+    the emulator's synaptic work with nothing else."""
+    res = Emulator(net).run(x)
+    steps, b = x.shape[1], x.shape[0]
+    acts = {"input": x.transpose(0, 1).reshape(steps * b, *net.in_shape).float()}
+    for g in net.neurons:
+        acts[g.name] = (res.spikes[g.name].transpose(0, 1).reshape(steps * b, *g.shape).float()
+                        if g.name in res.spikes else None)
+    ops = []
+    for s in net.synapses:
+        w = torch.from_numpy(np.asarray(s.weight, dtype=np.float32))
+        a = acts[s.src]
+        if a is None:  # a non-spiking group sends nothing
+            continue
+        if s.kind == "conv":
+            ops.append(lambda a=a, w=w, s=s: F.conv2d(a, w, None, s.stride, s.padding,
+                                                      s.dilation, s.groups))
+        else:
+            ops.append(lambda a=a.flatten(1), w=w.t().contiguous(): a @ w)
+    seconds, _ = best_time(lambda: [op() for op in ops], repeats)
+    return seconds
+
+
+def profile_split(emu, x):
+    """Share of Emulator.run's time in synapses (conv / matmul incl. casts and wrap) and in the
+    step-by-step neuron update (cProfile cumulative times)."""
+    prof = cProfile.Profile()
+    prof.enable()
+    emu.run(x)
+    prof.disable()
+    stats = pstats.Stats(prof).stats
+    total = syn = neuron = 0.0
+    for (file, _, fn), (_, _, _, cum, _) in stats.items():
+        if file.endswith("loihi.py"):
+            if fn == "run":
+                total = cum
+            elif fn == "synapse":
+                syn += cum
+            elif fn == "neuron_step":
+                neuron += cum
+    return {"synapses": syn / total, "neuron_updates": neuron / total,
+            "other": 1 - (syn + neuron) / total}
+
+
+def mismatched(emu_result, lava_result, n) -> int:
+    bad = np.zeros(n, dtype=bool)
+    for name, s in lava_result.spikes.items():
+        bad |= (emu_result.spikes[name][:n].cpu().numpy() != s).reshape(n, -1).any(1)
+    for key in ("readout", "readout_u"):
+        e = getattr(emu_result, key)[:n].cpu().numpy()
+        bad |= (e != getattr(lava_result, key)).reshape(n, -1).any(1)
+    return int(bad.sum())
+
+
+def lava_rate(path, net, x, workers):
+    from deploy.lava_run import run_lava_parallel
+    start = time.perf_counter()
+    result = run_lava_parallel(path, x.numpy(), net, workers=workers, progress=False)
+    return len(x) / (time.perf_counter() - start), result
+
+
+def emulator_rate(net, x, threads, repeats, device="cpu"):
+    emu = Emulator(net, device=device)
+    xd = x.to(device)
+    with_threads(threads, lambda: emu.run(xd[:2]))  # warm-up
+
+    def run():
+        r = emu.run(xd)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return r
+    seconds, result = with_threads(threads, lambda: best_time(run, repeats))
+    return len(x) / seconds, seconds, result
+
+
+def growth_row(label, net, steps, args, tmp):
+    x = spikes_in(net, args.growth_samples, steps, args.rate, seed=1)
+    rate, _, emu = emulator_rate(net, x, 1, args.repeats)
+    path = write_net(net, Path(tmp) / f"{label}.net", steps)
+    xl = x[: args.growth_lava_samples]
+    lrate, lava = lava_rate(path, net, xl, 1)
+    return {"config": label, "timesteps": steps, "neurons": int(sum(g.size for g in net.neurons)),
+            "macs_per_sample": macs(net, 1, steps), "emulator_samples_per_s": rate,
+            "lava_samples_per_s": lrate, "speedup": rate / lrate,
+            "mismatched_samples": mismatched(emu, lava, len(xl)), "lava_samples": len(xl)}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", default="runs/default")
-    p.add_argument("--net", help="netx file (instead of RUN/student.net)")
-    p.add_argument("--inputs", help=".npy spikes (N, T, ...)")
-    p.add_argument("--samples", type=int, default=64)
+    p.add_argument("--samples", type=int, default=512, help="emulator samples")
+    p.add_argument("--lava-samples", type=int, default=32)
+    p.add_argument("--workers", type=int, default=CORES, help="Lava worker processes")
     p.add_argument("--timesteps", type=int, default=8)
     p.add_argument("--rate", type=float, default=0.2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--growth-samples", type=int, default=128, help="emulator samples per row")
+    p.add_argument("--growth-lava-samples", type=int, default=8)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default torch's; use 1 when other jobs share the CPU)")
-    p.add_argument("--out", help="JSON file to write")
+    p.add_argument("--out", default="results/verify_speed.json")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from deploy.lava_run import preload, run_lava
+    from deploy.lava_run import preload
     preload()
-    try:
-        net = Path(args.net) if args.net else Path(args.run) / "student.net"
-        if not args.net and not net.is_file():
-            compile_graph(Path(args.run) / "student.nir", net)
-        emu = Emulator.from_netx(net, device=args.device)
-    except (CompileError, NetxError) as e:
-        sys.exit(f"error: {e}")
-    if args.inputs:
-        x = torch.from_numpy(np.load(args.inputs)[: args.samples].astype(np.float32))
-    else:
-        g = torch.Generator().manual_seed(0)
-        x = (torch.rand(args.samples, args.timesteps, *emu.in_shape, generator=g)
-             < args.rate).float()
-    n = len(x)
-    emu.run(x[:2])  # warm-up
-    start = time.perf_counter()
-    result = emu.run(x)
-    emu_rate = n / (time.perf_counter() - start)
-    start = time.perf_counter()
-    lava = run_lava(net, x.numpy(), emu.layers)
-    lava_rate = n / (time.perf_counter() - start)
-    mismatched = len(compare(result, lava, n))
-    report = {"net": str(net), "samples": n, "timesteps": int(x.shape[1]),
-              "device": args.device, "torch_threads": torch.get_num_threads(),
-              "emulator_samples_per_s": emu_rate,
-              "lava_samples_per_s": lava_rate, "speedup": emu_rate / lava_rate,
-              "mismatched_samples": mismatched}
-    out = Path(args.out) if args.out else net.parent / "verify_speed.json"
-    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
-    print(f"emulator {emu_rate:.1f} samples/s, lava {lava_rate:.2f} samples/s "
-          f"(incl. start-up), speedup {emu_rate / lava_rate:.0f}x, bit-exact mismatches "
-          f"{mismatched}/{n}; wrote {out}")
+
+    with tempfile.TemporaryDirectory(prefix="verify_speed_") as tmp:
+        path = Path(args.run) / "student.net"
+        try:
+            if path.is_file():
+                net, source = read_net(path), str(path)
+            else:
+                net = random_student(timesteps=args.timesteps)
+                path = write_net(net, Path(tmp) / "student.net", args.timesteps)
+                source = "random default student (no RUN/student.net)"
+        except NetxError as e:
+            sys.exit(f"error: {e}")
+        steps = args.timesteps
+        x = spikes_in(net, args.samples, steps, args.rate)
+        report = {"net": source, "timesteps": steps, "rate": args.rate, "cores": CORES,
+                  "torch": torch.__version__, "device": args.device,
+                  "macs_per_sample": macs(net, 1, steps)}
+        emu = {}
+        for threads in sorted({1, CORES}):
+            rate, seconds, result = emulator_rate(net, x, threads, args.repeats, args.device)
+            ceil = with_threads(threads, lambda: ceiling(net, x, args.repeats))
+            emu[threads] = {"samples_per_s": rate,
+                            "macs_per_s": macs(net, len(x), steps) / seconds,
+                            "ceiling_macs_per_s": macs(net, len(x), steps) / ceil,
+                            "ceiling_ratio": seconds / ceil}
+        report["emulator"] = {f"threads_{k}": v for k, v in emu.items()}
+        report["emulator_time_split"] = with_threads(1, lambda: profile_split(Emulator(net), x))
+        xl = x[: args.lava_samples]
+        l1, lava1 = lava_rate(path, net, xl, 1)
+        ln, lavan = lava_rate(path, net, xl, args.workers)
+        report["lava"] = {"samples": len(xl), "workers_1_samples_per_s": l1,
+                          f"workers_{args.workers}_samples_per_s": ln,
+                          "worker_speedup": ln / l1,
+                          "mismatched_samples_1": mismatched(result, lava1, len(xl)),
+                          f"mismatched_samples_{args.workers}": mismatched(result, lavan, len(xl))}
+        report["speedup_1_thread"] = emu[1]["samples_per_s"] / l1
+        report["speedup_all"] = emu[CORES]["samples_per_s"] / ln
+        rows = [growth_row(f"width x{w}", random_student(w, steps), steps, args, tmp)
+                for w in (1, 2, 4)]
+        rows += [growth_row(f"T {t}", random_student(1, t), t, args, tmp) for t in (4, 16)]
+        report["growth"] = rows
+    out = Path(args.out)
+    atomic_write(out, lambda t: Path(t).write_text(json.dumps(report, indent=2) + "\n"))
+    print_table(report, args.workers)
+    print(f"wrote {out}")
+
+
+def print_table(r, workers):
+    print(f"net: {r['net']}, T = {r['timesteps']}, {r['macs_per_sample'] / 1e6:.2f} M "
+          f"multiply-adds per sample, {r['cores']} cores")
+    print(f"{'':24s}{'samples/s':>12s}{'GMAC/s':>10s}{'ceiling':>10s}{'x ceiling':>10s}")
+    for key, e in r["emulator"].items():
+        print(f"{'emulator ' + key:24s}{e['samples_per_s']:12.1f}{e['macs_per_s'] / 1e9:10.2f}"
+              f"{e['ceiling_macs_per_s'] / 1e9:10.2f}{e['ceiling_ratio']:10.2f}")
+    la = r["lava"]
+    print(f"{'lava 1 worker':24s}{la['workers_1_samples_per_s']:12.2f}")
+    print(f"{f'lava {workers} workers':24s}{la[f'workers_{workers}_samples_per_s']:12.2f}"
+          f"   (x{la['worker_speedup']:.2f}; mismatches {la['mismatched_samples_1']} / "
+          f"{la[f'mismatched_samples_{workers}']} of {la['samples']})")
+    split = r["emulator_time_split"]
+    print(f"emulator/lava: {r['speedup_1_thread']:.0f}x at 1 thread / 1 worker, "
+          f"{r['speedup_all']:.0f}x at all cores; emulator time: synapses "
+          f"{split['synapses']:.0%}, neuron updates {split['neuron_updates']:.0%}")
+    print(f"{'growth':12s}{'neurons':>9s}{'MMAC/smp':>10s}{'emu smp/s':>11s}{'lava smp/s':>11s}"
+          f"{'speedup':>9s}{'mismatch':>9s}")
+    for g in r["growth"]:
+        print(f"{g['config']:12s}{g['neurons']:9d}{g['macs_per_sample'] / 1e6:10.2f}"
+              f"{g['emulator_samples_per_s']:11.1f}{g['lava_samples_per_s']:11.2f}"
+              f"{g['speedup']:9.0f}{g['mismatched_samples']:6d}/{g['lava_samples']}")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 
 Network: when the file holds a netx `layer/` chain, lava-dl's `netx.hdf5.Network` builds it;
 otherwise it is built from Lava's own processes: one `LIFReset` per group (du = iDecay - 1, Lava
-adds 1; dv = vDecay; bias_mant, bias_exp 6), one `Dense` (weights scaled by netx's
-`optimize_weight_bits`, as netx does) or `Conv` per connection, all connections into a group
+adds 1; dv = vDecay; bias_mant, bias_exp 6), one `Dense` (weights scaled as netx's
+`optimize_weight_bits` does: deploy.netx.weight_bits; Lava clips and truncates them itself) or
+`Conv` per connection, all connections into a group
 summed at its `a_in`, a `RingBuffer` source. Lava works in (W, H, C) order: conv weights go in as
 netx passes them (out, kw, kh, in, spatially flipped), a dense connection reads a (C, H, W) source
 through `transpose(2, 1, 0).flatten()` and writes a (C, H, W) group through
@@ -38,20 +39,22 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from deploy.netx import weight_bits
 from hwmodels.loihi import NetxError, Result, read_net
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def preload():
-    """Import Lava now: it calls multiprocessing.set_start_method('fork') at import time, which
-    fails once anything else (datasets, loaders, a get_start_method() call) has fixed the start
-    method. Lava needs 'fork', so un-fix it just before Lava's first import."""
+    """Import Lava's runtime now: it calls multiprocessing.set_start_method('fork') at import
+    time, which fails once anything else (datasets, loaders, a get_start_method() call) has fixed
+    the start method. Lava needs 'fork', so un-fix it just before Lava's first import. (lava-dl's
+    netx, 6 s of imports, is only imported to run a netx file.)"""
     if "lava.magma.runtime.message_infrastructure.multiprocessing" not in sys.modules:
         import multiprocessing
         if multiprocessing.get_start_method(allow_none=True) is not None:
             multiprocessing.set_start_method(None, force=True)
-    import lava.lib.dl.netx.hdf5  # noqa: F401
+    import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401
 
 
 def _lava_shape(shape) -> tuple:
@@ -163,7 +166,6 @@ def _build_netx(net_path, net, steps):
 
 
 def _build_procs(net, steps):
-    from lava.lib.dl.netx.utils import optimize_weight_bits
     from lava.proc.conv.process import Conv
     from lava.proc.dense.process import Dense
     from lava.proc.lif.process import LIFReset
@@ -188,7 +190,7 @@ def _build_procs(net, steps):
                         dilation=tuple(s.dilation[::-1]), groups=s.groups, name=s.name)
             out = proc.a_out
         else:
-            w, bits, exp, _ = optimize_weight_bits(np.asarray(s.weight, dtype=np.int64).copy())
+            w, bits, exp = weight_bits(s.weight)
             proc = Dense(weights=w, weight_exp=int(exp), num_weight_bits=int(bits), name=s.name)
             out = proc.a_out
             if len(dst_shape) == 3:

@@ -28,15 +28,17 @@ import numpy as np
 from hwmodels.loihi import INTEGRATOR, NetxError, lava_dense_weights
 
 
-def _joint_realised(weights):
-    """Effective weights (float, w * 2^exp) Lava's Dense processes apply when netx scales the
-    matrices together (hdf5.create_dense with rec=True): utils.optimize_weight_bits on the
-    concatenation, then Lava's per-matrix sign mode, 8-bit clip and truncation of LSBs."""
-    cat = np.hstack([np.asarray(w, dtype=np.int64) for w in weights])
-    wmax, wmin = int(cat.max()), int(cat.min())
+def weight_bits(weight):
+    """lava-dl netx's utils.optimize_weight_bits in numpy (no netx import):
+    -> (scaled integer weights, num_weight_bits, weight_exponent) as netx hands them to Lava's
+    Dense. Sign mode from the matrix (max < 0 inhibitory, min >= 0 excitatory, else mixed),
+    scale = 255/max | -256/min | min(127/max, -128/min), s = floor(log2 scale) (+1 when mixed),
+    w << s, exponent -s, bits 8 - s - (n - mixed), n = common power-of-two factor (<= 8)."""
+    w = np.asarray(weight, dtype=np.int64)
+    wmax, wmin = int(w.max()), int(w.min())
     if wmax > 254 and wmin < 0 or wmin < -256 and wmax > 0:
-        cat = np.clip(cat, -256, 254)
-        wmax, wmin = int(cat.max()), int(cat.min())
+        w = np.clip(w, -256, 254)
+        wmax, wmin = int(w.max()), int(w.min())
     signed = int(not (wmax < 0 or wmin >= 0))
     if signed:
         scale = min(127 / wmax if wmax > 0 else np.inf, -128 / wmin)
@@ -48,12 +50,19 @@ def _joint_realised(weights):
         raise NetxError("all weights are zero (netx's optimize_weight_bits cannot scale them)")
     shift = int(np.floor(np.log2(scale))) + signed
     n = 8
-    while n > 0 and np.any(cat % (1 << n)):
+    while n > 0 and np.any(w % (1 << n)):
         n -= 1
-    num_bits = 8 - shift - (n - signed)
+    return w << shift, 8 - shift - (n - signed), -shift
+
+
+def _joint_realised(weights):
+    """Effective weights (float, w * 2^exp) Lava's Dense processes apply when netx scales the
+    matrices together (hdf5.create_dense with rec=True): weight_bits of the concatenation, then
+    Lava's per-matrix sign mode, 8-bit clip and truncation of LSBs (proc/dense/models.py)."""
+    cat, num_bits, exp = weight_bits(np.hstack([np.asarray(w, dtype=np.int64) for w in weights]))
     out, start = [], 0
     for w in weights:
-        part = cat[:, start: start + np.shape(w)[1]] << shift
+        part = cat[:, start: start + np.shape(w)[1]]
         start += np.shape(w)[1]
         lo, hi = int(part.min()), int(part.max())
         mode = "exc" if lo >= 0 else "inh" if hi <= 0 else "mixed"
@@ -63,7 +72,7 @@ def _joint_realised(weights):
         if t < 0:
             raise NetxError(f"negative truncation {t} (weights outside netx's range)")
         part = (part >> t) << t
-        out.append((-part if mode == "inh" else part) * 2.0 ** -shift)
+        out.append((-part if mode == "inh" else part) * 2.0 ** exp)
     return out
 
 

@@ -3,6 +3,7 @@ every step and the output group's u and v, through lava-dl netx (chains with a `
 and through Lava's own processes (any graph), in one process and sharded over workers.
 Nets come from tests/test_loihi_emulator.py (built directly, not by the compiler)."""
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_loihi_emulator import CHAINS, chain_case, inputs, lively, random_graph, save  # noqa: E402
 
 from deploy.lava_run import check_aligned  # noqa: E402
+from deploy.netx import weight_bits  # noqa: E402
 from hwmodels.loihi import Emulator, NetxError, Synapses, lava_dense_weights  # noqa: E402
 
 HAS_LAVA = importlib.util.find_spec("lava") is not None and \
@@ -98,6 +100,24 @@ def test_worker_failure_names_the_worker(tmp_path):
         run_lava_parallel(path, inputs(net, 0, samples=2), net, workers=2, progress=False)
 
 
+@lava
+def test_preload_unfixes_a_fixed_start_method(tmp_path):
+    """Lava sets the 'fork' start method at import; preload() makes that work after something
+    else has fixed another one (a fresh interpreter, as deploy.verify runs)."""
+    net, rate = chain_case("spiking_output", 0)
+    x = inputs(net, 0, rate=rate)
+    np.save(tmp_path / "x.npy", x)
+    code = ("import multiprocessing as mp, numpy as np; mp.set_start_method('spawn'); "
+            "from deploy.lava_run import preload, run_lava; preload(); "
+            f"r = run_lava({str(save(tmp_path, net))!r}, np.load({str(tmp_path / 'x.npy')!r}), "
+            "progress=False); print(int(r.output_spikes.sum()))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-500:]
+    emu = Emulator(net).run(torch.from_numpy(x))
+    assert int(done.stdout.split()[-1]) == int(emu.output_spikes.sum()) > 0
+
+
 def test_unaligned_paths_are_refused():
     net = next(n for n in map(random_graph, range(40)) if any(
         s.src.startswith("r") for s in n.synapses))
@@ -135,13 +155,15 @@ RANGES = [(-128, 128), (0, 128), (-128, 1), (-128, 0), (-4, 5), (1, 3)]
 def test_lava_dense_weights_equal_lava_functions(seed, rows, cols):
     optimize_weight_bits, realise = _lava_functions()
     rng = np.random.default_rng(seed)
-    lo, hi = RANGES[seed % 5]
+    lo, hi = RANGES[seed % 6]
     w = rng.integers(lo, hi, (rows, cols))
     if not w.any():
         w[0, 0] = 1
     scaled, bits, exp, _ = optimize_weight_bits(w.copy())
     ours, our_exp = lava_dense_weights(w)
     assert our_exp == exp and np.array_equal(ours, realise(scaled, bits))
+    netx_scaled, netx_bits, netx_exp = weight_bits(w)
+    assert np.array_equal(netx_scaled, scaled) and (netx_bits, netx_exp) == (bits, exp)
 
 
 @lava

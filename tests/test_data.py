@@ -185,6 +185,10 @@ def test_fashion_real_files(tmp_path):
     x, y, i = train[0]
     assert x.shape == (1, 28, 28) and 0 <= x.min() and x.max() <= 1 and i == 0
     assert (y, test[0][1]) == (9, 9)  # both sets open with an ankle boot (class 9)
+    small_train, small_test, small = load_dataset("fashion2k", data_dir=tmp_path)
+    assert small.name == "fashion2k" and (len(small_train), len(small_test)) == (60000, 2000)
+    assert torch.equal(small_test.base.images, test.base.images[:2000])
+    assert torch.equal(small_test.base.labels, test.base.labels[:2000])
     # train and test are distinct images
     sample = {r.numpy().tobytes() for r in test.base.images[:500]}
     assert not sample & {r.numpy().tobytes() for r in train.base.images[:5000]}

@@ -10,9 +10,10 @@ from torch.nn import functional as F
 
 from train.checkpoint import (FORMAT, VERSION, CheckpointError, atomic_write, load_checkpoint,
                               load_model, save_checkpoint)
+from train.data import DatasetInfo
 from train.layers import QuantConv2d, QuantLinear
-from train.models import (SmallCNN, SpikingCNN, SpikingResNet, StudentOutput, arch_of,
-                          build_model)
+from train.models import (SmallCNN, SpikingBlock, SpikingCNN, SpikingResNet, StudentOutput,
+                          arch_of, build_model, default_arch, identity_int)
 from train.neurons import LoihiCUBA
 from train.quant import DECAY_SCALE, WEIGHT_MAX, WEIGHT_MIN
 
@@ -239,6 +240,85 @@ def test_sresnet_output_shapes():
     for name, s in out.spikes.items():
         assert set(s.unique().tolist()) <= {0.0, 1.0}, name
         assert 0 <= out.rates[name].min() and out.rates[name].max() <= 1
+
+
+def block_and_input(cin, cout, stride, seed=0):
+    torch.manual_seed(seed)
+    neuron = dict(alpha=0.5, beta=0.75, threshold=1.0, weight_step=1 / 64)
+    block = SpikingBlock(cin, cout, stride, neuron, 1 / 64)
+    x = (torch.rand(T, B, cin, 6, 6, generator=torch.Generator().manual_seed(seed)) < 0.4).float()
+    return block, x
+
+
+@pytest.mark.parametrize("cin, cout, stride", [(4, 4, 1), (4, 8, 2)])
+def test_residual_block_adds_the_shortcut_to_lif_b_input_current(cin, cout, stride):
+    """lif_b's input current = conv_b(s1) + shortcut(s_in), computed by hand per step from the
+    integer weights: identity = weight 1 (64 steps of 1/64), else the strided 1x1 conv."""
+    block, x = block_and_input(cin, cout, stride)
+    spikes = {}
+    out = block(x, spikes, "b")
+    s1 = spikes["b.lif_a"]
+    step = 1 / 64
+    w_b = block.conv_b.int_weight().double() * step
+    for t in range(T):
+        main = F.conv2d(s1[t].double(), w_b, padding=1)
+        if block.shortcut is None:
+            short = 64 * step * x[t].double()                      # identity: exactly 1.0
+        else:
+            w_s = block.shortcut.int_weight().double() * step
+            short = F.conv2d(x[t].double(), w_s, stride=stride)
+        assert torch.allclose(block.currents(x, s1)[t].double(), main + short, atol=1e-6)
+    assert torch.equal(out, block.lif_b.run(block.currents(x, s1)))
+    assert (block.shortcut is None) == (cin == cout and stride == 1)
+
+
+def test_residual_block_identity_shortcut_moves_lif_b():
+    """With conv_b silenced, a spike into the block reaches lif_b through the shortcut alone:
+    I = 1, V = 1 (not > 1), then I = 0.5 + 1, V = 0.75 + 1.5 -> spike (module LoihiCUBA trace)."""
+    block, _ = block_and_input(2, 2, 1)
+    with torch.no_grad():
+        block.conv_b.weight.zero_()
+    x = torch.zeros(3, 1, 2, 6, 6)
+    x[:2, 0, 1, 3, 3] = 1                                        # two input spikes in a row
+    spikes = {}
+    out = block(x, spikes, "b")
+    assert out[:, 0, 1, 3, 3].tolist() == [0.0, 1.0, 0.0]
+    assert out.sum() == 1
+
+
+def test_identity_shortcut_weight_must_fit_int8():
+    assert identity_int(1 / 64) == 64 and identity_int(1 / 127) == 127 and identity_int(1.0) == 1
+    for step in (1 / 128, 1 / 100.5, 2.0):
+        with pytest.raises(ValueError, match="identity shortcut"):
+            identity_int(step)
+    neuron = dict(weight_step=1 / 128)
+    SpikingBlock(4, 8, 2, neuron, 1 / 128)                # a 1x1 conv shortcut: any step
+    with pytest.raises(ValueError, match="identity shortcut"):
+        SpikingBlock(4, 4, 1, neuron, 1 / 128)            # weight 1.0 would be 128 steps
+    with pytest.raises(ValueError, match="identity shortcut"):
+        SpikingResNet(in_shape=(1, 8, 8), widths=(4,), blocks=(1,), weight_step=1 / 128)
+    with pytest.raises(ValueError, match="widths"):
+        SpikingResNet(widths=(4, 8), blocks=(1,))
+
+
+@pytest.mark.parametrize("in_shape, name", [((1, 28, 28), "mnist5k"), ((3, 32, 32), "cifar10")])
+def test_default_sresnet_shapes(in_shape, name):
+    """default_arch's sresnet: stem (stride 2 for 28 px), blocks, head, readout fit together."""
+    info = DatasetInfo(name, in_shape, 10)
+    model = build_model(default_arch(info, student=True, name="sresnet"))
+    x = (torch.rand(2, 3, *in_shape) < 0.3).float()
+    out = model(x)
+    assert out.logits_t.shape == (2, 3, 10)
+    shapes = {k: tuple(v.shape[2:]) for k, v in out.spikes.items()}
+    if in_shape[1] == 28:
+        assert shapes == {"stem_lif": (8, 14, 14), "blocks.0.lif_a": (8, 14, 14),
+                          "blocks.0.lif_b": (8, 14, 14), "blocks.1.lif_a": (16, 7, 7),
+                          "blocks.1.lif_b": (16, 7, 7), "head_lif": (16, 4, 4)}
+        assert model.readout.in_features == 16 * 4 * 4
+    else:
+        assert shapes["stem_lif"] == (64, 32, 32) and shapes["head_lif"] == (256, 4, 4)
+        assert model.readout.in_features == 256 * 4 * 4
+    assert out.features["last"] is out.spikes[f"blocks.{len(model.blocks) - 1}.lif_b"]
 
 
 def test_readout_is_a_time_mean_of_linear_per_step_logits():

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from .layers import QuantConv2d, QuantLinear
 from .neurons import LoihiCUBA
+from .quant import WEIGHT_MAX
 
 
 @dataclass
@@ -101,10 +102,17 @@ class SpikingCNN(nn.Module):
 
 
 class SpikingBlock(nn.Module):
-    """Residual block: s1 = LIF(conv_a(s_in)); s_out = LIF(conv_b(s1) + shortcut(s_in)).
+    """Residual block with a membrane shortcut (Loihi-native: two synaptic inputs, no spike adds).
 
-    The shortcut adds synaptic current (identity, or a strided 1x1 conv when the shape changes),
-    so the block stays spike-in, spike-out.
+        s1[t]  = LIF_a( conv_a(s_in)[t] )
+        s_out[t] = LIF_b( conv_b(s1)[t] + shortcut(s_in)[t] )
+        shortcut(s) = s                  (identity: weight 1 = 1 / weight_step integer steps)
+                    | conv_1x1,stride(s)  (a QuantConv2d when the channels or the size change)
+
+    i.e. the shortcut is a second synaptic connection into lif_b's input current (on Loihi: a
+    second Dense/Conv process into the same LIF process), never an addition of spikes. Both
+    currents enter lif_b in the same step, as in NIR; deploy.compile aligns Lava's per-connection
+    delays with relay groups. The identity's integer weight 1 / weight_step must fit int8.
     """
 
     def __init__(self, cin, cout, stride, neuron, weight_step):
@@ -114,41 +122,66 @@ class SpikingBlock(nn.Module):
         self.conv_b = QuantConv2d(cout, cout, 3, 1, 1, weight_step)
         self.shortcut = (QuantConv2d(cin, cout, 1, stride, 0, weight_step)
                          if stride != 1 or cin != cout else None)
+        if self.shortcut is None:
+            identity_int(weight_step)
         self.lif_b = LoihiCUBA((cout, 1, 1), **neuron)
+
+    def currents(self, x, s1):
+        """lif_b's input current (T, B, C, H, W): conv_b(s1) + shortcut(x)."""
+        short = x if self.shortcut is None else _time_batched(self.shortcut, x)
+        return _time_batched(self.conv_b, s1) + short
 
     def forward(self, x, spikes, prefix):
         s1 = self.lif_a.run(_time_batched(self.conv_a, x))
-        cur = _time_batched(self.conv_b, s1)
-        cur = cur + (x if self.shortcut is None else _time_batched(self.shortcut, x))
-        s2 = self.lif_b.run(cur)
+        s2 = self.lif_b.run(self.currents(x, s1))
         spikes[f"{prefix}.lif_a"], spikes[f"{prefix}.lif_b"] = s1, s2
         return s2
 
 
+def identity_int(weight_step) -> int:
+    """The identity shortcut's integer weight k = 1 / weight_step (k * weight_step = 1 exactly);
+    ValueError unless k is an integer that fits int8."""
+    k = round(1 / weight_step)
+    if abs(k * weight_step - 1) > 1e-9 or not 1 <= k <= WEIGHT_MAX:
+        raise ValueError(f"weight_step {weight_step}: the identity shortcut needs 1 / weight_step "
+                         f"to be an integer in [1, {WEIGHT_MAX}] (an int8 weight of 1.0)")
+    return k
+
+
+def conv_size(n, k, s, p) -> int:
+    return (n + 2 * p - k) // s + 1
+
+
 class SpikingResNet(nn.Module):
-    """ResNet-style student for CIFAR: stem conv -> residual stages -> strided conv -> readout."""
+    """ResNet-style student: stem conv -> LIF -> residual blocks (SpikingBlock) -> strided conv
+    head -> LIF -> flatten -> integrator readout. Stage i > 0 starts with a stride-2 block;
+    `stem_stride` 2 halves the input first (28x28 inputs: 14 -> 7 -> head 4)."""
 
     def __init__(self, in_shape=(3, 32, 32), num_classes=10, widths=(64, 128, 256), blocks=(1, 1, 1),
-                 alpha=0.5, beta=0.75, threshold=1.0, weight_step=1 / 64):
+                 alpha=0.5, beta=0.75, threshold=1.0, weight_step=1 / 64, stem_stride=1):
         super().__init__()
         self.config = dict(in_shape=tuple(in_shape), num_classes=num_classes, widths=tuple(widths),
                            blocks=tuple(blocks), alpha=alpha, beta=beta, threshold=threshold,
-                           weight_step=weight_step)
+                           weight_step=weight_step, stem_stride=stem_stride)
+        if len(widths) != len(blocks) or not widths or min(blocks) < 1:
+            raise ValueError(f"widths {tuple(widths)} and blocks {tuple(blocks)}: one width and "
+                             f"at least one block per stage")
         neuron = dict(alpha=alpha, beta=beta, threshold=threshold, weight_step=weight_step)
         c, h, w = in_shape
-        self.stem = QuantConv2d(c, widths[0], 3, 1, 1, weight_step)
+        self.stem = QuantConv2d(c, widths[0], 3, stem_stride, 1, weight_step)
         self.stem_lif = LoihiCUBA((widths[0], 1, 1), **neuron)
+        h, w = conv_size(h, 3, stem_stride, 1), conv_size(w, 3, stem_stride, 1)
         stages, cin = [], widths[0]
         for i, (width, nblocks) in enumerate(zip(widths, blocks)):
             for j in range(nblocks):
                 stride = 2 if (i > 0 and j == 0) else 1
                 stages.append(SpikingBlock(cin, width, stride, neuron, weight_step))
-                h, w = (h - 1) // stride + 1, (w - 1) // stride + 1
+                h, w = conv_size(h, 3, stride, 1), conv_size(w, 3, stride, 1)
                 cin = width
         self.blocks = nn.ModuleList(stages)
         self.head = QuantConv2d(cin, cin, 3, 2, 1, weight_step)
         self.head_lif = LoihiCUBA((cin, 1, 1), **neuron)
-        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        h, w = conv_size(h, 3, 2, 1), conv_size(w, 3, 2, 1)
         self.readout = QuantLinear(cin * h * w, num_classes, weight_step)
         _scale_init(self)
 
@@ -275,7 +308,7 @@ def default_arch(dataset_info, student: bool, name=None) -> dict:
             return {"name": "scnn", "config": cfg}
         cfg = dict(in_shape=shape, num_classes=k)
         if small:  # a narrow ResNet that trains on 2 CPU cores in minutes
-            cfg.update(widths=(8, 16), blocks=(1, 1))
+            cfg.update(widths=(8, 16), blocks=(1, 1), stem_stride=2)
         return {"name": "sresnet", "config": cfg}
     return {"name": "smallcnn" if small else "resnet19",
             "config": dict(in_shape=shape, num_classes=k)}

@@ -14,8 +14,9 @@ initialised. Inputs: seeded Bernoulli(--rate) spikes. Measured, all in one run:
 - the emulator's multiply-adds/s (every connection counted as a dense conv / matmul over T x B)
   against plain torch float32 conv2d / matmul of the same shapes on the same data (the practical
   ceiling), and where the emulator's time goes (cProfile: synapses vs neuron updates);
-- Lava samples/s with 1 worker (in this process) and with --workers worker processes
-  (deploy.lava_run.run_lava_parallel; wall time including each worker's start-up);
+- Lava samples/s with 1 worker (in this process, after a 1-sample warm-up run) and with
+  --workers worker processes forked from it (deploy.lava_run.run_lava_parallel; wall time
+  including each worker's start-up and its own Lava runtime);
 - growth with width (channels and hidden x1, x2, x4 at T = --timesteps) and with T (4, 8, 16 at
   width x1) on random students of the default shapes: emulator (1 thread) and Lava (1 worker).
 
@@ -216,6 +217,7 @@ def main(argv=None):
         x = spikes_in(net, args.samples, steps, args.rate)
         report = {"net": source, "timesteps": steps, "rate": args.rate, "cores": CORES,
                   "torch": torch.__version__, "device": args.device,
+                  "load_average_at_start": os.getloadavg()[0],
                   "macs_per_sample": macs(net, 1, steps)}
         emu = {}
         for threads in sorted({1, CORES}):
@@ -228,6 +230,7 @@ def main(argv=None):
         report["emulator"] = {f"threads_{k}": v for k, v in emu.items()}
         report["emulator_time_split"] = with_threads(1, lambda: profile_split(Emulator(net), x))
         xl = x[: args.lava_samples]
+        lava_rate(path, net, xl[:1], 1)  # warm-up: Lava's first run in a process finds its models
         l1, lava1 = lava_rate(path, net, xl, 1)
         ln, lavan = lava_rate(path, net, xl, args.workers)
         report["lava"] = {"samples": len(xl), "workers_1_samples_per_s": l1,
@@ -241,6 +244,7 @@ def main(argv=None):
                 for w in (1, 2, 4)]
         rows += [growth_row(f"T {t}", random_student(1, t), t, args, tmp) for t in (4, 16)]
         report["growth"] = rows
+        report["load_average_at_end"] = os.getloadavg()[0]
     out = Path(args.out)
     atomic_write(out, lambda t: Path(t).write_text(json.dumps(report, indent=2) + "\n"))
     print_table(report, args.workers)
@@ -249,7 +253,8 @@ def main(argv=None):
 
 def print_table(r, workers):
     print(f"net: {r['net']}, T = {r['timesteps']}, {r['macs_per_sample'] / 1e6:.2f} M "
-          f"multiply-adds per sample, {r['cores']} cores")
+          f"multiply-adds per sample, {r['cores']} cores, load average "
+          f"{r['load_average_at_start']:.1f} -> {r['load_average_at_end']:.1f}")
     print(f"{'':24s}{'samples/s':>12s}{'GMAC/s':>10s}{'ceiling':>10s}{'x ceiling':>10s}")
     for key, e in r["emulator"].items():
         print(f"{'emulator ' + key:24s}{e['samples_per_s']:12.1f}{e['macs_per_s'] / 1e9:10.2f}"

@@ -25,8 +25,8 @@ Recorded: each spiking group's spikes (a sink writing each step into a .npy memm
 output group (a RefPort reader, also into memmaps). Group of depth d: Lava step index j (0-based)
 holds its output for input step j - d; results are aligned back to the emulator's time.
 
-    python -m deploy.lava_run --net NET --inputs X.npy --out R.npz   (one worker of
-                                                                       run_lava_parallel)
+    python -m deploy.lava_run --net NET --inputs X.npy --out R.npz   (a worker of
+                                                                       run_lava_parallel, start='exec')
 """
 import argparse
 import os
@@ -328,45 +328,91 @@ def _load(path, net):
                       readout_kind=net.readout)
 
 
-def run_lava_parallel(net_path, inputs, net=None, workers=1, progress=True):
+def _has_layers(net_path) -> bool:
+    import h5py
+    try:
+        with h5py.File(net_path, "r") as f:
+            return "layer" in f and len(f["layer"]) > 0
+    except OSError:
+        return False
+
+
+def _fork_worker(net_path, inputs, out, progress_file):
+    """One shard in a forked worker (Lava and lava-dl already imported by the parent)."""
+    import torch
+    torch.set_num_threads(1)  # OpenMP pools do not survive fork; one thread per worker anyway
+    try:
+        result = run_lava(net_path, inputs, read_net(net_path), progress=False,
+                          progress_file=progress_file)
+        _save(out, result)
+    except BaseException as e:  # reported by the parent, naming the worker
+        Path(f"{out}.err").write_text(f"{type(e).__name__}: {e}")
+        raise SystemExit(1)
+
+
+def run_lava_parallel(net_path, inputs, net=None, workers=1, progress=True, start="fork"):
     """run_lava with the samples split into `workers` contiguous shards, each run by its own
-    `python -m deploy.lava_run` process (Lava forks its own processes, so no multiprocessing
-    Pool); results merged in sample order. workers <= 1 runs in this process."""
+    worker process with its own Lava runtime; results merged in sample order. workers <= 1 runs
+    in this process.
+
+    Lava forks its own processes, so no multiprocessing Pool (daemonic workers cannot have
+    children). start='fork': non-daemonic multiprocessing.Process forked from this process, which
+    imports Lava (and netx for a netx file) once first, so a worker starts in well under a second;
+    start='exec': fresh `python -m deploy.lava_run` interpreters on .npy shards (each pays ~3 s of
+    imports, ~8 s with netx)."""
     net = net if net is not None else read_net(net_path)
     inputs = np.asarray(inputs)
     n = len(inputs)
     workers = max(1, min(int(workers), n))
+    preload()
     if workers == 1:
-        preload()
         return run_lava(net_path, inputs, net, progress=progress)
+    if start not in ("fork", "exec"):
+        raise ValueError(f"start {start!r} (expected 'fork' or 'exec')")
     check_aligned(net)
+    net_path = str(Path(net_path).resolve())
     bounds = np.linspace(0, n, workers + 1).astype(int)
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     with tempfile.TemporaryDirectory(prefix="lava_workers_") as tmp:
         procs = []
-        for i in range(workers):
-            shard = f"{tmp}/x{i}.npy"
-            np.save(shard, inputs[bounds[i]: bounds[i + 1]])
-            cmd = [sys.executable, "-m", "deploy.lava_run", "--net", str(Path(net_path).resolve()),
-                   "--inputs", shard, "--out", f"{tmp}/r{i}.npz", "--progress", f"{tmp}/p{i}"]
-            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                          stderr=open(f"{tmp}/e{i}.txt", "w")))
+        if start == "fork":
+            import multiprocessing
+            if _has_layers(net_path):
+                import lava.lib.dl.netx.hdf5  # noqa: F401  (imported once, before forking)
+            ctx = multiprocessing.get_context("fork")
+            for i in range(workers):
+                p = ctx.Process(target=_fork_worker, daemon=False, args=(
+                    net_path, inputs[bounds[i]: bounds[i + 1]], f"{tmp}/r{i}.npz", f"{tmp}/p{i}"))
+                p.start()
+                procs.append(p)
+        else:
+            env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+                       PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+            for i in range(workers):
+                shard = f"{tmp}/x{i}.npy"
+                np.save(shard, inputs[bounds[i]: bounds[i + 1]])
+                cmd = [sys.executable, "-m", "deploy.lava_run", "--net", net_path, "--inputs",
+                       shard, "--out", f"{tmp}/r{i}.npz", "--progress", f"{tmp}/p{i}"]
+                with open(f"{tmp}/r{i}.npz.err", "w") as err:
+                    procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=err,
+                                                  stdout=subprocess.DEVNULL))
+        alive = (lambda p: p.is_alive()) if start == "fork" else (lambda p: p.poll() is None)
         bar = tqdm(total=n, desc=f"lava x{workers}", unit="sample", disable=not progress)
         try:
-            while any(p.poll() is None for p in procs):
-                time.sleep(0.5)
+            while any(alive(p) for p in procs):
+                time.sleep(0.2)
                 bar.update(sum(_count(f"{tmp}/p{i}") for i in range(workers)) - bar.n)
         finally:
             for p in procs:
-                if p.poll() is None:
+                if alive(p):
                     p.kill()
             bar.close()
         for i, p in enumerate(procs):
-            if p.wait() != 0:
-                tail = Path(f"{tmp}/e{i}.txt").read_text().strip().splitlines()[-3:]
+            code = p.exitcode if start == "fork" else p.wait()
+            if code != 0:
+                err = Path(f"{tmp}/r{i}.npz.err")
+                tail = err.read_text().strip().splitlines()[-3:] if err.is_file() else []
                 raise RuntimeError(f"lava worker {i} (samples {bounds[i]}..{bounds[i + 1]}) "
-                                   f"exited {p.returncode}: {' | '.join(tail)}")
+                                   f"exited {code}: {' | '.join(tail)}")
         parts = [_load(f"{tmp}/r{i}.npz", net) for i in range(workers)]
     spikes = {k: np.concatenate([r.spikes[k] for r in parts]) for k in parts[0].spikes}
     result = Result(spikes=spikes,

@@ -81,13 +81,15 @@ def test_parallel_workers_equal_one_worker(tmp_path):
     path = save(tmp_path, net)
     x = inputs(net, 7, samples=5, steps=4)
     one = run_lava(path, x, net, progress=False)
-    two = run_lava_parallel(path, x, net, workers=2, progress=False)
-    assert set(one.spikes) == set(two.spikes)
-    for name in one.spikes:
-        assert np.array_equal(one.spikes[name], two.spikes[name]), name
-    assert np.array_equal(one.readout, two.readout) and np.array_equal(one.readout_u, two.readout_u)
-    assert np.array_equal(one.output_spikes, two.output_spikes)
-    assert_same(Emulator(net).run(torch.from_numpy(x)), two, "parallel")
+    for workers, start in ((2, "fork"), (2, "exec")):  # shards of 2 and 3 samples
+        many = run_lava_parallel(path, x, net, workers=workers, progress=False, start=start)
+        assert set(one.spikes) == set(many.spikes)
+        for name in one.spikes:
+            assert np.array_equal(one.spikes[name], many.spikes[name]), (start, name)
+        assert np.array_equal(one.readout, many.readout), start
+        assert np.array_equal(one.readout_u, many.readout_u), start
+        assert np.array_equal(one.output_spikes, many.output_spikes), start
+        assert_same(Emulator(net).run(torch.from_numpy(x)), many, start)
 
 
 @lava
@@ -96,8 +98,10 @@ def test_worker_failure_names_the_worker(tmp_path):
     net = random_graph(3)
     path = save(tmp_path, net)
     path.write_bytes(b"not hdf5")
-    with pytest.raises(RuntimeError, match=r"lava worker 0 .*not a readable HDF5 file"):
-        run_lava_parallel(path, inputs(net, 0, samples=2), net, workers=2, progress=False)
+    for start in ("fork", "exec"):
+        with pytest.raises(RuntimeError, match=r"lava worker 0 .*not a readable HDF5 file"):
+            run_lava_parallel(path, inputs(net, 0, samples=2), net, workers=2, progress=False,
+                              start=start)
 
 
 @lava

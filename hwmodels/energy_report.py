@@ -210,14 +210,17 @@ def plot(report, path):
     for k, (label, values) in enumerate(series):
         left.bar(x - 0.4 + (k + 0.5) * width, np.asarray(values) * 1e9, width, label=label)
     left.set_yscale("log", nonpositive="clip")
+    peak = max((v for _, values in series for v in values), default=0)
+    if peak > 0:
+        left.set_ylim(top=peak * 1e9 * 30)   # room for the legend above the bars
     left.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
     left.set_ylabel("energy per sample (nJ)")
     left.set_title("Energy per neuron group")
-    left.legend(fontsize=8)
+    left.legend(fontsize=8, ncol=len(series), loc="upper left")
     spiking = [g for g in layers if g["firing_rate"] is not None]
     right.bar([g["name"] for g in spiking], [g["firing_rate"] for g in spiking],
               color=["tab:gray" if g["role"] == "relay" else "tab:green" for g in spiking])
-    right.tick_params(axis="x", rotation=45, labelsize=8)
+    plt.setp(right.get_xticklabels(), rotation=45, ha="right", fontsize=8)
     right.set_ylabel("spikes per neuron per step")
     right.set_title("Firing rate per group (relays grey)")
     fig.tight_layout()

@@ -17,6 +17,8 @@ initialised. Inputs: seeded Bernoulli(--rate) spikes. Measured, all in one run:
 - Lava samples/s with 1 worker (in this process, after a 1-sample warm-up run) and with
   --workers worker processes forked from it (deploy.lava_run.run_lava_parallel; wall time
   including each worker's start-up and its own Lava runtime);
+- Lava's fixed cost per run and steady-state samples/s (slope between a 2-sample run and the
+  full run);
 - growth with width (channels and hidden x1, x2, x4 at T = --timesteps) and with T (4, 8, 16 at
   width x1) on random students of the default shapes: emulator (1 thread) and Lava (1 worker).
 
@@ -152,11 +154,33 @@ def mismatched(emu_result, lava_result, n) -> int:
     return int(bad.sum())
 
 
-def lava_rate(path, net, x, workers):
+def cpu_seconds() -> float:
+    """CPU time of this process and of all its finished (waited-for) descendants: Lava's
+    processes and the worker processes."""
+    import resource
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def lava_rate(path, net, x, workers, cpu=None):
+    """(samples/s over the whole call, Result, seconds); cpu (a dict) gets the CPU seconds."""
     from deploy.lava_run import run_lava_parallel
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), cpu_seconds()
     result = run_lava_parallel(path, x.numpy(), net, workers=workers, progress=False)
-    return len(x) / (time.perf_counter() - start), result
+    seconds = time.perf_counter() - start
+    if cpu is not None:
+        cpu["cpu_s"] = cpu_seconds() - start_cpu
+        cpu["wall_s"] = seconds
+    return len(x) / seconds, result, seconds
+
+
+def lava_steady(path, net, x, seconds_all):
+    """Lava's per-sample cost without its fixed cost (building, compiling, starting and stopping
+    a runtime): the slope between a 2-sample run and the run of all len(x) samples."""
+    _, _, seconds_2 = lava_rate(path, net, x[:2], 1)
+    per = (seconds_all - seconds_2) / (len(x) - 2)
+    return {"steady_samples_per_s": 1 / per if per > 0 else None,
+            "fixed_s": seconds_2 - 2 * per}
 
 
 def emulator_rate(net, x, threads, repeats, device="cpu"):
@@ -178,10 +202,13 @@ def growth_row(label, net, steps, args, tmp):
     rate, _, emu = emulator_rate(net, x, 1, args.repeats)
     path = write_net(net, Path(tmp) / f"{label}.net", steps)
     xl = x[: args.growth_lava_samples]
-    lrate, lava = lava_rate(path, net, xl, 1)
+    lrate, lava, seconds = lava_rate(path, net, xl, 1)
+    steady = lava_steady(path, net, xl, seconds)
     return {"config": label, "timesteps": steps, "neurons": int(sum(g.size for g in net.neurons)),
             "macs_per_sample": macs(net, 1, steps), "emulator_samples_per_s": rate,
             "lava_samples_per_s": lrate, "speedup": rate / lrate,
+            "lava_steady_samples_per_s": steady["steady_samples_per_s"],
+            "lava_fixed_s": steady["fixed_s"],
             "mismatched_samples": mismatched(emu, lava, len(xl)), "lava_samples": len(xl)}
 
 
@@ -231,9 +258,14 @@ def main(argv=None):
         report["emulator_time_split"] = with_threads(1, lambda: profile_split(Emulator(net), x))
         xl = x[: args.lava_samples]
         lava_rate(path, net, xl[:1], 1)  # warm-up: Lava's first run in a process finds its models
-        l1, lava1 = lava_rate(path, net, xl, 1)
-        ln, lavan = lava_rate(path, net, xl, args.workers)
+        cpu1, cpun = {}, {}
+        l1, lava1, seconds = lava_rate(path, net, xl, 1, cpu1)
+        ln, lavan, _ = lava_rate(path, net, xl, args.workers, cpun)
         report["lava"] = {"samples": len(xl), "workers_1_samples_per_s": l1,
+                          "workers_1_cpu_s": cpu1["cpu_s"], "workers_1_wall_s": cpu1["wall_s"],
+                          f"workers_{args.workers}_cpu_s": cpun["cpu_s"],
+                          f"workers_{args.workers}_wall_s": cpun["wall_s"],
+                          **lava_steady(path, net, xl, seconds),
                           f"workers_{args.workers}_samples_per_s": ln,
                           "worker_speedup": ln / l1,
                           "mismatched_samples_1": mismatched(result, lava1, len(xl)),
@@ -260,19 +292,26 @@ def print_table(r, workers):
         print(f"{'emulator ' + key:24s}{e['samples_per_s']:12.1f}{e['macs_per_s'] / 1e9:10.2f}"
               f"{e['ceiling_macs_per_s'] / 1e9:10.2f}{e['ceiling_ratio']:10.2f}")
     la = r["lava"]
-    print(f"{'lava 1 worker':24s}{la['workers_1_samples_per_s']:12.2f}")
+    steady = la["steady_samples_per_s"]
+    print(f"{'lava 1 worker':24s}{la['workers_1_samples_per_s']:12.2f}   (steady state "
+          f"{steady or float('nan'):.2f} samples/s, fixed cost {la['fixed_s']:.1f} s per run)")
     print(f"{f'lava {workers} workers':24s}{la[f'workers_{workers}_samples_per_s']:12.2f}"
           f"   (x{la['worker_speedup']:.2f}; mismatches {la['mismatched_samples_1']} / "
           f"{la[f'mismatched_samples_{workers}']} of {la['samples']})")
+    for w in (1, workers):
+        cpu, wall = la[f"workers_{w}_cpu_s"], la[f"workers_{w}_wall_s"]
+        print(f"{'':24s}{w} worker(s): {cpu:.1f} CPU s in {wall:.1f} s wall = "
+              f"{cpu / wall:.2f} cores busy")
     split = r["emulator_time_split"]
     print(f"emulator/lava: {r['speedup_1_thread']:.0f}x at 1 thread / 1 worker, "
           f"{r['speedup_all']:.0f}x at all cores; emulator time: synapses "
           f"{split['synapses']:.0%}, neuron updates {split['neuron_updates']:.0%}")
     print(f"{'growth':12s}{'neurons':>9s}{'MMAC/smp':>10s}{'emu smp/s':>11s}{'lava smp/s':>11s}"
-          f"{'speedup':>9s}{'mismatch':>9s}")
+          f"{'steady':>8s}{'fixed s':>8s}{'speedup':>9s}{'mismatch':>9s}")
     for g in r["growth"]:
         print(f"{g['config']:12s}{g['neurons']:9d}{g['macs_per_sample'] / 1e6:10.2f}"
               f"{g['emulator_samples_per_s']:11.1f}{g['lava_samples_per_s']:11.2f}"
+              f"{g['lava_steady_samples_per_s'] or float('nan'):8.2f}{g['lava_fixed_s']:8.1f}"
               f"{g['speedup']:9.0f}{g['mismatched_samples']:6d}/{g['lava_samples']}")
 
 

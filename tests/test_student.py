@@ -311,10 +311,10 @@ def test_default_sresnet_shapes(in_shape, name):
     assert out.logits_t.shape == (2, 3, 10)
     shapes = {k: tuple(v.shape[2:]) for k, v in out.spikes.items()}
     if in_shape[1] == 28:
-        assert shapes == {"stem_lif": (8, 14, 14), "blocks.0.lif_a": (8, 14, 14),
-                          "blocks.0.lif_b": (8, 14, 14), "blocks.1.lif_a": (16, 7, 7),
-                          "blocks.1.lif_b": (16, 7, 7), "head_lif": (16, 4, 4)}
-        assert model.readout.in_features == 16 * 4 * 4
+        assert shapes == {"stem_lif": (16, 14, 14), "blocks.0.lif_a": (16, 14, 14),
+                          "blocks.0.lif_b": (16, 14, 14), "blocks.1.lif_a": (32, 7, 7),
+                          "blocks.1.lif_b": (32, 7, 7), "head_lif": (32, 4, 4)}
+        assert model.readout.in_features == 32 * 4 * 4
     else:
         assert shapes["stem_lif"] == (64, 32, 32) and shapes["head_lif"] == (256, 4, 4)
         assert model.readout.in_features == 256 * 4 * 4

@@ -157,8 +157,9 @@ class SpikingResNet(nn.Module):
     head -> LIF -> flatten -> integrator readout. Stage i > 0 starts with a stride-2 block;
     `stem_stride` 2 halves the input first (28x28 inputs: 14 -> 7 -> head 4)."""
 
-    def __init__(self, in_shape=(3, 32, 32), num_classes=10, widths=(64, 128, 256), blocks=(1, 1, 1),
-                 alpha=0.5, beta=0.75, threshold=1.0, weight_step=1 / 64, stem_stride=1):
+    def __init__(self, in_shape=(3, 32, 32), num_classes=10, widths=(64, 128, 256),
+                 blocks=(1, 1, 1), alpha=0.5, beta=0.75, threshold=1.0, weight_step=1 / 64,
+                 stem_stride=1):
         super().__init__()
         self.config = dict(in_shape=tuple(in_shape), num_classes=num_classes, widths=tuple(widths),
                            blocks=tuple(blocks), alpha=alpha, beta=beta, threshold=threshold,

@@ -104,10 +104,14 @@ class SpikingCNN(nn.Module):
 class SpikingBlock(nn.Module):
     """Residual block with a membrane shortcut (Loihi-native: two synaptic inputs, no spike adds).
 
-        s1[t]  = LIF_a( conv_a(s_in)[t] )
-        s_out[t] = LIF_b( conv_b(s1)[t] + shortcut(s_in)[t] )
-        shortcut(s) = s                  (identity: weight 1 = 1 / weight_step integer steps)
-                    | conv_1x1,stride(s)  (a QuantConv2d when the channels or the size change)
+        s1[t]    = LIF_a( conv_a(s_in)[t] )                    conv_a: 3x3, the block's stride
+        s_out[t] = LIF_b( conv_b(s1)[t] + shortcut(s_in)[t] )   conv_b: 3x3, stride 1
+        shortcut(s) = s                 identity: weight 1.0 = 1 / weight_step integer steps
+                    | W_1x1 * s         1x1 QuantConv2d with the block's stride, when the
+                                        channels or the size change
+
+    with LIF = LoihiCUBA (train/neurons.py): the sum is lif_b's synaptic input x[t], so
+    I[t] = alpha I[t-1] + conv_b(s1)[t] + shortcut(s_in)[t].
 
     i.e. the shortcut is a second synaptic connection into lif_b's input current (on Loihi: a
     second Dense/Conv process into the same LIF process), never an addition of spikes. Both

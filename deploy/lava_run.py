@@ -21,12 +21,12 @@ only max-depth extra steps drain the pipeline. A recurrent Dense would carry the
 sample's last spikes into the reset step: the run pauses after step kT + d and sets that Dense's
 `a_buff` to zero (Var.set), as the emulator starts every sample with no recurrent input.
 
-Recorded: each spiking group's spikes (a sink writing each step into a .npy memmap) and u, v of the
-output group (a RefPort reader, also into memmaps). Group of depth d: Lava step index j (0-based)
-holds its output for input step j - d; results are aligned back to the emulator's time.
+Recorded by one recorder process into .npy memmaps: each spiking group's spikes (InPorts) and u,
+v of the output group (RefPorts, read after each step). Group of depth d: Lava step index j
+(0-based) holds its output for input step j - d; results are aligned back to the emulator's time.
 
-    python -m deploy.lava_run --net NET --inputs X.npy --out R.npz   (a worker of
-                                                                       run_lava_parallel, start='exec')
+    python -m deploy.lava_run --net NET --inputs X.npy --out R.npz
+        (a worker of run_lava_parallel(start='exec'))
 """
 import argparse
 import os
@@ -66,14 +66,16 @@ def _from_lava(x, shape):
     return np.transpose(x, (0, 3, 2, 1)) if len(shape) == 3 else x.reshape(len(x), *shape)
 
 
-def _recorder_classes():
-    """Two processes writing each step into a .npy memmap at row time_step - 1: FileSink (an
-    InPort: spikes) and FileRead (a RefPort onto a Var, read after the step: u, v).
+def _recorder(spike_ports, state_vars, paths):
+    """One Lava process recording a whole run into .npy memmaps (row time_step - 1): the spikes
+    arriving at its InPorts (one per spiking group) and, after each step, the Vars it reads
+    through RefPorts (u, v of the output group). Returns (process, its model class).
 
-    Lava's own io.sink.RingBuffer / Read return their buffers through Var.get(), which moves
-    arrays element by element (8 s for one 14x14x16 x 64-step buffer); a shared file is instant.
-    Defined inside a function so that Lava is imported lazily; handed to Lava through
-    Loihi2SimCfg(exception_proc_model_map={proc: model})."""
+    One process instead of one per recorded quantity: Lava costs about the same per process and
+    step whatever the process does. Lava's own io.sink.RingBuffer / Read would also return their
+    buffers through Var.get(), which moves arrays element by element (8 s for one 14x14x16 x
+    64-step buffer); a shared file is instant. Built inside a function so that Lava is imported
+    lazily; handed to Lava through Loihi2SimCfg(exception_proc_model_map={proc: model})."""
     from lava.magma.core.decorator import implements, requires, tag
     from lava.magma.core.model.py.model import PyLoihiProcessModel
     from lava.magma.core.model.py.ports import PyInPort, PyRefPort
@@ -83,47 +85,40 @@ def _recorder_classes():
     from lava.magma.core.resources import CPU
     from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-    class FileSink(AbstractProcess):
-        def __init__(self, *, shape, path):
-            super().__init__(shape=shape, path=path)
-            self.a_in = InPort(shape=shape)
+    n_in, n_ref = len(spike_ports), len(state_vars)
 
-    class FileRead(AbstractProcess):
-        def __init__(self, *, var, path):
-            super().__init__(path=path)
-            self.state = RefPort(var.shape)
-            self.state.connect_var(var)
+    class Recorder(AbstractProcess):
+        def __init__(self):
+            super().__init__(paths=list(paths))
+            for i, port in enumerate(spike_ports):
+                setattr(self, f"in{i}", InPort(shape=port.shape))
+            for j, var in enumerate(state_vars):
+                ref = RefPort(var.shape)
+                ref.connect_var(var)
+                setattr(self, f"ref{j}", ref)
 
-    @implements(proc=FileSink, protocol=LoihiProtocol)
-    @requires(CPU)
-    @tag("fixed_pt")
-    class PyFileSinkModel(PyLoihiProcessModel):
-        a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32)
+    def __init__(self, proc_params):
+        PyLoihiProcessModel.__init__(self, proc_params)
+        self.out = [np.load(path, mmap_mode="r+") for path in proc_params["paths"]]
 
-        def __init__(self, proc_params):
-            super().__init__(proc_params)
-            self.out = np.load(proc_params["path"], mmap_mode="r+")
+    def run_spk(self):
+        for i in range(n_in):
+            self.out[i][self.time_step - 1] = getattr(self, f"in{i}").recv()
 
-        def run_spk(self):
-            self.out[self.time_step - 1] = self.a_in.recv()
+    def run_post_mgmt(self):
+        for j in range(n_ref):
+            self.out[n_in + j][self.time_step - 1] = getattr(self, f"ref{j}").read()
 
-    @implements(proc=FileRead, protocol=LoihiProtocol)
-    @requires(CPU)
-    @tag("fixed_pt")
-    class PyFileReadModel(PyLoihiProcessModel):
-        state: PyRefPort = LavaPyType(PyRefPort.VEC_DENSE, np.int32)
-
-        def __init__(self, proc_params):
-            super().__init__(proc_params)
-            self.out = np.load(proc_params["path"], mmap_mode="r+")
-
-        def post_guard(self):
-            return True
-
-        def run_post_mgmt(self):
-            self.out[self.time_step - 1] = self.state.read()
-
-    return {FileSink: PyFileSinkModel, FileRead: PyFileReadModel}
+    members = {f"in{i}": LavaPyType(PyInPort.VEC_DENSE, np.int32) for i in range(n_in)}
+    members.update({f"ref{j}": LavaPyType(PyRefPort.VEC_DENSE, np.int32) for j in range(n_ref)})
+    members.update(__init__=__init__, run_spk=run_spk, run_post_mgmt=run_post_mgmt,
+                   post_guard=lambda self: n_ref > 0)
+    model = type("PyRecorderModel", (PyLoihiProcessModel,), members)
+    model = tag("fixed_pt")(requires(CPU)(implements(proc=Recorder, protocol=LoihiProtocol)(model)))
+    proc = Recorder()
+    for i, port in enumerate(spike_ports):
+        port.connect(getattr(proc, f"in{i}"))
+    return proc, model
 
 
 def check_aligned(net):
@@ -255,26 +250,19 @@ def run_lava(net_path, inputs, net=None, progress=True, samples_per_chunk=8,
     source = Source(data=_source_data(inputs, net.in_shape, total))
     for port, flat in built.inputs:
         _feed(source.s_out, flat).connect(port)
-    models = _recorder_classes()
-    FileSink, FileRead = list(models)
     spiking = [g for g in net.neurons if g.spiking]
     out_group = net.group(net.output)
     with tempfile.TemporaryDirectory(prefix="lava_run_") as tmp:
-        def memmap(name, shape, dtype):
-            path = f"{tmp}/{name}.npy"
-            np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(total, *shape)).flush()
-            return path
-
-        exceptions, paths = {}, {}
-        for g in spiking:
-            paths[g.name] = memmap(f"s{len(paths)}", _lava_shape(g.shape), np.int8)
-            sink = FileSink(shape=_lava_shape(g.shape), path=paths[g.name])
-            built.out[g.name].connect(sink.a_in)
-            exceptions[sink] = models[FileSink]
-        for key in ("u", "v"):
-            paths[key] = memmap(key, _lava_shape(out_group.shape), np.int32)
-            reader = FileRead(var=getattr(built.lif[out_group.name], key), path=paths[key])
-            exceptions[reader] = models[FileRead]
+        shapes = [(g.name, _lava_shape(g.shape), np.int8) for g in spiking] + \
+            [(key, _lava_shape(out_group.shape), np.int32) for key in ("u", "v")]
+        paths = {name: f"{tmp}/{i}.npy" for i, (name, _, _) in enumerate(shapes)}
+        for name, shape, dtype in shapes:
+            np.lib.format.open_memmap(paths[name], mode="w+", dtype=dtype,
+                                      shape=(total, *shape)).flush()
+        lif = built.lif[out_group.name]
+        recorder, model = _recorder([built.out[g.name] for g in spiking], [lif.u, lif.v],
+                                    list(paths.values()))
+        exceptions = {recorder: model}
         cfg = Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=exceptions)
         rec_depths = sorted({d for d, _ in built.recurrent})
         stops = _stops(n, steps, total, steps * samples_per_chunk, rec_depths)

@@ -1,8 +1,9 @@
 """Verification speed side by side (issue 15): the exact emulator vs Lava on the same network.
 
-    python bench/verify_speed.py [--run runs/default] [--samples 512] [--lava-samples 32]
+    python bench/verify_speed.py [--run runs/default] [--samples 512] [--batch 256]
+                                 [--lava-samples 32]
                                  [--workers N] [--timesteps 8] [--rate 0.2] [--repeats 3]
-                                 [--growth-samples 128] [--growth-lava-samples 8]
+                                 [--growth-samples 256] [--growth-lava-samples 8]
                                  [--device cpu|cuda] [--out FILE]
 
 Network: RUN/student.net when it exists, else a random (checkpoint-free) default mnist5k student
@@ -99,9 +100,17 @@ def macs(net, samples, steps) -> int:
     return total * samples * steps
 
 
-def ceiling(net, x, repeats):
-    """Seconds for plain float32 conv2d / matmul of the net's shapes on its own spikes (T*B rows):
-    the emulator's synaptic work with nothing else."""
+def ceiling(net, x, repeats, batch):
+    """Seconds for plain float32 conv2d / matmul of the net's shapes on its own spikes (T*B rows
+    per batch): the emulator's synaptic work with nothing else."""
+    ops = []
+    for i in range(0, len(x), batch):
+        ops += _plain_ops(net, x[i:i + batch])
+    seconds, _ = best_time(lambda: [op() for op in ops], repeats)
+    return seconds
+
+
+def _plain_ops(net, x):
     res = Emulator(net).run(x)
     steps, b = x.shape[1], x.shape[0]
     acts = {"input": x.transpose(0, 1).reshape(steps * b, *net.in_shape).float()}
@@ -119,8 +128,7 @@ def ceiling(net, x, repeats):
                                                       s.dilation, s.groups))
         else:
             ops.append(lambda a=a.flatten(1), w=w.t().contiguous(): a @ w)
-    seconds, _ = best_time(lambda: [op() for op in ops], repeats)
-    return seconds
+    return ops
 
 
 def profile_split(emu, x):
@@ -183,25 +191,31 @@ def lava_steady(path, net, x, seconds_all):
             "fixed_s": seconds_2 - 2 * per}
 
 
-def emulator_rate(net, x, threads, repeats, device="cpu"):
+def emulator_rate(net, x, threads, repeats, batch, device="cpu"):
+    """Emulator.run over x in batches of `batch` (as deploy.verify does): (samples/s, seconds,
+    a Result for the first batch)."""
     emu = Emulator(net, device=device)
     xd = x.to(device)
     with_threads(threads, lambda: emu.run(xd[:2]))  # warm-up
 
     def run():
-        r = emu.run(xd)
+        first = None
+        for i in range(0, len(xd), batch):
+            r = emu.run(xd[i:i + batch])
+            first = first or r
         if device == "cuda":
             torch.cuda.synchronize()
-        return r
+        return first
     seconds, result = with_threads(threads, lambda: best_time(run, repeats))
     return len(x) / seconds, seconds, result
 
 
 def growth_row(label, net, steps, args, tmp):
     x = spikes_in(net, args.growth_samples, steps, args.rate, seed=1)
-    rate, _, emu = emulator_rate(net, x, 1, args.repeats)
+    rate, _, _ = emulator_rate(net, x, 1, args.repeats, args.batch)
     path = write_net(net, Path(tmp) / f"{label}.net", steps)
     xl = x[: args.growth_lava_samples]
+    emu = Emulator(net).run(xl)
     lrate, lava, seconds = lava_rate(path, net, xl, 1)
     steady = lava_steady(path, net, xl, seconds)
     return {"config": label, "timesteps": steps, "neurons": int(sum(g.size for g in net.neurons)),
@@ -216,12 +230,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", default="runs/default")
     p.add_argument("--samples", type=int, default=512, help="emulator samples")
+    p.add_argument("--batch", type=int, default=256, help="emulator batch (deploy.verify's)")
     p.add_argument("--lava-samples", type=int, default=32)
     p.add_argument("--workers", type=int, default=CORES, help="Lava worker processes")
     p.add_argument("--timesteps", type=int, default=8)
     p.add_argument("--rate", type=float, default=0.2)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--growth-samples", type=int, default=128, help="emulator samples per row")
+    p.add_argument("--growth-samples", type=int, default=256, help="emulator samples per row")
     p.add_argument("--growth-lava-samples", type=int, default=8)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--out", default="results/verify_speed.json")
@@ -242,14 +257,17 @@ def main(argv=None):
             sys.exit(f"error: {e}")
         steps = args.timesteps
         x = spikes_in(net, args.samples, steps, args.rate)
-        report = {"net": source, "timesteps": steps, "rate": args.rate, "cores": CORES,
+        report = {"command": " ".join(["python bench/verify_speed.py", *(argv or sys.argv[1:])]),
+                  "net": source, "timesteps": steps, "rate": args.rate, "cores": CORES,
+                  "emulator_samples": args.samples, "emulator_batch": args.batch,
                   "torch": torch.__version__, "device": args.device,
                   "load_average_at_start": os.getloadavg()[0],
                   "macs_per_sample": macs(net, 1, steps)}
         emu = {}
         for threads in sorted({1, CORES}):
-            rate, seconds, result = emulator_rate(net, x, threads, args.repeats, args.device)
-            ceil = with_threads(threads, lambda: ceiling(net, x, args.repeats))
+            rate, seconds, _ = emulator_rate(net, x, threads, args.repeats, args.batch,
+                                                  args.device)
+            ceil = with_threads(threads, lambda: ceiling(net, x, args.repeats, args.batch))
             emu[threads] = {"samples_per_s": rate,
                             "macs_per_s": macs(net, len(x), steps) / seconds,
                             "ceiling_macs_per_s": macs(net, len(x), steps) / ceil,
@@ -257,6 +275,7 @@ def main(argv=None):
         report["emulator"] = {f"threads_{k}": v for k, v in emu.items()}
         report["emulator_time_split"] = with_threads(1, lambda: profile_split(Emulator(net), x))
         xl = x[: args.lava_samples]
+        exact = Emulator(net).run(xl)
         lava_rate(path, net, xl[:1], 1)  # warm-up: Lava's first run in a process finds its models
         cpu1, cpun = {}, {}
         l1, lava1, seconds = lava_rate(path, net, xl, 1, cpu1)
@@ -268,8 +287,8 @@ def main(argv=None):
                           **lava_steady(path, net, xl, seconds),
                           f"workers_{args.workers}_samples_per_s": ln,
                           "worker_speedup": ln / l1,
-                          "mismatched_samples_1": mismatched(result, lava1, len(xl)),
-                          f"mismatched_samples_{args.workers}": mismatched(result, lavan, len(xl))}
+                          "mismatched_samples_1": mismatched(exact, lava1, len(xl)),
+                          f"mismatched_samples_{args.workers}": mismatched(exact, lavan, len(xl))}
         report["speedup_1_thread"] = emu[1]["samples_per_s"] / l1
         report["speedup_all"] = emu[CORES]["samples_per_s"] / ln
         rows = [growth_row(f"width x{w}", random_student(w, steps), steps, args, tmp)

@@ -266,7 +266,8 @@ def run_lava(net_path, inputs, net=None, progress=True, samples_per_chunk=8,
         cfg = Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=exceptions)
         rec_depths = sorted({d for d, _ in built.recurrent})
         stops = _stops(n, steps, total, steps * samples_per_chunk, rec_depths)
-        bar = tqdm(total=n, desc="lava", unit="sample", disable=not progress)
+        # no tqdm object at all without progress: a forked worker must not wait on tqdm's lock
+        bar = tqdm(total=n, desc="lava", unit="sample") if progress else None
         done, last = 0, 0
         try:
             for stop in stops:
@@ -276,13 +277,16 @@ def run_lava(net_path, inputs, net=None, progress=True, samples_per_chunk=8,
                     if stop >= d and (stop - d) % steps == 0 and (stop - d) // steps < n:
                         dense.a_buff.set(np.zeros(dense.a_buff.shape, dtype=np.int32))
                 now = min(n, max(0, (stop - max(depth.values())) // steps))
-                bar.update(now - done)
+                if bar is not None:
+                    bar.update(now - done)
                 done = now
                 if progress_file:
                     Path(progress_file).write_text(str(done))
-            bar.update(n - done)
+            if bar is not None:
+                bar.update(n - done)
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
             built.root.stop()
         rows = {key: np.load(path) for key, path in paths.items()}
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.cli import device_arg, positive_int, run_guarded
+from common.cli import check_writable_dir, device_arg, positive_int, run_guarded
 
 from . import loihi
 from .energy_report import build_report, si, write_report
@@ -350,6 +350,7 @@ def run(args) -> dict:
 
     run_dir = Path(args.run)
     net = read_student_net(run_dir)
+    check_writable_dir(run_dir, "--run")  # before measuring
     model, ckpt = load_model(run_dir / "student.pt", "student")
     analog = ckpt["encoding"]["kind"] == "direct"
     activity = pick_activity(args, analog)

@@ -84,6 +84,11 @@ def positive_float(text) -> float:
     return _checked(float, text, lambda v: 0 < v < float("inf"), "a number > 0")
 
 
+def non_negative_float(text) -> float:
+    """A finite number >= 0."""
+    return _checked(float, text, lambda v: 0 <= v < float("inf"), "a number >= 0")
+
+
 def json_object(text) -> dict:
     """A JSON object, e.g. '{"channels": [8, 16]}'."""
     try:

@@ -80,7 +80,9 @@ def parse_fails(args_, capsys, *needles):
     ("--epochs", "0"), ("--epochs", "-1"), ("--teacher-epochs", "0"), ("--timesteps", "0"),
     ("--batch-size", "0"), ("--train-samples", "-5"), ("--train-samples", "0"), ("--lr", "0"),
     ("--lr", "-0.1"), ("--teacher-lr", "nan"), ("--shift", "-1"), ("--seed", "-3"),
-    ("--device", "foo"), ("--student", "vgg")])
+    ("--device", "foo"), ("--student", "vgg"), ("--kd-tau", "0"), ("--tser-tau", "-1"),
+    ("--esd-tau", "inf"), ("--kd-alpha", "-1"), ("--nld-lambda", "nan"), ("--samd-weight", "-0.5"),
+    ("--fkd-weight", "x"), ("--tser-gamma", "-0.1"), ("--esd-beta", "-1")])
 def test_bad_values_exit_2_naming_the_flag_before_any_file(tmp_path, capsys, flag, value):
     run = tmp_path / "run"
     parse_fails(argv(run) + [flag, value], capsys, flag)

@@ -6,6 +6,8 @@ import functools
 import torch
 from torch.nn import functional as F
 
+from common.cli import non_negative_float
+
 from .base import DistillLoss
 from .fkd import resize_to
 
@@ -142,10 +144,10 @@ class CKDSNN(DistillLoss):
         parser.add_argument("--nld-mode", choices=("paper", "code"), default="paper",
                             help="ckd: noise added to logits (paper) or mixed into "
                                  "probabilities (code)")
-        parser.add_argument("--nld-lambda", type=float, default=0.1,
+        parser.add_argument("--nld-lambda", type=non_negative_float, default=0.1,
                             help="ckd: noise scale (paper) / mixing weight (code)")
-        parser.add_argument("--samd-weight", type=float, default=1.0, help="ckd: weight of SAMD")
-        parser.add_argument("--nld-weight", type=float, default=1.0, help="ckd: weight of NLD")
+        parser.add_argument("--samd-weight", type=non_negative_float, default=1.0, help="ckd: weight of SAMD")
+        parser.add_argument("--nld-weight", type=non_negative_float, default=1.0, help="ckd: weight of NLD")
 
     @classmethod
     def from_args(cls, args, student, teacher):

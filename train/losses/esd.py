@@ -4,6 +4,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from common.cli import non_negative_float, positive_float
+
 from ..models import SpikingCNN
 from .base import DistillLoss
 
@@ -97,9 +99,9 @@ class ESD(DistillLoss):
 
     @staticmethod
     def add_args(parser):
-        parser.add_argument("--esd-beta", type=float, default=0.3,
+        parser.add_argument("--esd-beta", type=non_negative_float, default=0.3,
                             help="esd: weight of the self-distillation term")
-        parser.add_argument("--esd-tau", type=float, default=3.0, help="esd: temperature")
+        parser.add_argument("--esd-tau", type=positive_float, default=3.0, help="esd: temperature")
 
     @classmethod
     def from_args(cls, args, student, teacher=None):

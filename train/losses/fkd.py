@@ -3,6 +3,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from common.cli import non_negative_float
+
 from .base import DistillLoss
 
 
@@ -46,7 +48,7 @@ class FeatureKD(DistillLoss):
 
     @staticmethod
     def add_args(parser):
-        parser.add_argument("--fkd-weight", type=float, default=1.0,
+        parser.add_argument("--fkd-weight", type=non_negative_float, default=1.0,
                             help="fkd: weight w of the feature MSE term")
 
     @classmethod

@@ -1,6 +1,8 @@
 """Hinton logit KD (baseline)."""
 from torch.nn import functional as F
 
+from common.cli import non_negative_float, positive_float
+
 from .base import DistillLoss
 
 
@@ -20,8 +22,8 @@ class LogitKD(DistillLoss):
 
     @staticmethod
     def add_args(parser):
-        parser.add_argument("--kd-alpha", type=float, default=1.0, help="weight of the KD term")
-        parser.add_argument("--kd-tau", type=float, default=4.0, help="KD temperature")
+        parser.add_argument("--kd-alpha", type=non_negative_float, default=1.0, help="weight of the KD term")
+        parser.add_argument("--kd-tau", type=positive_float, default=4.0, help="KD temperature")
 
     @classmethod
     def from_args(cls, args, student, teacher):

@@ -1,6 +1,8 @@
 """TSER (Yu et al., CVPR 2025): temporal separation with entropy regularisation (SPEC.md 5)."""
 from torch.nn import functional as F
 
+from common.cli import non_negative_float, positive_float
+
 from .base import DistillLoss
 from .kd import kl_div_tau
 
@@ -27,11 +29,11 @@ class TSER(DistillLoss):
 
     @staticmethod
     def add_args(parser):
-        parser.add_argument("--tser-alpha", type=float, default=1.0,
+        parser.add_argument("--tser-alpha", type=non_negative_float, default=1.0,
                             help="tser: weight a of the KD term")
-        parser.add_argument("--tser-gamma", type=float, default=0.1,
+        parser.add_argument("--tser-gamma", type=non_negative_float, default=0.1,
                             help="tser: weight g of the entropy term (L includes -g*H)")
-        parser.add_argument("--tser-tau", type=float, default=4.0, help="tser: temperature")
+        parser.add_argument("--tser-tau", type=positive_float, default=4.0, help="tser: temperature")
 
     @classmethod
     def from_args(cls, args, student, teacher):

@@ -1,4 +1,4 @@
-"""Energy profiles: a few named constants per technology, each with its source (SPEC.md section 6).
+"""Energy profiles: a few named constants per technology, each with its source (docs/energy.md).
 
 Energy of one neuron group for one sample under a profile, summed over its incoming connections c:
 

@@ -1,5 +1,5 @@
 """CKDSNN (Liu et al., AAAI 2026): saliency-scaled activation map distillation (SAMD) and
-noise-smoothed logits distillation (NLD); SPEC.md section 5."""
+noise-smoothed logits distillation (NLD); docs/kd.md."""
 import argparse
 import functools
 
@@ -112,7 +112,7 @@ def teacher_head(teacher):
 
 
 class CKDSNN(DistillLoss):
-    """L = CE(z, y) + ws * SAMD + wn * NLD  (SPEC.md: ws = wn = 1)
+    """L = CE(z, y) + ws * SAMD + wn * NLD  (docs/kd.md: ws = wn = 1)
 
     SAMD = KL(softmax(CAM/2) || softmax(SAM/2)) over H*W, with
       CAM: teacher map at its last stage for its predicted class c, either fc-weight CAM

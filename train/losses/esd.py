@@ -1,5 +1,5 @@
 """ESD (Zhao et al., arXiv 2510.06254): enhanced self-distillation through lightweight ANN branches
-on intermediate firing rates, with a reliable self-teacher; SPEC.md section 5."""
+on intermediate firing rates, with a reliable self-teacher; docs/kd.md."""
 import torch
 from torch import nn
 from torch.nn import functional as F

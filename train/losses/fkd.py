@@ -1,4 +1,4 @@
-"""Feature KD: the element-wise feature alignment baseline (SPEC.md section 5)."""
+"""Feature KD: the element-wise feature alignment baseline (docs/kd.md)."""
 import torch
 from torch import nn
 from torch.nn import functional as F

@@ -1,4 +1,4 @@
-"""TSER (Yu et al., CVPR 2025): temporal separation with entropy regularisation (SPEC.md 5)."""
+"""TSER (Yu et al., CVPR 2025): temporal separation with entropy regularisation (docs/kd.md)."""
 from torch.nn import functional as F
 
 from common.cli import non_negative_float, positive_float

@@ -164,6 +164,29 @@ def lr_schedule(opt, epochs, steps_per_epoch):
         pct_start=0.15)
 
 
+def train_one_epoch(net, compute_loss, dl, opt, sched, args, device, world, desc, quiet):
+    """One pass over dl with one optimizer and LR-schedule step per batch, for teacher and
+    student alike: compute_loss(x, y, idx) -> (loss, logits, {name: float}). Returns the
+    per-sample means of the loss, its parts and the training accuracy over all processes."""
+    net.train()
+    sums, n = {}, 0
+    for x, y, idx in progress(dl, desc, quiet):
+        x, y = augment(x, args).to(device), y.to(device)
+        loss, logits, parts = compute_loss(x, y, idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        parts = {"loss": loss.item(), **parts,
+                 "train_acc": (logits.argmax(1) == y).float().mean().item()}
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v * len(y)
+        n += len(y)
+    keys = sorted(sums)
+    totals = all_sum([sums[k] for k in keys] + [n], device, world)
+    return {k: v / totals[-1] for k, v in zip(keys, totals)}
+
+
 # ---- what --resume must match ------------------------------------------------------------------
 
 def teacher_settings(args, info, n_train, world) -> dict:
@@ -215,6 +238,24 @@ def student_arch(args, info) -> dict:
 
 # ---- teacher -----------------------------------------------------------------------------------
 
+def existing_teacher(args, path, settings, rank):
+    """RUN/teacher.pt's checkpoint when it can be used: complete, or to continue with --resume;
+    None when there is none or it was trained with other settings (a new teacher is trained;
+    with --resume that is refused, naming the flag)."""
+    if not path.exists():
+        return None
+    ckpt = load_checkpoint(path, "teacher")
+    diff = first_difference(ckpt, settings)
+    if diff and args.resume:
+        check_settings(path, ckpt, settings)
+    if diff:
+        if rank == 0:
+            print(f"teacher: {path} was trained with {diff[0]} {diff[1]}, not {diff[2]}; "
+                  f"training a new teacher (--teacher {path} would reuse it)")
+        return None
+    return ckpt if ckpt.get("complete") or args.resume else None
+
+
 def train_teacher(args, info, train_dl, test_dl, device, rank, world, run):
     path = run / "teacher.pt"
     if args.teacher:
@@ -223,25 +264,13 @@ def train_teacher(args, info, train_dl, test_dl, device, rank, world, run):
             raise CheckpointError(f"{args.teacher}: teacher input shape "
                                   f"{ckpt['arch']['config'].get('in_shape')} != dataset {info.in_shape}")
         return teacher.to(device), evaluate(teacher.to(device), test_dl, device, world)
-    start, ckpt = 0, None
     settings = teacher_settings(args, info, len(train_dl.dataset), world)
-    if path.exists():
-        ckpt = load_checkpoint(path, "teacher")
-        diff = first_difference(ckpt, settings)
-        if diff and args.resume:
-            check_settings(path, ckpt, settings)
-        if diff:  # a teacher for other settings: a fresh run would train another one
-            if rank == 0:
-                print(f"teacher: {path} was trained with {diff[0]} {diff[1]}, not {diff[2]}; "
-                      f"training a new teacher (--teacher {path} would reuse it)")
-            ckpt = None
-        elif ckpt.get("complete"):
-            teacher, _ = load_model(path, "teacher")
-            if rank == 0:
-                print(f"teacher: loaded {path} (test acc {ckpt['test_accuracy']:.4f})")
-            return teacher.to(device), ckpt["test_accuracy"]
-        elif not args.resume:
-            ckpt = None
+    start, ckpt = 0, existing_teacher(args, path, settings, rank)
+    if ckpt is not None and ckpt.get("complete"):
+        teacher, _ = load_model(path, "teacher")
+        if rank == 0:
+            print(f"teacher: loaded {path} (test acc {ckpt['test_accuracy']:.4f})")
+        return teacher.to(device), ckpt["test_accuracy"]
     teacher = build_model(default_arch(info, student=False)).to(device)
     opt = torch.optim.Adam(teacher.parameters(), lr=args.teacher_lr, weight_decay=1e-4)
     sched = lr_schedule(opt, args.teacher_epochs, len(train_dl))
@@ -251,26 +280,24 @@ def train_teacher(args, info, train_dl, test_dl, device, rank, world, run):
         sched.load_state_dict(ckpt["scheduler"])
         start = ckpt["epoch"] + 1
     net = DistributedDataParallel(teacher) if world > 1 else teacher
+
+    def cross_entropy(x, y, idx):
+        logits = net(x)
+        return F.cross_entropy(logits, y), logits, {}
+
     acc = 0.0
     for epoch in range(start, args.teacher_epochs):
         start_epoch(train_dl, args.seed, epoch)
-        net.train()
-        t0, loss_sum, n = time.time(), 0.0, 0
-        for x, y, _ in progress(train_dl, f"teacher {epoch + 1}/{args.teacher_epochs}",
-                                args.quiet or rank):
-            x, y = augment(x, args).to(device), y.to(device)
-            loss = F.cross_entropy(net(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum, n = loss_sum + loss.item() * len(y), n + len(y)
+        t0 = time.time()
+        row = train_one_epoch(net, cross_entropy, train_dl, opt, sched, args, device, world,
+                              f"teacher {epoch + 1}/{args.teacher_epochs}", args.quiet or rank)
         sync_buffers(teacher, world)
         acc = evaluate(teacher, test_dl, device, world)
         done = epoch + 1 == args.teacher_epochs
         if rank == 0:
-            print(f"teacher epoch {epoch + 1}/{args.teacher_epochs}: loss {loss_sum / n:.4f} "
-                  f"test acc {acc:.4f} ({time.time() - t0:.1f}s)")
+            print(f"teacher epoch {epoch + 1}/{args.teacher_epochs}: loss {row['loss']:.4f} "
+                  f"train acc {row['train_acc']:.4f} test acc {acc:.4f} "
+                  f"({time.time() - t0:.1f}s)")
             save_checkpoint(path, teacher, "teacher", dataset=info.name, epoch=epoch,
                             epochs=args.teacher_epochs, complete=done, test_accuracy=acc,
                             optimizer=opt.state_dict(), scheduler=sched.state_dict(),
@@ -327,26 +354,17 @@ def train_student(args, info, encoding, teacher, train_dl, test_dl, device, rank
     net = DistributedDataParallel(net) if world > 1 else net
     for epoch in range(start, args.epochs):
         start_epoch(train_dl, args.seed, epoch)
-        net.train()
         loss_fn.train()
-        t0, sums = time.time(), {}
-        for x, y, idx in progress(train_dl, f"student {epoch + 1}/{args.epochs}", args.quiet or rank):
-            x, y = augment(x, args).to(device), y.to(device)
+        t0 = time.time()
+
+        def distill_loss(x, y, idx, epoch=epoch):
             t_out = teacher_output(teacher, x) if loss_fn.needs_teacher else None
             out = net(encode(x, idx, encoding, epoch=epoch + 1))
             loss, parts = loss_fn(out, y, t_out)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            parts = {"loss": loss.item(), **parts,
-                     "train_acc": (out.logits.argmax(1) == y).float().mean().item()}
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v * len(y)
-            sums["n"] = sums.get("n", 0) + len(y)
-        keys = sorted(k for k in sums if k != "n")
-        totals = all_sum([sums[k] for k in keys] + [sums["n"]], device, world)
-        row = {k: v / totals[-1] for k, v in zip(keys, totals)}
+            return loss, out.logits, parts
+
+        row = train_one_epoch(net, distill_loss, train_dl, opt, sched, args, device, world,
+                              f"student {epoch + 1}/{args.epochs}", args.quiet or rank)
         row.update(epoch=epoch + 1, test_acc=evaluate(student, test_dl, device, world, encoding),
                    time_s=time.time() - t0, lr=sched.get_last_lr()[0])
         history.append(row)

@@ -25,6 +25,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -328,13 +329,9 @@ def load_inputs(args, ckpt, meta, nir_path):
 
 
 def verify(args):
-    run = Path(args.run or "runs/default")
-    nir_path = Path(args.nir) if args.nir else run / "student.nir"
-    if not nir_path.is_file():
-        hint = "" if args.nir else f"; run `python -m export.to_nir --run {run}` first"
-        raise VerifyError(f"{nir_path}: NIR file not found{hint}")
-    out_dir = nir_path.parent if args.nir and args.run is None else run
-    check_writable_dir(out_dir, "--run")
+    """Check the inputs, compile, run float / emulator / Lava, write the reports.
+    Returns (report, output folder, passed)."""
+    run, nir_path, out_dir = locate(args)
     if args.lava_samples:
         from .lava_run import preload
         preload()
@@ -346,46 +343,82 @@ def verify(args):
     check_input_shape(x, net.in_shape, f"--inputs {args.inputs}" if args.inputs else "dataset")
     net_path = out_dir / "student.net"
     write(net_path, net, int(x.shape[1]))  # only once the inputs fit
-    emu = Emulator(net, device=device)
-    scores_f, steps_f, emu_pred, steps_e, emu_rate, rows = run_batches(
-        model, emu, x, args.batch_size, device)
-    float_pred = None if scores_f is None else scores_f.argmax(-1)
-
-    n_lava = min(args.lava_samples, len(x))
-    lava, lava_pred, lava_rate, bad = None, None, None, np.zeros(0, dtype=np.int64)
-    if n_lava:
-        lava, lava_rate = run_lava(net_path, net, x[:n_lava], args.lava_workers)
-        lava_pred = torch.as_tensor(lava.predictions)
-        bad = compare_lava(emu.run(x[:n_lava]), lava, n_lava)
+    runs = run_all(model, net, net_path, x, args, device)
     if args.save_outputs:
-        save_outputs(out_dir / "outputs.npz", steps_f, steps_e, lava)
-
-    report = {
-        "float": {"accuracy": accuracy(float_pred, y), "n": 0 if model is None else len(x),
-                  "device": device, "source": float_source},
-        "emulator": {"accuracy": accuracy(emu_pred, y), "n": len(x), "samples_per_s": emu_rate,
-                     "device": device},
-        "lava": {"accuracy": accuracy(lava_pred, y), "n": n_lava, "samples_per_s": lava_rate,
-                 "workers": args.lava_workers},
-        "bit_exact": {"n": n_lava, "mismatched_samples": int(len(bad)),
-                      "mismatched_indices": bad[:20].tolist(),
-                      "float_vs_emulator": summarize_float_vs_emulator(rows, len(x))},
-        "agreement": {"float_vs_emulator": agreement(float_pred, emu_pred),
-                      "emulator_vs_lava": agreement(emu_pred[:n_lava], lava_pred)},
-        # accuracy lost from float to Loihi, in points: over the whole set through the bit-exact
-        # emulator, and on the Lava samples themselves (float and Lava on the same inputs)
-        "drop_points": {
-            "float_vs_emulator": points(accuracy(float_pred, y), accuracy(emu_pred, y)),
-            "float_vs_lava_same_samples": points(
-                accuracy(None if float_pred is None else float_pred[:n_lava], y),
-                accuracy(lava_pred, y))},
-        "readout": net.readout, "dt": fit["dt"], "dt_source": fit["dt_source"],
-        "timesteps": int(x.shape[1]), "fit": fit,
-        "files": {"nir": str(nir_path), "net": str(net_path)}, "energy": "energy.md",
-    }
+        save_outputs(out_dir / "outputs.npz", runs.steps_f, runs.steps_e, runs.lava)
+    report = build_report(runs, y, args, device, float_source, net, fit,
+                          {"nir": str(nir_path), "net": str(net_path)})
     ok, report["verdict"] = verdict(report, args.min_agreement)
     write_reports(out_dir, report)
     return report, out_dir, ok
+
+
+def locate(args):
+    """(run folder, NIR file, output folder), checked before any work."""
+    run = Path(args.run or "runs/default")
+    nir_path = Path(args.nir) if args.nir else run / "student.nir"
+    if not nir_path.is_file():
+        hint = "" if args.nir else f"; run `python -m export.to_nir --run {run}` first"
+        raise VerifyError(f"{nir_path}: NIR file not found{hint}")
+    out_dir = nir_path.parent if args.nir and args.run is None else run
+    check_writable_dir(out_dir, "--run")
+    return run, nir_path, out_dir
+
+
+@dataclass
+class Runs:
+    """What the float model, the emulator and Lava computed (float fields None without a float
+    model, Lava fields None without Lava samples)."""
+    float_pred: torch.Tensor
+    steps_f: torch.Tensor
+    emu_pred: torch.Tensor
+    steps_e: torch.Tensor
+    emu_rate: float
+    spike_rows: list
+    n_lava: int
+    lava: object = None
+    lava_pred: torch.Tensor = None
+    lava_rate: float = None
+    lava_bad: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+def run_all(model, net, net_path, x, args, device) -> Runs:
+    """Float model and emulator on every sample, Lava on the first --lava-samples."""
+    emu = Emulator(net, device=device)
+    scores_f, steps_f, emu_pred, steps_e, emu_rate, rows = run_batches(
+        model, emu, x, args.batch_size, device)
+    runs = Runs(None if scores_f is None else scores_f.argmax(-1), steps_f, emu_pred, steps_e,
+                emu_rate, rows, min(args.lava_samples, len(x)))
+    if runs.n_lava:
+        runs.lava, runs.lava_rate = run_lava(net_path, net, x[:runs.n_lava], args.lava_workers)
+        runs.lava_pred = torch.as_tensor(runs.lava.predictions)
+        runs.lava_bad = compare_lava(emu.run(x[:runs.n_lava]), runs.lava, runs.n_lava)
+    return runs
+
+
+def build_report(r: Runs, y, args, device, float_source, net, fit, files) -> dict:
+    n, n_lava, fp = len(r.emu_pred), r.n_lava, r.float_pred
+    return {
+        "float": {"accuracy": accuracy(fp, y), "n": 0 if fp is None else n, "device": device,
+                  "source": float_source},
+        "emulator": {"accuracy": accuracy(r.emu_pred, y), "n": n, "samples_per_s": r.emu_rate,
+                     "device": device},
+        "lava": {"accuracy": accuracy(r.lava_pred, y), "n": n_lava,
+                 "samples_per_s": r.lava_rate, "workers": args.lava_workers},
+        "bit_exact": {"n": n_lava, "mismatched_samples": int(len(r.lava_bad)),
+                      "mismatched_indices": r.lava_bad[:20].tolist(),
+                      "float_vs_emulator": summarize_float_vs_emulator(r.spike_rows, n)},
+        "agreement": {"float_vs_emulator": agreement(fp, r.emu_pred),
+                      "emulator_vs_lava": agreement(r.emu_pred[:n_lava], r.lava_pred)},
+        # accuracy lost from float to Loihi, in points: over the whole set through the bit-exact
+        # emulator, and on the Lava samples themselves (float and Lava on the same inputs)
+        "drop_points": {
+            "float_vs_emulator": points(accuracy(fp, y), accuracy(r.emu_pred, y)),
+            "float_vs_lava_same_samples": points(
+                accuracy(None if fp is None else fp[:n_lava], y), accuracy(r.lava_pred, y))},
+        "readout": net.readout, "dt": fit["dt"], "dt_source": fit["dt_source"],
+        "timesteps": int(r.steps_e.shape[1]), "fit": fit, "files": files, "energy": "energy.md",
+    }
 
 
 def save_outputs(path, steps_f, steps_e, lava):

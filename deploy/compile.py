@@ -426,6 +426,30 @@ def compile_group(graph, name, dt, preds, recurrent, sources, input_name, in_sha
     node = graph.nodes[name]
     shape = _shape(node)
     i_decay, v_decay, gain, theta, v_leak = neuron_params(name, node, dt)
+    infos, syn_bias = incoming_paths(graph, name, shape, gain, preds, recurrent, sources,
+                                     input_name, in_shape)
+    if np.any(syn_bias) and i_decay != DECAY_UNITY:
+        raise CompileError(f"node {name!r}: a synaptic bias into a neuron whose current decays "
+                           f"(iDecay {i_decay}); Loihi adds its bias to v, not to the current")
+    bias = syn_bias * gain + np.broadcast_to(v_leak, shape)  # per step, in units of v
+    if not any(np.any(i["w"]) for i in infos):
+        raise CompileError(f"node {name!r}: all incoming weights are zero")
+    meta_step = _metadata_step(graph, infos)
+    exact = meta_step is not None
+    extras = [np.asarray(bias)] + ([] if theta is None else [np.asarray(theta)])
+    step = meta_step * gain if exact else choose_step([i["w"] for i in infos], extras, name)
+    syns, errors = integer_synapses(infos, step, name, exact)
+    bias_int = integer_bias(bias, step, name, exact)
+    vth, note = (NEVER_SPIKES, []) if theta is None else integer_threshold(theta, step, name)
+    group = Neurons(name=name, shape=shape, i_decay=i_decay, v_decay=v_decay, vth=vth,
+                    bias=bias_int, role="neuron" if theta is not None else "readout", nodes=[name])
+    row = fit_row(group, syns, step, errors, exact, note, timesteps)
+    return group, syns, row
+
+
+def incoming_paths(graph, name, shape, gain, preds, recurrent, sources, input_name, in_shape):
+    """The float weights of every path into neuron `name` (scaled by its input gain) as dicts
+    (src, ops, rec, kind, w, conv), and the summed synaptic bias of those paths (shape `shape`)."""
     found = paths_into(graph, name, preds, recurrent, sources)
     if not found:
         raise CompileError(f"node {name!r}: a neuron with no input")
@@ -443,16 +467,11 @@ def compile_group(graph, name, dt, preds, recurrent, sources, input_name, in_sha
             syn_bias = syn_bias + np.broadcast_to(b.reshape(-1, *([1] * (len(shape) - 1))), shape)
         infos.append(dict(src="input" if src == input_name else src, ops=ops, rec=rec, kind=kind,
                           w=w * gain, conv=conv))
-    if np.any(syn_bias) and i_decay != DECAY_UNITY:
-        raise CompileError(f"node {name!r}: a synaptic bias into a neuron whose current decays "
-                           f"(iDecay {i_decay}); Loihi adds its bias to v, not to the current")
-    bias = syn_bias * gain + np.broadcast_to(v_leak, shape)  # per step, in units of v
-    if not any(np.any(i["w"]) for i in infos):
-        raise CompileError(f"node {name!r}: all incoming weights are zero")
-    meta_step = _metadata_step(graph, infos)
-    exact = meta_step is not None
-    extras = [np.asarray(bias)] + ([] if theta is None else [np.asarray(theta)])
-    step = meta_step * gain if exact else choose_step([i["w"] for i in infos], extras, name)
+    return infos, syn_bias
+
+
+def integer_synapses(infos, step, name, exact):
+    """int8 Synapses of the paths on the group's step, and each one's relative weight error."""
     syns, errors = [], []
     for j, info in enumerate(infos):
         k, _ = to_int(info["w"], step, name, "weights", WEIGHT_MIN, WEIGHT_MAX, exact)
@@ -461,25 +480,30 @@ def compile_group(graph, name, dt, preds, recurrent, sources, input_name, in_sha
         syns.append(Synapses(name=label if label not in [s.name for s in syns] else f"{label}.{j}",
                              src=info["src"], dst=name, kind=info["kind"], weight=k,
                              recurrent=info["rec"], nodes=list(info["ops"]), **info["conv"]))
-    bias_int = None
-    if np.any(bias):
-        bias_int, _ = to_int(bias, step, name, "bias", -BIAS_MAX - 1, BIAS_MAX, exact)
-        if not exact and np.abs(np.rint(bias / step)).max() > BIAS_MAX:
-            raise CompileError(f"node {name!r}: bias {np.abs(bias).max():g} = "
-                               f"{np.abs(bias / step).max():.0f} steps does not fit 13 bits")
-    vth, note = NEVER_SPIKES, []
-    if theta is not None:
-        q = theta / step
-        vth = int(round(q))
-        if abs(q - vth) > GRID_RTOL * max(1.0, abs(q)):
-            note.append(f"threshold {theta:g} rounded to {vth} steps")
-        if not 0 <= vth <= VTH_MAX:
-            raise CompileError(f"node {name!r}: threshold {theta:g} = {vth} weight steps does not "
-                               f"fit 17 bits [0, {VTH_MAX}] (step {step:g}; is dt right?)")
-    group = Neurons(name=name, shape=shape, i_decay=i_decay, v_decay=v_decay, vth=vth,
-                    bias=bias_int, role="neuron" if theta is not None else "readout", nodes=[name])
-    row = fit_row(group, syns, step, errors, exact, note, timesteps)
-    return group, syns, row
+    return syns, errors
+
+
+def integer_bias(bias, step, name, exact):
+    """The 13-bit Loihi bias (in weight steps) of a per-step bias in units of v; None for 0."""
+    if not np.any(bias):
+        return None
+    bias_int, _ = to_int(bias, step, name, "bias", -BIAS_MAX - 1, BIAS_MAX, exact)
+    if not exact and np.abs(np.rint(bias / step)).max() > BIAS_MAX:
+        raise CompileError(f"node {name!r}: bias {np.abs(bias).max():g} = "
+                           f"{np.abs(bias / step).max():.0f} steps does not fit 13 bits")
+    return bias_int
+
+
+def integer_threshold(theta, step, name):
+    """(vThMant = theta / step rounded, notes); CompileError when it does not fit 17 bits."""
+    q = theta / step
+    vth = int(round(q))
+    note = [f"threshold {theta:g} rounded to {vth} steps"] \
+        if abs(q - vth) > GRID_RTOL * max(1.0, abs(q)) else []
+    if not 0 <= vth <= VTH_MAX:
+        raise CompileError(f"node {name!r}: threshold {theta:g} = {vth} weight steps does not "
+                           f"fit 17 bits [0, {VTH_MAX}] (step {step:g}; is dt right?)")
+    return vth, note
 
 
 def _unique_names(synapses):

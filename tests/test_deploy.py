@@ -411,14 +411,15 @@ def test_verify_end_to_end_with_npy_inputs(tmp_path):
 
 @lava
 def test_verify_residual_and_recurrent_graphs_in_lava(tmp_path):
-    """Graphs netx cannot express (relays, fan-in) and a recurrent one: Lava == emulator."""
+    """Graphs netx cannot express (relays, fan-in), a recurrent one and snnTorch's own export
+    of a biased Linear/Leaky net: Lava == emulator."""
     from export.to_nir import student_to_nir
     from train.models import SpikingResNet
     torch.manual_seed(0)
     graphs = {"res": student_to_nir(SpikingResNet(in_shape=(1, 8, 8), widths=(4, 8),
                                                   blocks=(1, 1)).eval()),
-              "rec": recurrent_graph(nested=True)}
-    shapes = {"res": (1, 8, 8), "rec": (6,)}
+              "rec": recurrent_graph(nested=True), "snntorch": snntorch_biased_graph()}
+    shapes = {"res": (1, 8, 8), "rec": (6,), "snntorch": (12,)}
     for name, g in graphs.items():
         nir.write(tmp_path / f"{name}.nir", g)
         x = np.random.default_rng(1).random((6, 5, *shapes[name])) < 0.4

@@ -132,22 +132,19 @@ def _plain_ops(net, x):
 
 
 def profile_split(emu, x):
-    """Share of Emulator.run's time in synapses (conv / matmul incl. casts and wrap) and in the
-    step-by-step neuron update (cProfile cumulative times)."""
+    """Share of Emulator.run's time in synapses (Emulator._current: conv / matmul incl. casts,
+    shift and wrap) and in the step-by-step neuron update (Emulator._steps / _steps_int64,
+    less their recurrent connections' currents), from cProfile's cumulative times."""
     prof = cProfile.Profile()
     prof.enable()
     emu.run(x)
     prof.disable()
-    stats = pstats.Stats(prof).stats
-    total = syn = neuron = 0.0
-    for (file, _, fn), (_, _, _, cum, _) in stats.items():
+    cum = {}
+    for (file, _, fn), (_, _, _, seconds, _) in pstats.Stats(prof).stats.items():
         if file.endswith("loihi.py"):
-            if fn == "run":
-                total = cum
-            elif fn == "synapse":
-                syn += cum
-            elif fn == "neuron_step":
-                neuron += cum
+            cum[fn] = cum.get(fn, 0.0) + seconds
+    total, syn = cum["run"], cum.get("_current", 0.0)
+    neuron = cum.get("_steps", 0.0) + cum.get("_steps_int64", 0.0) - cum.get("_recurrent", 0.0)
     return {"synapses": syn / total, "neuron_updates": neuron / total,
             "other": 1 - (syn + neuron) / total}
 

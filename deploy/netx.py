@@ -25,34 +25,11 @@ realised weight (see `problem`); the file then runs through Lava's processes onl
 """
 import numpy as np
 
-from hwmodels.loihi import INTEGRATOR, NetxError, lava_dense_weights
+from hwmodels.loihi import (INTEGRATOR, NetxError, lava_dense_realise, lava_dense_weights,
+                            netx_weight_bits)
 
 
-def weight_bits(weight):
-    """lava-dl netx's utils.optimize_weight_bits in numpy (no netx import):
-    -> (scaled integer weights, num_weight_bits, weight_exponent) as netx hands them to Lava's
-    Dense. Sign mode from the matrix (max < 0 inhibitory, min >= 0 excitatory, else mixed),
-    scale = 255/max | -256/min | min(127/max, -128/min), s = floor(log2 scale) (+1 when mixed),
-    w << s, exponent -s, bits 8 - s - (n - mixed), n = common power-of-two factor (<= 8)."""
-    w = np.asarray(weight, dtype=np.int64)
-    wmax, wmin = int(w.max()), int(w.min())
-    if wmax > 254 and wmin < 0 or wmin < -256 and wmax > 0:
-        w = np.clip(w, -256, 254)
-        wmax, wmin = int(w.max()), int(w.min())
-    signed = int(not (wmax < 0 or wmin >= 0))
-    if signed:
-        scale = min(127 / wmax if wmax > 0 else np.inf, -128 / wmin)
-    elif wmax < 0:
-        scale = -256 / wmin
-    elif wmax > 0:
-        scale = 255 / wmax
-    else:
-        raise NetxError("all weights are zero (netx's optimize_weight_bits cannot scale them)")
-    shift = int(np.floor(np.log2(scale))) + signed
-    n = 8
-    while n > 0 and np.any(w % (1 << n)):
-        n -= 1
-    return w << shift, 8 - shift - (n - signed), -shift
+weight_bits = netx_weight_bits  # netx's optimize_weight_bits (deploy.lava_run uses it)
 
 
 def _joint_realised(weights):
@@ -64,15 +41,7 @@ def _joint_realised(weights):
     for w in weights:
         part = cat[:, start: start + np.shape(w)[1]]
         start += np.shape(w)[1]
-        lo, hi = int(part.min()), int(part.max())
-        mode = "exc" if lo >= 0 else "inh" if hi <= 0 else "mixed"
-        mixed = int(mode == "mixed")
-        part = np.clip(-part if mode == "inh" else part, -256 * mixed, 255)
-        t = 8 - num_bits + mixed
-        if t < 0:
-            raise NetxError(f"negative truncation {t} (weights outside netx's range)")
-        part = (part >> t) << t
-        out.append((-part if mode == "inh" else part) * 2.0 ** exp)
+        out.append(lava_dense_realise(part, num_bits) * 2.0 ** exp)
     return out
 
 

@@ -49,23 +49,21 @@ ACT_SHIFT = VTH_SHIFT = 6    # a_in and vth are MSB-aligned by 6 bits
 NEVER_SPIKES = 1 << 17       # vThMant of a group that never spikes (v < 2^23 = (1 << 17) << 6)
 INTEGRATOR = {"iDecay": 0, "vDecay": DECAY_UNITY, "vThMant": NEVER_SPIKES}
 FLOAT32_EXACT = 1 << 24      # integer sums below this are exact in float32
+FLOAT64_STATE = 1 << 41      # |u| below this: u (4096 - d) < 2^53, exact in float64
 
 
 class NetxError(ValueError):
     """A network (file) that cannot be read or run; the message names the file and field."""
 
 
-def lava_dense_weights(weight):
-    """Integer weights -> (weights Lava's Dense really uses, weight_exp); int64 numpy.
+def netx_weight_bits(weight):
+    """lava-dl netx's `utils.optimize_weight_bits` in numpy: integer weights -> (scaled integer
+    weights, num_weight_bits, weight_exp) as netx hands them to Lava's Dense; int64 numpy.
 
-    netx `optimize_weight_bits`: sign mode from the matrix (max < 0 inhibitory, min >= 0
-    excitatory, else mixed), scale = 255/max | -256/min | min(127/max, -128/min),
-    s = floor(log2 scale) (+1 when mixed), w <<= s, weight_exp = -s, num_weight_bits = 8 - s - n
-    (n = common power-of-two factor, -1 when mixed). Lava's Dense then re-derives the sign mode
-    (min >= 0 excitatory, max <= 0 inhibitory), clips to 8 bits (+sign) and truncates
-    t = 8 - num_weight_bits (+1 when mixed) LSBs: w = (w >> t) << t (on -w when inhibitory).
-    For int8 weights this is exact except all-non-positive matrices whose minimum is a power of
-    two (-256 clips to -255); the emulator reproduces that too.
+    Sign mode from the matrix (max < 0 inhibitory, min >= 0 excitatory, else mixed),
+    scale = 255/max | -256/min | min(127/max, -128/min), s = floor(log2 scale) (+1 when mixed),
+    w <<= s, weight_exp = -s, num_weight_bits = 8 - s - n (n = common power-of-two factor,
+    -1 when mixed).
     """
     w = np.asarray(weight, dtype=np.int64)
     wmax, wmin = int(w.max()), int(w.min())
@@ -85,9 +83,15 @@ def lava_dense_weights(weight):
     n = 8
     while n > 0 and np.any(w % (1 << n)):
         n -= 1
-    num_bits = 8 - shift - (n - signed)
-    w = w << shift
-    # Lava Dense (proc/dense/models.py): sign mode again, clip_weights, truncate_weights
+    return w << shift, 8 - shift - (n - signed), -shift
+
+
+def lava_dense_realise(w, num_bits):
+    """The weights Lava's Dense really uses (proc/dense/models.py) for netx's scaled weights w:
+    sign mode again (min >= 0 excitatory, max <= 0 inhibitory, else mixed), clip to 8 bits (+sign)
+    and truncate t = 8 - num_bits (+1 when mixed) LSBs: w = (w >> t) << t (on -w when
+    inhibitory)."""
+    w = np.asarray(w, dtype=np.int64)
     lava_min, lava_max = int(w.min()), int(w.max())
     mode = "exc" if lava_min >= 0 else "inh" if lava_max <= 0 else "mixed"
     if mode == "inh":
@@ -98,9 +102,17 @@ def lava_dense_weights(weight):
     if t < 0:
         raise NetxError(f"negative truncation {t} (weights outside netx's range)")
     w = (w >> t) << t
-    if mode == "inh":
-        w = -w
-    return w, -shift
+    return -w if mode == "inh" else w
+
+
+def lava_dense_weights(weight):
+    """Integer weights -> (weights Lava's Dense really uses, weight_exp); int64 numpy:
+    `netx_weight_bits`, then `lava_dense_realise`. For int8 weights this is exact except
+    all-non-positive matrices whose minimum is a power of two (-256 clips to -255); the
+    emulator reproduces that too.
+    """
+    w, num_bits, exp = netx_weight_bits(weight)
+    return lava_dense_realise(w, num_bits), exp
 
 
 def conv_out_size(n, k, s, p, d) -> int:
@@ -518,32 +530,80 @@ def neuron_step(u, v, a, group_params):
     return u, torch.where(s, torch.zeros_like(v), v), s
 
 
-class Emulator:
-    """Fixed-point emulator of a `Net` (module docstring), batched over samples.
+def _decay_(x, decay):
+    """In place: x = trunc(x (4096 - decay) / 4096) on exact float64 integers (the product is
+    exact below 2^53, the division by 2^12 too; torch's float div in 'trunc' mode is vectorised,
+    its trunc_() is not); no multiply for decay 0 (x) and 4096 (0)."""
+    if decay == DECAY_UNITY:
+        return x.zero_()
+    if decay:
+        x.mul_(DECAY_UNITY - decay).div_(DECAY_UNITY, rounding_mode="trunc")
+    return x
 
-    Feed-forward connections are evaluated for all T steps at once (one conv / matmul over T x B);
-    only the neuron update and recurrent connections loop over the steps.
+
+@dataclass
+class _Plan:
+    """How a group runs for T steps (static bounds, `Emulator` docstring)."""
+    dtype: torch.dtype        # of its summed input currents
+    exact: bool               # u, v exact in float64 (else int64 `neuron_step`)
+    wrap: bool                # u may leave (-2^23, 2^23]
+    clip: bool                # v may leave [-(2^23 - 1), 2^23 - 1]
+
+
+class Emulator:
+    """Fixed-point emulator of a `Net` (module docstring), batched over samples; exact integers
+    held in floats.
+
+    Feed-forward connections run for all T steps at once (one conv / matmul over T x B); only the
+    neuron update and recurrent connections loop over the steps. The batch runs in blocks of
+    block // (largest group's size) samples, so that one step's tensors stay in cache.
+
+    Exactness (every value below is an integer, held exactly):
+    - currents: conv / matmul of {0, 1} spikes with integer weights; |current| <= R = the largest
+      row sum of |W|. float32 when R < 2^24 on CPU (CUDA may use TF32: float64 there), else
+      float64. dense: floor(x.W * 2^e) (= >> -e, << e: a power-of-two scaling, exact);
+      conv: wrap24 (in float64) only when R >= 2^23, so |conv current| <= min(R, 2^23).
+    - static bounds of a group over T steps: |trunc(x c)| <= c |x| for c = 1 - d/4096, and the
+      wrap, the clip and the reset never increase |u| or |v|, so with A = the sum of its
+      incoming currents' bounds:
+          |u| <= U = 64 A min(T, 4096 / iDecay)              u can wrap only if U >= 2^23
+          |v| <= V = (U + 64 max|bias|) min(T, 4096 / vDecay)    v can clip only if V >= 2^23
+      the wrap / clip is skipped when it cannot happen. The summed input a is float32 when
+      A < 2^24, else float64 (a << 6 = a * 64 is exact either way).
+    - u, v are float64: while U < FLOAT64_STATE, u (4096 - d) < 2^53 and |v| <= 2^23 + U + 64 B,
+      so the decay's product is exact and trunc() truncates toward zero as Lava does. A group
+      beyond that runs `neuron_step` in int64.
+    - decay 0 skips the multiply, decay 4096 drops the old state; a non-spiking group (vThMant
+      1 << 17: v <= 2^23 - 1 < vth) skips the threshold.
     """
 
-    def __init__(self, net, device="cpu"):
+    def __init__(self, net, device="cpu", block=1 << 18):
         self.net = net
         self.in_shape = net.in_shape
         self.device = torch.device(device)
-        self._w = {}
+        self.block = block
+        self._w, self._bound = {}, {}
         for s in net.synapses:
             try:
                 w = torch.from_numpy(np.asarray(s.lava_weight, dtype=np.int64))
             except NetxError as e:
                 raise NetxError(f"connection {s.name!r}: {e}") from None
-            bound = int(w.abs().reshape(w.shape[0], -1).sum(1).max())
-            # float32 sums of integers are exact below 2^24; CUDA may use TF32, so use float64
-            exact32 = bound < FLOAT32_EXACT and self.device.type == "cpu"
+            rows = int(w.abs().reshape(w.shape[0], -1).sum(1).max())
+            exact32 = rows < FLOAT32_EXACT and self.device.type == "cpu"
             self._w[s.name] = w.to(self.device, torch.float32 if exact32 else torch.float64)
-        self._params = {}
+            if s.kind == "conv":
+                self._bound[s.name] = min(rows, STATE_MAX)
+            else:  # ceil(rows * 2^e)
+                e = s.weight_exp
+                self._bound[s.name] = rows << e if e >= 0 else -(-rows >> -e)
+        self._ff, self._rec, self._params, self._bias = {}, {}, {}, {}
         for g in net.neurons:
+            self._ff[g.name] = [s for s in net.incoming(g.name) if not s.recurrent]
+            self._rec[g.name] = [s for s in net.incoming(g.name) if s.recurrent]
             bias = None if g.bias is None or not np.any(g.bias) else \
                 torch.as_tensor(np.asarray(g.bias, dtype=np.int64) << VTH_SHIFT, device=self.device)
             self._params[g.name] = (g.i_decay, g.v_decay, g.vth << VTH_SHIFT, bias)
+            self._bias[g.name] = None if bias is None else bias.to(torch.float64)
 
     @classmethod
     def from_file(cls, path, device="cpu"):
@@ -553,15 +613,22 @@ class Emulator:
         except NetxError as e:
             raise NetxError(f"{path}: {e}") from None
 
-    def synapse(self, s, x):
-        """Integer input current of connection s for spikes x of shape (N, *src shape)."""
+    def _current(self, s, x):
+        """Input current of connection s for spikes x (N, *src shape): exact integers in the
+        weights' float dtype (float64 where a conv wraps)."""
         w = self._w[s.name]
         x = x.to(w.dtype)
         if s.kind == "conv":
-            a = F.conv2d(x, w, None, s.stride, s.padding, s.dilation, s.groups).to(torch.int64)
-            return torch.remainder(a + STATE_MAX, 2 * STATE_MAX) - STATE_MAX  # conv wraps 24 bit
-        a = (x.flatten(1) @ w.t()).to(torch.int64)
-        return a << s.weight_exp if s.weight_exp > 0 else a >> -s.weight_exp
+            a = F.conv2d(x, w, None, s.stride, s.padding, s.dilation, s.groups)
+            if self._bound[s.name] >= STATE_MAX:  # wrap24, exact in float64
+                a = torch.remainder(a.double() + STATE_MAX, 2 * STATE_MAX) - STATE_MAX
+            return a
+        a = (x.flatten(1) @ w.t()) * 2.0 ** s.weight_exp
+        return a if s.weight_exp >= 0 else a.floor_()
+
+    def synapse(self, s, x):
+        """Integer input current (int64) of connection s for spikes x of shape (N, *src shape)."""
+        return self._current(s, x).to(torch.int64)
 
     def _inputs(self, inputs):
         x = torch.as_tensor(inputs).to(self.device)
@@ -574,38 +641,102 @@ class Emulator:
                                 f"{', '.join(map(str, self.in_shape))})")
         return x != 0
 
+    def _plan(self, g, steps) -> _Plan:
+        """Static bounds of group g over `steps` steps (class docstring)."""
+        a = sum(self._bound[s.name] for s in self.net.incoming(g.name))
+        u = 64 * a * (steps if g.i_decay == 0 else min(steps, DECAY_UNITY / g.i_decay))
+        bias = 0 if g.bias is None else int(np.abs(g.bias).max()) << VTH_SHIFT
+        v = (u + bias) * (steps if g.v_decay == 0 else min(steps, DECAY_UNITY / g.v_decay))
+        exact32 = a < FLOAT32_EXACT and self.device.type == "cpu"
+        return _Plan(dtype=torch.float32 if exact32 else torch.float64,
+                     exact=u < FLOAT64_STATE, wrap=u >= STATE_MAX, clip=v >= STATE_MAX)
+
     @torch.no_grad()
     def run(self, inputs):
         """inputs (B, T, *in_shape) in {0, 1} -> Result (float-model time, module docstring)."""
         x = self._inputs(inputs)
         b, steps = x.shape[:2]
-        out = {"input": x.transpose(0, 1).reshape(steps * b, *self.in_shape)}  # (T*B, ...)
-        states = {}
-        for g in self.net.neurons:
-            ff = [s for s in self.net.incoming(g.name) if not s.recurrent]
-            rec = [s for s in self.net.incoming(g.name) if s.recurrent]
-            a_all = sum(self.synapse(s, out[s.src]).reshape(steps, b, *g.shape) for s in ff)
-            u = torch.zeros((b, *g.shape), dtype=torch.int64, device=self.device)
-            v = torch.zeros_like(u)
-            s = torch.zeros(u.shape, dtype=torch.bool, device=self.device)
-            spikes, us, vs = [], [], []
-            for t in range(steps):
-                a = a_all[t]
-                for r in rec:
-                    a = a + self.synapse(r, s).reshape(b, *g.shape)
-                u, v, s = neuron_step(u, v, a, self._params[g.name])
-                spikes.append(s)
-                if g.name == self.net.output:
-                    us.append(u)
-                    vs.append(v)
-            out[g.name] = torch.stack(spikes).reshape(steps * b, *g.shape)
-            if g.name == self.net.output:
-                states = {"u": torch.stack(us, 1).reshape(b, steps, -1),
-                          "v": torch.stack(vs, 1).reshape(b, steps, -1)}
-        spikes = {g.name: out[g.name].reshape(steps, b, *g.shape).transpose(0, 1)
-                  for g in self.net.neurons if g.spiking}
-        result = Result(spikes=spikes, readout=states["v"], readout_u=states["u"],
-                        readout_kind=self.net.readout)
+        plans = {g.name: self._plan(g, steps) for g in self.net.neurons}
+        per = max(1, self.block // max(g.size for g in self.net.neurons))
+        parts = [self._run_block(x[i:i + per], plans) for i in range(0, max(b, 1), per)]
+        spikes = {k: torch.cat([p[0][k] for p in parts]) for k in parts[0][0]}
+        u, v = (torch.cat([p[k] for p in parts]) for k in (1, 2))
+        result = Result(spikes=spikes, readout=v, readout_u=u, readout_kind=self.net.readout)
         if self.net.readout == "spikes":
-            result.output_spikes = spikes[self.net.output].reshape(b, steps, -1)
+            result.output_spikes = spikes[self.net.output].reshape(b, steps, u.shape[-1])
         return result
+
+    def _run_block(self, x, plans):
+        """One block of samples through every group: (spikes (B, T, ...) per spiking group,
+        u and v (B, T, K) int64 of the output group)."""
+        b, steps = x.shape[:2]
+        out = {"input": x.transpose(0, 1).reshape(steps * b, *self.in_shape).float()}
+        spikes, state = {}, None
+        for g in self.net.neurons:
+            plan, a = plans[g.name], None
+            for s in self._ff[g.name]:
+                c = self._current(s, out[s.src]).reshape(steps, b, *g.shape).to(plan.dtype)
+                a = c if a is None else a.add_(c)
+            keep = g.name == self.net.output
+            steps_ = self._steps if plan.exact else self._steps_int64
+            s_all, us, vs = steps_(g, plan, a, keep)
+            out[g.name] = s_all.reshape(steps * b, *g.shape)
+            if g.spiking:
+                spikes[g.name] = s_all.transpose(0, 1).bool()
+            if keep:
+                state = [z.transpose(0, 1).reshape(b, steps, g.size).to(torch.int64)
+                         for z in (us, vs)]
+        return spikes, *state
+
+    def _recurrent(self, g, s):
+        """Summed current of g's recurrent connections for its spikes s (B, *shape)."""
+        return sum(self._current(r, s).reshape(s.shape) for r in self._rec[g.name])
+
+    def _steps(self, g, plan, a, keep):
+        """The neuron update step by step in float64 (class docstring) for input currents
+        a (T, B, *shape) -> (spikes (T, B, *shape) float32, u, v (T, B, *shape) when keep)."""
+        u = torch.zeros(a.shape[1:], dtype=torch.float64, device=self.device)
+        v = torch.zeros_like(u)
+        s_all = (torch.empty if g.spiking else torch.zeros)(a.shape, dtype=torch.float32,
+                                                            device=self.device)
+        us, vs = (torch.empty(a.shape, dtype=torch.float64, device=self.device)
+                  if keep else None for _ in range(2))
+        a = a.mul_(1 << ACT_SHIFT)
+        bias, vth = self._bias[g.name], float(g.vth << VTH_SHIFT)
+        s = torch.empty_like(u)
+        for t in range(len(a)):
+            at = a[t]
+            if self._rec[g.name] and t > 0:  # no spikes before step 0
+                at = at + self._recurrent(g, s_all[t - 1]) * (1 << ACT_SHIFT)
+            _decay_(u, g.i_decay).add_(at)
+            if plan.wrap:  # one wrap, as Lava does (not a modulo)
+                u = torch.where(u > STATE_MAX, u - 2 * STATE_MAX,
+                                torch.where(u <= -STATE_MAX, u + 2 * STATE_MAX, u))
+            _decay_(v, g.v_decay).add_(u)
+            if bias is not None:
+                v.add_(bias)
+            if plan.clip:
+                v.clamp_(-STATE_MAX + 1, STATE_MAX - 1)
+            if g.spiking:  # s = [v > vth] = clamp(v - vth, 0, 1) on integers; v = 0 where s
+                torch.sub(v, vth, out=s).clamp_(0, 1)
+                v.addcmul_(v, s, value=-1)
+                s_all[t] = s
+            if keep:
+                us[t], vs[t] = u, v
+        return s_all, us, vs
+
+    def _steps_int64(self, g, plan, a, keep):
+        """`_steps` with `neuron_step` in int64, for a group whose u may reach FLOAT64_STATE."""
+        u = torch.zeros(a.shape[1:], dtype=torch.int64, device=self.device)
+        v = torch.zeros_like(u)
+        s_all = torch.zeros(a.shape, dtype=torch.float32, device=self.device)
+        us, vs = [], []
+        for t in range(len(a)):
+            at = a[t].to(torch.int64)
+            if self._rec[g.name] and t > 0:
+                at = at + self._recurrent(g, s_all[t - 1]).to(torch.int64)
+            u, v, s = neuron_step(u, v, at, self._params[g.name])
+            s_all[t] = s
+            us.append(u)
+            vs.append(v)
+        return s_all, *((torch.stack(z) if keep else None) for z in (us, vs))

@@ -15,8 +15,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from deploy.netx import problem, write_layers
-from hwmodels.loihi import (INTEGRATOR, NEVER_SPIKES, Emulator, Net, Neurons, Synapses,
-                            _netx_chain, lava_dense_weights, read_net, save_net)
+from hwmodels import loihi
+from hwmodels.loihi import (INTEGRATOR, NEVER_SPIKES, STATE_MAX, Emulator, Net, Neurons,
+                            Synapses, _netx_chain, _trunc_decay, lava_dense_weights, neuron_step,
+                            read_net, save_net)
 
 # ---- building Nets -----------------------------------------------------------------------------
 
@@ -357,6 +359,112 @@ def test_random_graphs_have_the_shapes_asked_for():
     assert {"fan_in2", "fan_in3", "fan_out", "conv_from_relay", "dense_from_relay",
             "recurrent", "dense_into_chw"} <= seen, seen
     assert not random_graph(0).chain()
+
+
+# ---- the fast run against a literal step-by-step neuron_step ------------------------------------
+
+def stress_graph(seed):
+    """A random net that wraps and clips: conv weights up to 2^21 (the conv current wraps at 24
+    bits; three such convs sum beyond 2^24), dense fan-in of large same-sign weights (u wraps), decays 0 / 1 / 4095 / 4096, 13-bit
+    biases, strong recurrence, a readout fed by two groups (it integrates, then clips); the
+    output group is that readout or c1."""
+    rng = np.random.default_rng(seed)
+    decay = lambda: int(rng.choice([0, 0, 1, 300, 4095, 4096]))  # noqa: E731
+    vth = lambda: int(rng.choice([1, 300, 20000, 131071]))  # noqa: E731
+    bias = lambda shape: edge_bias(rng, shape, True) if rng.random() < 0.6 else None  # noqa
+    hi = 1 << 21 if rng.random() < 0.6 else 128
+    c1 = Neurons("c1", (3, 5, 5), decay(), decay(), vth(), bias=bias((3, 5, 5)))
+    d2 = Neurons("d2", (6,), decay(), decay(), vth(), bias=bias((6,)))
+    w2 = rng.integers(100, 128, (6, 75)) * rng.choice([-1, 1], (6, 1))
+    w2[0, 0] = -w2[0, 0] if rng.random() < 0.5 else w2[0, 0]
+    rec = rng.integers(-128, 128, (6, 6))
+    rec.flat[:2] = [-128, 127]
+    readout = str(rng.choice(["state", "spikes"]))
+    out = Neurons("out", (4,), decay(), decay(), vth() if readout == "spikes" else NEVER_SPIKES,
+                  bias=bias((4,)), role="neuron" if readout == "spikes" else "readout")
+    # with large weights, three convs into c1: their sum passes 2^24 (no longer exact in float32)
+    syns = [conv(rng, "input", "c1", 2, 3, lo=-hi, hi=hi) for _ in range(3 if hi > 128 else 1)]
+    for i, s in enumerate(syns):
+        s.name += str(i)
+    syns += [dense(rng, "c1", "d2", 75, 6, w=w2), dense(rng, "d2", "out", 6, 4, lo=60, hi=128),
+             dense(rng, "c1", "out", 75, 4)]
+    if rng.random() < 0.7:
+        syns.append(dense(rng, "d2", "d2", 6, 6, w=rec, recurrent=True))
+    output = "c1" if readout == "state" and rng.random() < 0.5 else "out"  # c1's u is checked
+    return Net((2, 5, 5), [c1, d2, out], syns, readout=readout, output=output).check("stress net")
+
+
+def step_reference(net, x, seen):
+    """Emulator semantics written out for one sample: step by step, group by group, int64
+    `neuron_step`; every connection's current in int64 numpy (conv wraps at 24 bits, dense
+    shifts by its weight exponent), a recurrent one from the previous step's spikes. Counts in
+    `seen` the conv wraps, u wraps and v clips that happened."""
+    u = {g.name: torch.zeros(g.shape, dtype=torch.int64) for g in net.neurons}
+    v = {g.name: torch.zeros(g.shape, dtype=torch.int64) for g in net.neurons}
+    last = {g.name: np.zeros(g.shape, bool) for g in net.neurons}
+    out = {g.name: [] for g in net.neurons} | {"u": [], "v": []}
+    for t in range(len(x)):
+        sent = {"input": x[t] != 0}
+        for g in net.neurons:
+            a = np.zeros(g.shape, np.int64)
+            for s in net.incoming(g.name):
+                src = (last if s.recurrent else sent)[s.src]
+                if s.kind == "conv":
+                    acc = torch.nn.functional.conv2d(
+                        torch.from_numpy(src.astype(np.float64))[None],
+                        torch.from_numpy(s.lava_weight).double(), None, s.stride, s.padding,
+                        s.dilation, s.groups)[0].numpy().astype(np.int64)
+                    seen["conv wrap"] += int(np.any((acc >= STATE_MAX) | (acc < -STATE_MAX)))
+                    a += (acc + STATE_MAX) % (2 * STATE_MAX) - STATE_MAX
+                else:
+                    acc = s.lava_weight[:, src.reshape(-1)].sum(1)
+                    e = s.weight_exp
+                    a += (acc << e if e > 0 else acc >> -e).reshape(g.shape)
+            a = torch.from_numpy(a)
+            b = None if g.bias is None else torch.from_numpy(np.asarray(g.bias) << 6)
+            u_raw = _trunc_decay(u[g.name], g.i_decay) + (a << 6)
+            u[g.name], v_new, s = neuron_step(u[g.name], v[g.name], a,
+                                              (g.i_decay, g.v_decay, g.vth << 6, b))
+            v_raw = _trunc_decay(v[g.name], g.v_decay) + u[g.name] + (0 if b is None else b)
+            seen["u wrap"] += int(not torch.equal(u_raw, u[g.name]))
+            seen["v clip"] += int(bool((v_raw.abs() >= STATE_MAX).any()))
+            v[g.name] = v_new
+            sent[g.name] = s.numpy()
+            out[g.name].append(s.numpy())
+        out["u"].append(u[net.output].reshape(-1).numpy())
+        out["v"].append(v[net.output].reshape(-1).numpy())
+        last = sent
+    return {k: np.stack(val) for k, val in out.items()}
+
+
+@pytest.mark.parametrize("path", ["float64", "blocks of 1", "int64"])
+def test_run_equals_step_by_step_neuron_step(path, monkeypatch):
+    """Emulator.run (float32 currents, float64 state, wrap / clip skipped where bounds allow,
+    blocks) == literal int64 neuron_step on wrap / clip-prone nets and on random graphs."""
+    if path == "int64":  # every group runs the int64 neuron_step fallback
+        monkeypatch.setattr(loihi, "FLOAT64_STATE", 0)
+    seen = {"conv wrap": 0, "u wrap": 0, "v clip": 0}
+    plans = set()
+    for seed in range(24):
+        for net in (stress_graph(seed), random_graph(seed, in3d=seed % 2 == 0, edge=True,
+                                                     readout=("state", "spikes")[seed % 3 == 0])):
+            steps = 12
+            x = inputs(net, seed, samples=3, steps=steps, rate=0.3 + 0.6 * (seed % 3) / 2)
+            emu = Emulator(net, block=1 if path == "blocks of 1" else 1 << 18)
+            plans |= {(p.wrap, p.clip, p.exact) for p in
+                      (emu._plan(g, steps) for g in net.neurons)}
+            result = emu.run(torch.from_numpy(x))
+            for b in range(len(x)):
+                want = step_reference(net, x[b], seen)
+                for g in net.neurons:
+                    if g.spiking:
+                        assert np.array_equal(result.spikes[g.name][b].numpy(), want[g.name]), \
+                            (seed, g.name, b)
+                assert np.array_equal(result.readout_u[b].numpy(), want["u"]), (seed, b)
+                assert np.array_equal(result.readout[b].numpy(), want["v"]), (seed, b)
+    assert min(seen.values()) > 0, seen  # the nets did wrap and clip
+    exact = path != "int64"
+    assert {(True, True, exact), (False, False, exact)} <= plans, plans  # both ways taken
 
 
 def test_batch_rows_are_independent():

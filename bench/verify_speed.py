@@ -14,7 +14,8 @@ initialised. Inputs: seeded Bernoulli(--rate) spikes. Measured, all in one run:
   samples' Lava results compared bit for bit (mismatched samples);
 - the emulator's multiply-adds/s (every connection counted as a dense conv / matmul over T x B)
   against plain torch float32 conv2d / matmul of the same shapes on the same data (the practical
-  ceiling), and where the emulator's time goes (cProfile: synapses vs neuron updates);
+  ceiling; each repeat times both, one after the other, so both see the same load), and where
+  the emulator's time goes (cProfile: synapses vs neuron updates);
 - Lava samples/s with 1 worker (in this process, after a 1-sample warm-up run) and with
   --workers worker processes forked from it (deploy.lava_run.run_lava_parallel; wall time
   including each worker's start-up and its own Lava runtime);
@@ -100,14 +101,13 @@ def macs(net, samples, steps) -> int:
     return total * samples * steps
 
 
-def ceiling(net, x, repeats, batch):
-    """Seconds for plain float32 conv2d / matmul of the net's shapes on its own spikes (T*B rows
-    per batch): the emulator's synaptic work with nothing else."""
+def ceiling_ops(net, x, batch):
+    """Plain float32 conv2d / matmul of the net's shapes on its own spikes (T*B rows per batch):
+    the emulator's synaptic work with nothing else, as a list of calls."""
     ops = []
     for i in range(0, len(x), batch):
         ops += _plain_ops(net, x[i:i + batch])
-    seconds, _ = best_time(lambda: [op() for op in ops], repeats)
-    return seconds
+    return ops
 
 
 def _plain_ops(net, x):
@@ -188,9 +188,11 @@ def lava_steady(path, net, x, seconds_all):
             "fixed_s": seconds_2 - 2 * per}
 
 
-def emulator_rate(net, x, threads, repeats, batch, device="cpu"):
+def emulator_rate(net, x, threads, repeats, batch, device="cpu", ceiling=None):
     """Emulator.run over x in batches of `batch` (as deploy.verify does): (samples/s, seconds,
-    a Result for the first batch)."""
+    a Result for the first batch, the ceiling's seconds). With `ceiling` (ceiling_ops), each
+    repeat times the emulator and then the plain ops, so that both see the same machine load;
+    best of `repeats` for each."""
     emu = Emulator(net, device=device)
     xd = x.to(device)
     with_threads(threads, lambda: emu.run(xd[:2]))  # warm-up
@@ -203,13 +205,19 @@ def emulator_rate(net, x, threads, repeats, batch, device="cpu"):
         if device == "cuda":
             torch.cuda.synchronize()
         return first
-    seconds, result = with_threads(threads, lambda: best_time(run, repeats))
-    return len(x) / seconds, seconds, result
+    seconds, ceil, result = float("inf"), float("inf"), None
+    for _ in range(repeats):
+        s, result = with_threads(threads, lambda: best_time(run, 1))
+        seconds = min(seconds, s)
+        if ceiling is not None:
+            ceil = min(ceil, with_threads(threads, lambda: best_time(
+                lambda: [op() for op in ceiling], 1))[0])
+    return len(x) / seconds, seconds, result, ceil
 
 
 def growth_row(label, net, steps, args, tmp):
     x = spikes_in(net, args.growth_samples, steps, args.rate, seed=1)
-    rate, _, _ = emulator_rate(net, x, 1, args.repeats, args.batch)
+    rate, _, _, _ = emulator_rate(net, x, 1, args.repeats, args.batch)
     path = write_net(net, Path(tmp) / f"{label}.net", steps)
     xl = x[: args.growth_lava_samples]
     emu = Emulator(net).run(xl)
@@ -261,10 +269,10 @@ def main(argv=None):
                   "load_average_at_start": os.getloadavg()[0],
                   "macs_per_sample": macs(net, 1, steps)}
         emu = {}
+        plain = ceiling_ops(net, x, args.batch)
         for threads in sorted({1, CORES}):
-            rate, seconds, _ = emulator_rate(net, x, threads, args.repeats, args.batch,
-                                                  args.device)
-            ceil = with_threads(threads, lambda: ceiling(net, x, args.repeats, args.batch))
+            rate, seconds, _, ceil = emulator_rate(net, x, threads, args.repeats, args.batch,
+                                                   args.device, plain)
             emu[threads] = {"samples_per_s": rate,
                             "macs_per_s": macs(net, len(x), steps) / seconds,
                             "ceiling_macs_per_s": macs(net, len(x), steps) / ceil,

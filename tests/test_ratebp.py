@@ -48,6 +48,7 @@ def test_gradient_matches_hand_derivation():
     (out.logits * c).sum().backward()
 
     alpha, beta, theta, T = 0.5, 0.75, 1.0, 6
+    unit = (1 / 64) / 64                               # Loihi state unit: weight_step / 2^6
     readout = model.layers["readout"].weight.detach()
     rates, elig = [], []
     for ch in range(2):
@@ -55,12 +56,12 @@ def test_gradient_matches_hand_derivation():
             i = v = g = f = 0.0
             spikes = e = 0.0
             for t in range(T):
-                cur = w[ch] * x[t, 0, 0].flatten()[pix].item()
-                i = alpha * i + cur
-                v = beta * v + i
+                cur = (torch.tensor(w[ch]) * x[t, 0, 0].flatten()[pix]).item()  # float32 conv
+                i = math.trunc(alpha * i) + round(cur / unit)   # Loihi's integer state
+                v = math.trunc(beta * v) + i
                 g = 1 + alpha * g
                 f = g + beta * f
-                u = v - theta
+                u = (v - theta / unit) * unit
                 e += f / (1 + (math.pi * u) ** 2) / T  # atan surrogate: 1 / (1 + (pi u)^2)
                 s = float(u > 0)
                 spikes += s / T

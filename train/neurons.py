@@ -1,29 +1,91 @@
 """Loihi-deployable spiking neurons built on snnTorch.
 
-`LoihiCUBA` is snnTorch's `Synaptic` (current-based LIF) with the order of operations of Loihi's
-neuron, per step t:
+`LoihiCUBA` is snnTorch's `Synaptic` (current-based LIF, zero reset) computing Loihi's fixed-point
+neuron exactly (lava-nc 0.10.0 `PyLifModelBitAcc`, `hwmodels.loihi.neuron_step`). Its state is in
+Loihi's units: one unit = weight_step / 64, since Loihi adds a synaptic sum of integer weights k as
+(sum k) << 6 and compares v with vThMant << 6. With alpha = 1 - iDecay/4096, beta = 1 - vDecay/4096,
+a[t] = x[t] / unit (x = the synaptic input in weight units, sum of weight_step * k over the input
+spikes) and vth = (theta / weight_step) << 6, per step t:
 
-    I[t] = alpha * I[t-1] + x[t]            alpha = 1 - iDecay / 4096
-    V[t] = beta  * V[t-1] + I[t]            beta  = 1 - vDecay / 4096
-    S[t] = V[t] > theta                     strict, as Lava's `v > vth << 6`
-    V[t] = 0 where S[t]                     reset to zero at once; I is not reset
+    u[t] = wrap24( trunc(alpha u[t-1]) + a[t] )      trunc: toward zero, as sign(u) (|u| dI >> 12)
+    v[t] = clip24( trunc(beta  v[t-1]) + u[t] )      clip24: to [-(2^23 - 1), 2^23 - 1]
+    s[t] = v[t] > vth                                strict
+    v[t] = 0 where s[t]                              same step; u is not reset
 
-snnTorch's own reset_mechanism="zero" zeroes V one step later (and drops that step's input), which
-Loihi does not do; everything else (parameters as buffers, `fire`, surrogate gradients) is snnTorch's.
-alpha = 0 is a plain LIF (snnTorch `Leaky`): I[t] = x[t].
+wrap24 is Lava's single wrap (u - 2^24 if u > 2^23, u + 2^24 if u <= -2^23). alpha = 0 is a plain
+LIF (snnTorch `Leaky`): u[t] = a[t].
+
+Why our own step and not snnTorch's (checked in snnTorch 1.0.0's `_neurons/synaptic.py`):
+`Synaptic(reset_mechanism="zero", reset_delay=False)` has Loihi's order of operations (update u and
+v, fire on v > threshold, zero v in the same step, keep the current); its default reset_delay=True
+zeroes v one step late, together with that step's input. We pass reset_delay=False so the
+inherited attributes say what this step does. What snnTorch lacks is Loihi's integer arithmetic:
+it keeps the fraction that Loihi truncates from the decayed state, and it has no 24-bit wrap of u
+or clip of v. Those fractions moved v across the threshold for a few spikes in 10^5 (issue 13),
+so the float student and Loihi disagreed. This step holds every Loihi value as an integer-valued
+float32 (exact below 2^24) and forms the products alpha u in float64 (|u| 4096 < 2^53, exact), on
+CPU and CUDA alike.
+
+Gradients: the spike is snnTorch's surrogate (`spike_grad`, default atan) of (v - vth) * unit, i.e.
+of V - theta in weight units as before; truncation, wrap, clip and the rounding of the input onto
+the unit grid are straight-through (d trunc(alpha u)/du = alpha, du/dx = 1/unit), and the reset's
+spike is detached (snnTorch's reset_delay=False reset is not). So the gradients are those of the
+float recursion I = alpha I + x, V = beta V + I, S = V > theta, evaluated at Loihi's exact state.
+
+Exact when the synaptic input x is weight_step times an integer (binary input spikes, or any layer
+after the first; a power-of-two weight_step such as the default 1/64 makes x / unit exact in
+float32), each step's |sum k| << 6 stays below 2^23 (deploy.compile's fit report bounds the
+state) and each conv's integer sum fits 24 bits (Lava wraps it; this step does not).
+Analog input (direct encoding) is rounded to the unit grid. Loihi's ranges: docs/loihi_net.md and
+the docstring of hwmodels/loihi.py.
 """
 import snntorch as snn
 import torch
 from snntorch import surrogate
 
-from .quant import quantize_decay, quantize_threshold
+from .quant import ACT_SHIFT, STATE_MAX, quantize_decay, quantize_threshold
+
+
+def decay_add(x, keep, add):
+    """trunc(x * keep) + add, exact for integer-valued float32 x (|x| < 2^24) and keep on the
+    1/4096 grid (float64): the product has at most 36 significant bits, the int32 conversion
+    truncates toward zero."""
+    return x.double().mul_(keep).to(torch.int32).to(torch.float32).add_(add)
+
+
+def wrap24(u):
+    """Lava's one wrap into 24 bits, in place: u - 2^24 where u > 2^23, u + 2^24 where
+    u <= -2^23 (as u - 2^24 ceil((u - 2^23) / 2^24), the same for |u| <= 3 * 2^23)."""
+    n = torch.mul(u, 0.5 / STATE_MAX).sub_(0.5).ceil_()
+    return u.sub_(n, alpha=2 * STATE_MAX)
+
+
+class LoihiState(torch.autograd.Function):
+    """(x, u, v) -> (u, v) of one step before the spike (module docstring), on float32 tensors
+    holding integers in Loihi units. Straight-through backward: du/dx = 1/unit,
+    du/du_prev = alpha, dv/du = 1, dv/dv_prev = beta. `params`: LoihiCUBA.step_params()."""
+
+    @staticmethod
+    def forward(ctx, x, u, v, params, inv_unit):
+        alpha64, beta64, ctx.alpha, ctx.beta, _ = params
+        ctx.inv_unit = inv_unit
+        u = wrap24(decay_add(u, alpha64, torch.mul(x, inv_unit).round_()))
+        v = decay_add(v, beta64, u).clamp_(1 - STATE_MAX, STATE_MAX - 1)
+        return u, v
+
+    @staticmethod
+    def backward(ctx, grad_u, grad_v):
+        g = grad_u + grad_v
+        return g * ctx.inv_unit, g * ctx.alpha, grad_v * ctx.beta, None, None
 
 
 class LoihiCUBA(snn.Synaptic):
-    """Current-based LIF with per-channel alpha, beta, theta on Loihi's grids (see module docstring).
+    """Current-based LIF with per-channel alpha, beta, theta on Loihi's grids, computing Loihi's
+    integer arithmetic (module docstring).
 
     `param_shape` is (C, 1, 1) for conv layers (per channel) or (N,) for dense layers (per neuron).
     `weight_step` is the grid of the incoming weights; theta is kept on that grid (vThMant = theta/step).
+    The state (syn = u, mem = v) is in Loihi units of weight_step / 64.
     """
 
     def __init__(self, param_shape, alpha=0.5, beta=0.75, threshold=1.0, weight_step=1 / 64,
@@ -32,29 +94,46 @@ class LoihiCUBA(snn.Synaptic):
         super().__init__(
             alpha=quantize_decay(full(alpha)), beta=quantize_decay(full(beta)),
             threshold=quantize_threshold(full(threshold), weight_step),
-            spike_grad=spike_grad or surrogate.atan(), reset_mechanism="zero")
+            spike_grad=spike_grad or surrogate.atan(), reset_mechanism="zero", reset_delay=False)
         self.weight_step = float(weight_step)
         self.param_shape = tuple(param_shape)
 
+    @property
+    def unit(self) -> float:
+        """Weight value of one Loihi state unit: weight_step / 2^6."""
+        return self.weight_step / (1 << ACT_SHIFT)
+
     def quantized(self):
-        """(alpha, beta, theta) exactly as the forward pass and Loihi use them."""
+        """(alpha, beta, theta) exactly as the forward pass and Loihi use them (theta in weight
+        units)."""
         return (quantize_decay(self.alpha), quantize_decay(self.beta),
                 quantize_threshold(self.threshold, self.weight_step))
 
+    def step_params(self):
+        """(alpha, beta in float64, alpha, beta, vth in Loihi units) for `step`; compute once per
+        sequence."""
+        alpha, beta, theta = (p.detach() for p in self.quantized())
+        return alpha.double(), beta.double(), alpha, beta, torch.round(theta / self.unit)
+
+    def step(self, x, syn, mem, params):
+        """One step: returns (spikes, u, v after the reset, (v - vth) * unit before the reset)."""
+        syn, mem = LoihiState.apply(x, syn, mem, params, 1.0 / self.unit)
+        vth = params[-1]
+        shifted = (mem - vth) * self.unit
+        spk = self.spike_grad(shifted)
+        return spk, syn, mem * (1.0 - spk.detach()), shifted
+
     def forward(self, input_, syn, mem):  # noqa: D401 - snnTorch's step signature
-        alpha, beta, theta = self.quantized()
-        syn = alpha * syn + input_
-        mem = beta * mem + syn
-        spk = self.spike_grad(mem - theta)
-        mem = mem * (1.0 - spk.detach())
+        spk, syn, mem, _ = self.step(input_, syn, mem, self.step_params())
         return spk, syn, mem
 
     def run(self, x):
         """Run the whole sequence x of shape (T, B, ...) from zero state; returns spikes (T, B, ...)."""
+        params = self.step_params()
         syn = torch.zeros_like(x[0])
         mem = torch.zeros_like(x[0])
         out = []
-        for t in range(x.shape[0]):
-            spk, syn, mem = self.forward(x[t], syn, mem)
+        for xt in x.unbind(0):  # unbind: one backward node for all steps (x[t] adds a zero-filled
+            spk, syn, mem, _ = self.step(xt, syn, mem, params)  # (T, ...) gradient per step)
             out.append(spk)
         return torch.stack(out)

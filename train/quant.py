@@ -1,7 +1,8 @@
 """Quantisation-aware training helpers: keep what the student computes with on Loihi's grids.
 
 Loihi (Lava fixed point) stores weights as 8-bit integers, thresholds as integers in the same unit as
-the weights (vth << 6 against a_in << 6) and decays as 12-bit fractions of 4096 (SPEC.md section 3).
+the weights (vth << 6 against a_in << 6) and decays as 12-bit fractions of 4096 (the docstring of
+hwmodels/loihi.py; docs/loihi_net.md).
 A float value x on a grid of step s is x = s * k with k an integer; the straight-through estimator
 (STE) passes gradients through the rounding unchanged.
 """
@@ -11,6 +12,8 @@ WEIGHT_BITS = 8
 WEIGHT_MIN, WEIGHT_MAX = -(2 ** (WEIGHT_BITS - 1)), 2 ** (WEIGHT_BITS - 1) - 1
 DECAY_SCALE = 4096  # decays are integers out of 4096 (12 bits)
 THRESHOLD_MAX = 2 ** 17 - 1  # vThMant is 17-bit unsigned
+ACT_SHIFT = 6  # Loihi adds synaptic input as a << 6 and compares v with vThMant << 6
+STATE_MAX = 2 ** 23  # u, v are 24-bit signed
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:

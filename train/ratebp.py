@@ -1,25 +1,28 @@
-"""Rate-based backpropagation (Yu et al., NeurIPS 2024; SPEC.md section 5) for the spiking students.
+"""Rate-based backpropagation (Yu et al., NeurIPS 2024; docs/kd.md) for the spiking students.
 
 Training step, instead of backpropagation through time (BPTT):
 
-1. Spike pass, no autograd: run the student step by step, keeping per spiking layer only its state,
-   its spike count and its eligibility
-       e = mean_t f_t * sigma'(v_t - theta)
-   where v_t is the membrane before reset and sigma' the layer's surrogate derivative.
+1. Spike pass, no autograd: run the student step by step with each layer's own neuron step
+   (`LoihiCUBA.step`, Loihi's integer arithmetic, the one the forward pass uses), keeping per
+   spiking layer only its state, its spike count and its eligibility
+       e = mean_t f_t * sigma'(V_t - theta)
+   where V_t - theta is the membrane before reset minus the threshold, in weight units (the
+   surrogate's input in `LoihiCUBA.step`) and sigma' the layer's surrogate derivative.
 2. Rate pass, with autograd: one pass of the same network on firing rates. The input is the mean
    input r_in = mean_t x_t; synaptic layers are linear, so the current into a layer is the time
    mean of its BPTT current; each spiking layer outputs
        y = r + x*e - (x*e).detach()          (value r, the measured rate; dy/dx = e)
    with x the rate-domain input current. Autograd saves one step's worth of tensors whatever T is.
 
-f_t for the CUBA neuron (train/neurons.py: I_t = alpha I_{t-1} + x_t, V_t = beta V_{t-1} + I_t,
-V_t <- V_t (1 - S_t) with the reset's spike detached, as BPTT sees it). A constant input x gives
+f_t for the CUBA neuron as BPTT differentiates it (train/neurons.py: truncation, wrap and clip are
+straight-through, so the gradient is that of I_t = alpha I_{t-1} + x_t, V_t = beta V_{t-1} + I_t,
+V_t <- V_t (1 - S_t) with the reset's spike detached). A constant input x gives
     dI_t/dx = g_t,  g_0 = 1, g_t = 1 + alpha g_{t-1}             (the current is not reset)
     dV_t/dx = f_t,  f_0 = 1, f_t = g_t + beta (1 - S_{t-1}) f_{t-1}   (V before its reset)
 so d(mean_t S_t)/dx = mean_t sigma'(V_t - theta) f_t = e. The reset factor (1 - S_{t-1}) is the
 reference's hard-reset trace (Tab-ct/rate-based-backpropagation, calcu_elig_factor_hard_reset,
 without its sigma' term, which our detached reset does not have); without it (f_t = g_t + beta
-f_{t-1}, SPEC.md's reset-free recursion) a neuron that fires keeps a growing trace and conv
+f_{t-1}, the reset-free recursion) a neuron that fires keeps a growing trace and conv
 gradients come out several times too large. With alpha = 0 (plain LIF) g_t = 1. For one spiking
 layer and a constant input this is exactly the BPTT gradient, spikes or not (tests/test_ratebp.py);
 with more layers it approximates it.
@@ -79,28 +82,28 @@ def _graph_and_last(model):
 
 
 class _SpikePass:
-    """Stateful neuron callback for the no-grad step-by-step pass: accumulates rates and e."""
+    """Stateful neuron callback for the no-grad step-by-step pass: accumulates rates and e.
+    The neuron update is the layer's own `LoihiCUBA.step` (Loihi's integer arithmetic)."""
 
     def __init__(self, timesteps):
         self.timesteps = timesteps
-        self.params = {}  # name -> (alpha, beta, theta), quantised once per pass
+        self.params = {}  # name -> LoihiCUBA.step_params(), computed once per pass
         self.state = {}  # name -> [syn, mem, g, f, spike sum, eligibility sum]
 
     def __call__(self, name, layer, x):
         if name not in self.state:
-            self.params[name] = layer.quantized()
+            self.params[name] = layer.step_params()
             zero = torch.zeros_like(x)
-            self.state[name] = [zero, zero, 0.0, 0.0, zero, zero]
-        alpha, beta, theta = self.params[name]
+            self.state[name] = [zero, zero, 0.0, 0.0, torch.zeros_like(x), torch.zeros_like(x)]
+        _, _, alpha, beta, _ = self.params[name]
         syn, mem, g, f, count, elig = self.state[name]
-        syn = alpha * syn + x
-        mem = beta * mem + syn
+        spk, syn, mem, shifted = layer.step(x, syn, mem, self.params[name])
         g = 1.0 + alpha * g
         f = g + beta * f                     # f holds (1 - S_{t-1}) f_{t-1} from the last step
-        spk = layer.spike_grad(mem - theta)
-        elig = elig + f * surrogate_derivative(layer.spike_grad, mem - theta)
+        elig.addcmul_(f, surrogate_derivative(layer.spike_grad, shifted))
+        count.add_(spk)
         keep = 1.0 - spk                     # the hard reset clears V and its dependence on x
-        self.state[name] = [syn, mem * keep, g, f * keep, count + spk, elig]
+        self.state[name] = [syn, mem, g, f * keep, count, elig]
         return spk
 
     def rates_and_eligibility(self):

@@ -115,12 +115,13 @@ class LoihiCUBA(snn.Synaptic):
         alpha, beta, theta = (p.detach() for p in self.quantized())
         return alpha.double(), beta.double(), alpha, beta, torch.round(theta / self.unit)
 
-    def step(self, x, syn, mem, params):
-        """One step: returns (spikes, u, v after the reset, (v - vth) * unit before the reset)."""
+    def step(self, x, syn, mem, params, fire=None):
+        """One step: returns (spikes, u, v after the reset, (v - vth) * unit before the reset).
+        `fire` (default `spike_grad`) maps (v - vth) * unit to the spikes."""
         syn, mem = LoihiState.apply(x, syn, mem, params, 1.0 / self.unit)
         vth = params[-1]
         shifted = (mem - vth) * self.unit
-        spk = self.spike_grad(shifted)
+        spk = (fire or self.spike_grad)(shifted)
         return spk, syn, mem * (1.0 - spk.detach()), shifted
 
     def forward(self, input_, syn, mem):  # noqa: D401 - snnTorch's step signature

@@ -45,12 +45,14 @@ from .models import SpikingCNN, SpikingResNet, StudentOutput
 from .neurons import LoihiCUBA
 
 
-def surrogate_derivative(spike_grad, u):
-    """sigma'(u) of a surrogate spike function, elementwise, by autograd (any surrogate)."""
+def spike_and_derivative(spike_grad, u):
+    """(spikes, sigma'(u)) of a surrogate spike function, elementwise, by autograd (any
+    surrogate)."""
     with torch.enable_grad():
         u = u.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(spike_grad(u).sum(), u)
-    return grad
+        spk = spike_grad(u)
+        (grad,) = torch.autograd.grad(spk.sum(), u)
+    return spk.detach(), grad
 
 
 def _cnn_graph(model, x, neuron):
@@ -97,10 +99,17 @@ class _SpikePass:
             self.state[name] = [zero, zero, 0.0, 0.0, torch.zeros_like(x), torch.zeros_like(x)]
         _, _, alpha, beta, _ = self.params[name]
         syn, mem, g, f, count, elig = self.state[name]
-        spk, syn, mem, shifted = layer.step(x, syn, mem, self.params[name])
+        slope = []
+
+        def fire(shifted):                   # the spikes and sigma' from one surrogate call
+            spk, d = spike_and_derivative(layer.spike_grad, shifted)
+            slope.append(d)
+            return spk
+
+        spk, syn, mem, _ = layer.step(x, syn, mem, self.params[name], fire)
         g = 1.0 + alpha * g
         f = g + beta * f                     # f holds (1 - S_{t-1}) f_{t-1} from the last step
-        elig.addcmul_(f, surrogate_derivative(layer.spike_grad, shifted))
+        elig.addcmul_(f, slope[0])
         count.add_(spk)
         keep = 1.0 - spk                     # the hard reset clears V and its dependence on x
         self.state[name] = [syn, mem, g, f * keep, count, elig]

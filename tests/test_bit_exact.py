@@ -128,15 +128,19 @@ def mismatches(out, result):
             for k in out.spikes}
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("build", [tiny_scnn, tiny_sresnet], ids=["scnn", "sresnet"])
-def test_trained_student_equals_emulator_on_every_spike(build, monkeypatch):
+def test_trained_student_equals_emulator_on_every_spike(build, device, monkeypatch):
     model = trained(build, seed=0)
     net, _ = build_net(student_to_nir(model))
     g = torch.Generator().manual_seed(1)
     x = (torch.rand(24, 48, 1, 10, 10, generator=g) < 0.35).float()    # (T, B, ...), T = 24
-    result = Emulator(net).run(x.transpose(0, 1))
+    result = Emulator(net).run(x.transpose(0, 1))                      # on CPU
     with torch.no_grad():
-        out = model(x)
+        out = model.to(device)(x.to(device))
+    out.spikes = {k: s.cpu() for k, s in out.spikes.items()}
+    out.logits_t = out.logits_t.cpu()
+    model.cpu()                                        # the float-neuron check below on CPU
     assert set(out.spikes) <= set(result.spikes)        # the emulator adds relay groups
     total = sum(int(s.sum()) for s in out.spikes.values())
     assert total > 5000 and all(s.sum() > 0 for s in out.spikes.values())

@@ -47,10 +47,10 @@ from .quant import ACT_SHIFT, STATE_MAX, quantize_decay, quantize_threshold
 
 
 def decay_add(x, keep, add):
-    """trunc(x * keep) + add, exact for integer-valued float32 x (|x| < 2^24) and keep on the
-    1/4096 grid (float64): the product has at most 36 significant bits, the int32 conversion
-    truncates toward zero."""
-    return x.double().mul_(keep).to(torch.int32).to(torch.float32).add_(add)
+    """trunc(x * keep) + add, exact for integer-valued x (|x| < 2^24) and keep on the 1/4096 grid
+    (float64): the product has at most 36 significant bits, the int32 conversion truncates toward
+    zero. The result has add's dtype."""
+    return x.double().mul_(keep).to(torch.int32).to(add.dtype).add_(add)
 
 
 def wrap24(u):

@@ -23,10 +23,12 @@ import torch
 from torch.nn import functional as F
 
 import nir
+from hwmodels.loihi import ACT_SHIFT, DECAY_UNITY, VTH_SHIFT, neuron_step
 
 DEFAULT_DT = 1e-4   # snnTorch's hard-coded step: export.to_nir's default, never a reader's fallback
 DT_RTOL = 1e-4      # the r = tau/dt convention: all neurons must give the same dt within this
 GAIN_RTOL = 1e-6    # an Euler input gain this close to 1 is float32 round-off of r = tau/dt
+GRID_RTOL = 1e-6    # a Loihi integer (decay, threshold in steps) read back from float parameters
 
 SPIKING = (nir.LIF, nir.CubaLIF, nir.IF)
 NON_SPIKING = (nir.I, nir.LI, nir.CubaLI)
@@ -471,8 +473,68 @@ def _identity(node):
     return Stateless(lambda x: x)
 
 
-def node_simulator(name, node, dt):
-    """The per-step simulator of one NIR node."""
+class LoihiStep:
+    """CubaLIF / LIF read as Loihi's fixed-point neuron (`run_graph(..., arithmetic="loihi")`,
+    for graphs that declare a `weight_step`, as export.to_nir writes them; docs/nir.md):
+
+        iDecay = 4096 dt / tau_syn (4096 for LIF), vDecay = 4096 dt / tau_mem,
+        vThMant = v_threshold / weight_step, input a = x / (weight_step / 64) in state units
+
+    and one step is hwmodels.loihi.neuron_step, Lava's bit-accurate CUBA step (truncated decays,
+    24-bit u wrap, v clip, strict threshold, reset to zero). The NIR input gains must be 1
+    (w_in = tau_syn / dt, r = tau_mem / dt) and v_leak = v_reset = 0; NIRError names the node
+    otherwise."""
+
+    def __init__(self, name, node, dt, step):
+        cuba = isinstance(node, nir.CubaLIF)
+        tau_mem = node.tau_mem if cuba else node.tau
+        ratio_mem = dt / _array(tau_mem)
+        gains = [_gain(ratio_mem, node.r)]
+        i_decay = np.full(np.shape(ratio_mem), float(DECAY_UNITY))
+        if cuba:
+            ratio_syn = dt / _array(node.tau_syn)
+            gains.append(_gain(ratio_syn, node.w_in))
+            i_decay = DECAY_UNITY * ratio_syn
+        checks = {"input gain (w_in dt / tau_syn, r dt / tau_mem)": all(np.all(g == 1.0)
+                                                                       for g in gains),
+                  "v_leak = 0": not np.any(_array(node.v_leak)),
+                  "v_reset = 0": not np.any(_array(node.v_reset))}
+        self.i_decay = _integer(name, "iDecay = 4096 dt / tau_syn", i_decay)
+        self.v_decay = _integer(name, "vDecay = 4096 dt / tau_mem", DECAY_UNITY * ratio_mem)
+        self.vth = _integer(name, "v_threshold / weight_step", _array(node.v_threshold) / step)
+        for what, ok in checks.items():
+            if not ok:
+                raise NIRError(f"node {name!r}: Loihi arithmetic needs {what}")
+        self.step_size = step
+        self.shape = _shape(tau_mem, node.r, node.v_threshold)
+
+    def reset(self, batch):
+        self.u = torch.zeros(batch, *self.shape, dtype=torch.int64)
+        self.v = torch.zeros(batch, *self.shape, dtype=torch.int64)
+
+    def step(self, x):
+        # input in state units (weight_step / 64): exact for spikes, rounded for analog input
+        a = torch.round(x.double() * (2 ** ACT_SHIFT / self.step_size)).to(torch.int64)
+        self.u, self.v, s = neuron_step(self.u, self.v, a, (self.i_decay, self.v_decay,
+                                                           self.vth << VTH_SHIFT, None), 0)
+        return s.to(torch.float32)
+
+
+def _integer(name, what, values) -> torch.Tensor:
+    """values as int64 when they are integers (within GRID_RTOL), else NIRError naming the node."""
+    values = np.asarray(values, dtype=np.float64)
+    k = np.rint(values)
+    if np.any(np.abs(values - k) > GRID_RTOL * np.maximum(1.0, np.abs(k))):
+        raise NIRError(f"node {name!r}: {what} is not an integer ({values.min():g}.."
+                       f"{values.max():g}); not Loihi arithmetic")
+    return torch.as_tensor(k.astype(np.int64))
+
+
+def node_simulator(name, node, dt, weight_step=None):
+    """The per-step simulator of one NIR node; with `weight_step`, CubaLIF / LIF run Loihi's
+    integer arithmetic (LoihiStep)."""
+    if weight_step is not None and isinstance(node, (nir.CubaLIF, nir.LIF)):
+        return LoihiStep(name, node, dt, weight_step)
     neurons = {nir.CubaLIF: lambda: CubaLIFStep(node, dt),
                nir.CubaLI: lambda: CubaLIFStep(node, dt, spiking=False),
                nir.LIF: lambda: LIFStep(node, dt),
@@ -513,15 +575,23 @@ def _zeros(graph, src, dst, batch):
     raise NIRError(f"node {src!r}: recurrent edge to {dst!r} needs the node's output_type")
 
 
-def run_graph(graph: nir.NIRGraph, x, dt=None) -> dict:
+def run_graph(graph: nir.NIRGraph, x, dt=None, arithmetic="float") -> dict:
     """Simulate `graph` on input x of shape (T, B, ...) from zero state.
 
     Nested graphs are flattened first (node names "outer.inner"). An edge in
     recurrent_edges(graph) delivers its source's output of step t-1 (zeros at t = 0); the others
     that of step t. dt: resolve_dt(graph) when None. x is a tensor for a graph with one Input
     node, or a dict {input name: tensor}. Returns {node name: (T, B, ...) float32 outputs of that
-    node at every step}.
+    node at every step}. arithmetic: "float" (NIR's equations, Euler steps in float32) or "loihi"
+    (spiking neurons as Loihi's integer neuron on the graph's metadata weight_step, LoihiStep).
     """
+    step = None
+    if arithmetic == "loihi":
+        step = (graph.metadata or {}).get("weight_step")
+        if step is None:
+            raise NIRError("arithmetic='loihi' needs the graph's metadata weight_step")
+    elif arithmetic != "float":
+        raise ValueError(f"arithmetic must be 'float' or 'loihi', not {arithmetic!r}")
     graph = flatten_graph(graph)
     dt = graph_dt(graph) if dt is None else float(dt)
     inputs = x if isinstance(x, dict) else {name: x for name in graph.inputs}
@@ -531,7 +601,7 @@ def run_graph(graph: nir.NIRGraph, x, dt=None) -> dict:
     order = topological_order(graph, skip=rec)
     sources = {name: [(src, (src, name) in rec) for src in predecessors(graph, name)]
                for name in order}
-    sims = {name: node_simulator(name, graph.nodes[name], dt) for name in order}
+    sims = {name: node_simulator(name, graph.nodes[name], dt, step) for name in order}
     steps, batch = next(iter(inputs.values())).shape[:2]
     for sim in sims.values():
         sim.reset(batch)

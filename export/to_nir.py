@@ -221,7 +221,7 @@ def compare(graph, out, x) -> dict:
     Returns {'spikes': {layer: mismatching spike count}, 'spike_total', 'readout_max_abs',
     'logits_max_abs', 'ok'}; ok needs every spike equal and the readout within tolerance.
     """
-    ref = run_graph(graph, x)
+    ref = run_graph(graph, x, arithmetic="loihi")
     mismatches = {n: int((ref[n] != out.spikes[n]).sum()) for n in neuron_names(graph)}
     readout_t = ref[graph_readout(graph)]
     logits = ref["integrator"][-1] / x.shape[0]

@@ -515,11 +515,12 @@ def _trunc_decay(x, decay):
     return torch.div(x * (DECAY_UNITY - decay), DECAY_UNITY, rounding_mode="trunc")
 
 
-def neuron_step(u, v, a, group_params):
+def neuron_step(u, v, a, group_params, act_shift=ACT_SHIFT):
     """One Loihi CUBA step on int64 tensors; returns (u, v, spikes). group_params: (iDecay,
-    vDecay, vth << 6, bias << 6 or None)."""
+    vDecay, vth << 6, bias << 6 or None); the input a is added as a << act_shift (Lava's a_in
+    in weight steps; act_shift 0 takes a already in state units, as for graded input)."""
     i_decay, v_decay, vth, bias = group_params
-    u = _trunc_decay(u, i_decay) + (a << ACT_SHIFT)
+    u = _trunc_decay(u, i_decay) + (a << act_shift)
     u = torch.where(u > STATE_MAX, u - 2 * STATE_MAX,
                     torch.where(u <= -STATE_MAX, u + 2 * STATE_MAX, u))
     v = _trunc_decay(v, v_decay) + u

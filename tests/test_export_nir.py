@@ -158,8 +158,8 @@ def test_cli_refuses_a_mismatch(scnn, tmp_path, monkeypatch):
     save_checkpoint(tmp_path / "student.pt", scnn, "student", encoding=ENCODING,
                     dataset="mnist5k")
 
-    def broken(graph, x):
-        out = run_graph(graph, x)
+    def broken(graph, x, **kw):
+        out = run_graph(graph, x, **kw)
         out["lif2"] = 1 - out["lif2"]
         return out
 
@@ -339,3 +339,31 @@ def test_interpreter_refuses_cycles():
                          type_check=False)
     with pytest.raises(ValueError, match="cycle through a, b"):
         run_graph(graph, torch.zeros(2, 1, 2))
+
+
+def test_interpreter_loihi_arithmetic_is_what_the_student_computes():
+    """Our students compute Loihi's integer neuron: the interpreter's loihi mode reproduces every
+    spike; NIR's float equations (no truncation) do not on long runs with leaky decays."""
+    torch.manual_seed(0)
+    model = SpikingCNN(in_shape=(1, 8, 8), channels=(4,), kernels=(3,), strides=(2,),
+                       hidden=(16,), alpha=0.3, beta=0.9).eval()
+    graph = student_to_nir(model)
+    x = (torch.rand(32, 64, 1, 8, 8) < 0.3).float()
+    with torch.no_grad():
+        out = model(x)
+    assert_all_layers_spike(out)
+    assert compare(graph, out, x)["ok"]
+    ref = run_graph(graph, x)  # float
+    assert sum(int((ref[n] != out.spikes[n]).sum()) for n in ("lif1", "lif2")) > 0
+
+
+def test_interpreter_loihi_arithmetic_refusals(scnn):
+    graph = student_to_nir(scnn)
+    x = torch.zeros(2, 1, 1, 28, 28)
+    bare = nir.NIRGraph(nodes=graph.nodes, edges=graph.edges, metadata={"dt": 1e-4},
+                        type_check=False)
+    with pytest.raises(NIRError, match="weight_step"):
+        run_graph(bare, x, arithmetic="loihi")
+    graph.nodes["lif1"].tau_syn = graph.nodes["lif1"].tau_syn * 1.001
+    with pytest.raises(NIRError, match="'lif1'.*iDecay"):
+        run_graph(graph, x, arithmetic="loihi")

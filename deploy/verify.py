@@ -192,15 +192,24 @@ def points(a, b):
 
 
 def verdict(report, min_agreement):
-    """(ok, one line): Lava == emulator on every sample, and float-vs-Loihi agreement high enough."""
+    """(ok, one line): Lava == emulator on every sample; for our own students (whose float
+    neuron computes Loihi's arithmetic) float == emulator on every spike; and float-vs-Loihi
+    prediction agreement high enough."""
     be, ag = report["bit_exact"], report["agreement"]["float_vs_emulator"]
+    fe = be["float_vs_emulator"]
     if be["mismatched_samples"]:
         return False, (f"FAIL: {be['mismatched_samples']} of {be['n']} samples differ between "
                        f"Lava and the emulator")
+    if report["float"]["loihi_exact"] and fe and fe["mismatched_spikes"]:
+        return False, (f"FAIL: {fe['mismatched_spikes']} spikes in {fe['mismatched_samples']} of "
+                       f"{fe['n']} samples differ between the float student and the emulator "
+                       f"(the student computes Loihi's arithmetic: they must be equal)")
     if ag is not None and ag < min_agreement:
         return False, (f"FAIL: float vs Loihi prediction agreement {ag:.4f} < --min-agreement "
                        f"{min_agreement} (see verify.md for the per-layer cause)")
     float_part = "no float model" if ag is None else f"float/Loihi agreement {ag:.4f}"
+    if report["float"]["loihi_exact"] and fe:
+        float_part += f"; float == emulator on every spike of {fe['n']} samples"
     return True, f"PASS: Lava == emulator on {be['n']} samples; {float_part}"
 
 
@@ -299,7 +308,8 @@ def _cores():
 
 
 def float_reference(args, run, graph):
-    """(model or None, checkpoint dict, note): student.pt for our runs, else the graph's float model."""
+    """(model or None, checkpoint dict, note): student.pt for our runs, else the graph's float
+    model (our own student again when export.to_nir wrote the graph)."""
     ckpt_path = run / "student.pt"
     if not args.nir and ckpt_path.is_file():
         from train.checkpoint import CheckpointError, load_model
@@ -313,6 +323,16 @@ def float_reference(args, run, graph):
         return float_model(graph, dt=args.dt), {}, "export.from_nir.float_model"
     except NIRError as e:
         return None, {}, f"no float model: {str(e).splitlines()[0]}"
+
+
+def is_our_student(graph, model):
+    """True when export.to_nir wrote the graph and the float model runs LoihiCUBA neurons (our
+    students), which compute Loihi's integer arithmetic: then float and emulator must agree on
+    every spike."""
+    from export.to_nir import PRODUCER
+    from train.neurons import LoihiCUBA
+    return model is not None and (graph.metadata or {}).get("producer") == PRODUCER and \
+        any(isinstance(m, LoihiCUBA) for m in model.modules())
 
 
 def load_inputs(args, ckpt, meta, nir_path):
@@ -346,8 +366,8 @@ def verify(args):
     runs = run_all(model, net, net_path, x, args, device)
     if args.save_outputs:
         save_outputs(out_dir / "outputs.npz", runs.steps_f, runs.steps_e, runs.lava)
-    report = build_report(runs, y, args, device, float_source, net, fit,
-                          {"nir": str(nir_path), "net": str(net_path)})
+    report = build_report(runs, y, args, device, float_source, is_our_student(graph, model),
+                          net, fit, {"nir": str(nir_path), "net": str(net_path)})
     ok, report["verdict"] = verdict(report, args.min_agreement)
     write_reports(out_dir, report)
     return report, out_dir, ok
@@ -396,11 +416,11 @@ def run_all(model, net, net_path, x, args, device) -> Runs:
     return runs
 
 
-def build_report(r: Runs, y, args, device, float_source, net, fit, files) -> dict:
+def build_report(r: Runs, y, args, device, float_source, loihi_exact, net, fit, files) -> dict:
     n, n_lava, fp = len(r.emu_pred), r.n_lava, r.float_pred
     return {
         "float": {"accuracy": accuracy(fp, y), "n": 0 if fp is None else n, "device": device,
-                  "source": float_source},
+                  "source": float_source, "loihi_exact": loihi_exact},
         "emulator": {"accuracy": accuracy(r.emu_pred, y), "n": n, "samples_per_s": r.emu_rate,
                      "device": device},
         "lava": {"accuracy": accuracy(r.lava_pred, y), "n": n_lava,

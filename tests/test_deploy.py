@@ -273,7 +273,7 @@ def test_residual_student_gets_relays_and_matches_the_float_model():
     assert torch.equal(out.logits.argmax(-1), r.predictions)
     total = sum(int(v.sum()) for v in out.spikes.values())
     diff = sum(int((out.spikes[k].transpose(0, 1).bool() != r.spikes[k]).sum()) for k in out.spikes)
-    assert total > 1000 and diff <= total // 1000  # the float neuron does not truncate (issue 13)
+    assert total > 1000 and diff == 0  # the student computes Loihi's integer neuron
 
 
 def test_peer_graphs_compile_without_flags():
@@ -432,6 +432,21 @@ def test_verify_residual_and_recurrent_graphs_in_lava(tmp_path):
         assert rep["bit_exact"]["n"] == 6 and rep["bit_exact"]["mismatched_samples"] == 0, name
 
 
+def test_verdict_requires_every_spike_for_our_students():
+    from deploy.verify import verdict
+    fe = {"n": 10, "mismatched_samples": 1, "mismatched_spikes": 3, "per_layer": {"lif1": 3}}
+    report = {"bit_exact": {"n": 5, "mismatched_samples": 0, "float_vs_emulator": fe},
+              "agreement": {"float_vs_emulator": 1.0}, "float": {"loihi_exact": True}}
+    ok, line = verdict(report, 0.99)
+    assert not ok and "3 spikes in 1 of 10 samples" in line
+    report["float"]["loihi_exact"] = False  # a foreign graph's float model: agreement decides
+    assert verdict(report, 0.99)[0]
+    fe.update(mismatched_samples=0, mismatched_spikes=0, per_layer={"lif1": 0})
+    report["float"]["loihi_exact"] = True
+    ok, line = verdict(report, 0.99)
+    assert ok and "every spike of 10 samples" in line
+
+
 @lava
 def test_verify_run_folder_with_float_student(tmp_path):
     """The default path: student.pt + student.nir in a run folder, inputs from its dataset."""
@@ -454,6 +469,8 @@ def test_verify_run_folder_with_float_student(tmp_path):
     assert rep["agreement"]["float_vs_emulator"] >= 0.99
     fe = rep["bit_exact"]["float_vs_emulator"]
     assert fe["n"] == 360 and set(fe["per_layer"]) == {"lif1", "lif2"}
+    assert rep["float"]["loihi_exact"] and fe["mismatched_spikes"] == 0  # every spike
+    assert rep["float"]["accuracy"] == rep["emulator"]["accuracy"]
     drop = rep["drop_points"]
     assert drop["float_vs_emulator"] == pytest.approx(
         100 * (rep["float"]["accuracy"] - rep["emulator"]["accuracy"]))

@@ -367,3 +367,37 @@ def test_interpreter_loihi_arithmetic_refusals(scnn):
     graph.nodes["lif1"].tau_syn = graph.nodes["lif1"].tau_syn * 1.001
     with pytest.raises(NIRError, match="'lif1'.*iDecay"):
         run_graph(graph, x, arithmetic="loihi")
+
+
+def test_snntorch_import_from_nir_reads_our_export_as_we_do(scnn):
+    """An outside oracle of the exported file: snnTorch's own import_from_nir of the default
+    student's graph (up to the last spiking layer; snnTorch maps no I readout) gives the same
+    spikes as our interpreter under NIR's float equations, at every step. snnTorch reads
+    Flatten(start_dim=0) with the batch included, so samples run one at a time."""
+    from snntorch.import_nir import import_from_nir
+    graph = student_to_nir(scnn)
+    last = graph_readout_source(graph)
+    keep = [n for n in graph.nodes if n not in ("readout", "integrator", "output")]
+    nodes = {n: graph.nodes[n] for n in keep}
+    nodes["output"] = nir.Output(output_type=graph.nodes[last].output_type["output"])
+    edges = [e for e in graph.edges if e[0] in keep and e[1] in keep] + [(last, "output")]
+    head = nir.NIRGraph(nodes=nodes, edges=edges, metadata=graph.metadata, type_check=False)
+    x = (torch.rand(8, 6, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    ours = run_graph(head, x)[last]
+    theirs = []
+    for b in range(x.shape[1]):
+        net, state, steps = import_from_nir(head), None, []
+        with torch.no_grad():
+            for t in range(x.shape[0]):
+                out = net(x[t, b]) if state is None else net(x[t, b], state)
+                out, state = out if isinstance(out, tuple) else (out, None)
+                steps.append(out)
+        theirs.append(torch.stack(steps))
+    theirs = torch.stack(theirs, 1)
+    assert 0 < float(ours.mean()) < 1
+    assert torch.equal(theirs.float(), ours)
+
+
+def graph_readout_source(graph):
+    """The spiking layer that feeds the readout Affine."""
+    return next(src for src, dst in graph.edges if dst == "readout")

@@ -4,7 +4,7 @@
 Network: when the file holds a netx `layer/` chain, lava-dl's `netx.hdf5.Network` builds it;
 otherwise it is built from Lava's own processes: one `LIFReset` per group (du = iDecay - 1, Lava
 adds 1; dv = vDecay; bias_mant, bias_exp 6), one `Dense` (weights scaled as netx's
-`optimize_weight_bits` does: deploy.netx.weight_bits; Lava clips and truncates them itself) or
+`optimize_weight_bits` does: hwmodels.loihi.netx_weight_bits; Lava clips and truncates them itself) or
 `Conv` per connection, all connections into a group
 summed at its `a_in`, a `RingBuffer` source. Lava works in (W, H, C) order: conv weights go in as
 netx passes them (out, kw, kh, in, spatially flipped), a dense connection reads a (C, H, W) source
@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from deploy.netx import weight_bits
+from hwmodels.loihi import netx_weight_bits as weight_bits
 from hwmodels.loihi import NetxError, Result, read_net
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,14 +29,14 @@ from hwmodels.loihi import (INTEGRATOR, NetxError, lava_dense_realise, lava_dens
                             netx_weight_bits)
 
 
-weight_bits = netx_weight_bits  # netx's optimize_weight_bits (deploy.lava_run uses it)
 
 
 def _joint_realised(weights):
     """Effective weights (float, w * 2^exp) Lava's Dense processes apply when netx scales the
     matrices together (hdf5.create_dense with rec=True): weight_bits of the concatenation, then
     Lava's per-matrix sign mode, 8-bit clip and truncation of LSBs (proc/dense/models.py)."""
-    cat, num_bits, exp = weight_bits(np.hstack([np.asarray(w, dtype=np.int64) for w in weights]))
+    cat, num_bits, exp = netx_weight_bits(
+        np.hstack([np.asarray(w, dtype=np.int64) for w in weights]))
     out, start = [], 0
     for w in weights:
         part = cat[:, start: start + np.shape(w)[1]]

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_loihi_emulator import CHAINS, chain_case, inputs, lively, random_graph, save  # noqa: E402
 
 from deploy.lava_run import check_aligned  # noqa: E402
-from deploy.netx import weight_bits  # noqa: E402
+from hwmodels.loihi import netx_weight_bits as weight_bits  # noqa: E402
 from hwmodels.loihi import Emulator, NetxError, Synapses, lava_dense_weights  # noqa: E402
 
 HAS_LAVA = importlib.util.find_spec("lava") is not None and \

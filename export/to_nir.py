@@ -111,9 +111,11 @@ def integrator_node(n, dt):
 # ---- graph builders ----------------------------------------------------------------------------
 
 class GraphBuilder:
-    """Collects nodes, edges and the shape flowing out of each node."""
+    """The `ops` of a student's dataflow (train.models) that build its NIR graph: values are node
+    names; collects nodes, edges and the shape flowing out of each node."""
 
-    def __init__(self, in_shape):
+    def __init__(self, in_shape, dt):
+        self.dt = float(dt)
         self.nodes, self.edges, self.shapes = {}, [], {}
         self.add("input", nir.Input(input_type=np.array(in_shape)), [], tuple(in_shape))
 
@@ -133,69 +135,38 @@ class GraphBuilder:
             raise ExportError(f"layer {name!r}: {type(layer).__name__} has no NIR/Loihi mapping")
         return self.add(name, node, [source], node.output_type["output"])
 
-    def neuron(self, name, layer, sources, dt):
+    def neuron(self, name, layer, sources):
+        """A neuron node; several sources are summed by NIR's fan-in (edges into one node)."""
         if not isinstance(layer, LoihiCUBA):
             raise ExportError(f"layer {name!r}: {type(layer).__name__} is not a LoihiCUBA neuron")
         shape = self.shapes[sources[0]]
-        return self.add(name, neuron_node(name, layer, shape, dt), sources, shape)
+        for src in sources[1:]:
+            if self.shapes[src] != shape:
+                raise ExportError(f"layer {name!r}: input {src} of shape {self.shapes[src]} does "
+                                  f"not match {sources[0]} {shape}")
+        return self.add(name, neuron_node(name, layer, shape, self.dt), sources, shape)
 
     def flatten(self, name, source):
         shape = self.shapes[source]
         return self.add(name, flatten_node(shape), [source], (int(np.prod(shape)),))
 
-    def readout(self, name, layer, source, dt):
+    def readout(self, name, layer, source):
         if not isinstance(layer, QuantLinear):
             raise ExportError(f"layer {name!r}: the readout must be a QuantLinear, "
                               f"not {type(layer).__name__}")
         out = self.synapse(name, layer, source)
         n = self.shapes[out][0]
-        self.add("integrator", integrator_node(n, dt), [out], (n,))
+        self.add("integrator", integrator_node(n, self.dt), [out], (n,))
         self.add("output", nir.Output(output_type=np.array([n])), ["integrator"], (n,))
-
-
-def _scnn_nodes(model, b, dt):
-    """SpikingCNN: its `layers` in execution order, the last one being the readout."""
-    items = list(model.layers.items())
-    src = "input"
-    for name, layer in items[:-1]:
-        if isinstance(layer, LoihiCUBA):
-            src = b.neuron(name, layer, [src], dt)
-        elif isinstance(layer, nn.Flatten):
-            if (layer.start_dim, layer.end_dim) != (1, -1):
-                raise ExportError(f"layer {name!r}: only Flatten(1, -1) is supported")
-            src = b.flatten(name, src)
-        elif isinstance(layer, (nn.Conv2d, nn.Linear)):
-            src = b.synapse(name, layer, src)
-        else:
-            raise ExportError(f"layer {name!r}: {type(layer).__name__} has no NIR/Loihi mapping")
-    name, layer = items[-1]
-    b.readout(name, layer, src, dt)
-
-
-def _sresnet_nodes(model, b, dt):
-    """SpikingResNet: residual blocks as edges; lif_b sums conv_b and the shortcut."""
-    src = b.neuron("stem_lif", model.stem_lif, [b.synapse("stem", model.stem, "input")], dt)
-    for i, block in enumerate(model.blocks):
-        p = f"blocks.{i}"
-        s1 = b.neuron(f"{p}.lif_a", block.lif_a, [b.synapse(f"{p}.conv_a", block.conv_a, src)], dt)
-        cur = b.synapse(f"{p}.conv_b", block.conv_b, s1)
-        short = src if block.shortcut is None else b.synapse(f"{p}.shortcut", block.shortcut, src)
-        if b.shapes[short] != b.shapes[cur]:
-            raise ExportError(f"layer {p}.shortcut: shape {b.shapes[short]} does not match "
-                              f"{p}.conv_b {b.shapes[cur]}")
-        src = b.neuron(f"{p}.lif_b", block.lif_b, [cur, short], dt)
-    src = b.neuron("head_lif", model.head_lif, [b.synapse("head", model.head, src)], dt)
-    b.readout("readout", model.readout, b.flatten("flatten", src), dt)
 
 
 def student_to_nir(model, ckpt=None, dt=DEFAULT_DT) -> nir.NIRGraph:
     """Map a SpikingCNN / SpikingResNet student to a type-checked NIR graph (docs/nir.md)."""
-    builders = {SpikingCNN: _scnn_nodes, SpikingResNet: _sresnet_nodes}
-    if type(model) not in builders:
+    if not isinstance(model, (SpikingCNN, SpikingResNet)):
         raise ExportError(f"model {type(model).__name__}: no NIR mapping (students: "
                           f"SpikingCNN, SpikingResNet)")
-    b = GraphBuilder(model.config["in_shape"])
-    builders[type(model)](model, b, float(dt))
+    b = GraphBuilder(model.config["in_shape"], dt)
+    model.dataflow("input", b)  # the student's own graph declaration (train.models)
     meta = {"dt": float(dt), "reset": "zero", "producer": PRODUCER,
             "weight_step": float(model.config["weight_step"])}
     if ckpt is not None and "encoding" in ckpt:

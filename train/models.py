@@ -5,6 +5,11 @@ input) and run layer by layer: every synaptic layer is applied to all T steps at
 layer loops over T (the network is feed-forward, so this equals a step-by-step run).
 The readout is a non-spiking integrator: per-step logits z[t] = W s[t], logits = mean_t z[t]
 (= integrator state after T steps / T). See `StudentOutput`.
+
+Each student declares its layer graph once, in `dataflow(x, ops)`: `ops.synapse`,
+`ops.neuron` (summing its list of input currents), `ops.flatten` and `ops.readout` give it a
+meaning. `SequenceOps` runs it on whole sequences (the forward pass); train.ratebp runs it on
+one step or on rates; export.to_nir builds the NIR graph from it.
 """
 from dataclasses import dataclass, field
 
@@ -51,6 +56,44 @@ def _time_batched(module, x):
     return y.reshape(t, b, *y.shape[1:])
 
 
+class SequenceOps:
+    """A student's dataflow on sequences (T, B, ...): synapses on all steps at once, each
+    neuron layer step by step (LoihiCUBA.run) on the sum of its inputs; spikes recorded by name."""
+
+    def __init__(self, spikes=None):
+        self.spikes = {} if spikes is None else spikes
+
+    def synapse(self, name, layer, x):
+        return _time_batched(layer, x)
+
+    def neuron(self, name, layer, inputs):
+        self.spikes[name] = layer.run(sum_inputs(inputs))
+        return self.spikes[name]
+
+    def flatten(self, name, x):
+        return x.flatten(2)
+
+    def readout(self, name, layer, x):
+        return _time_batched(layer, x)
+
+
+def sum_inputs(inputs):
+    """Input currents summed in declaration order (the order fixes float rounding)."""
+    total = inputs[0]
+    for x in inputs[1:]:
+        total = total + x
+    return total
+
+
+def run_dataflow(model, x) -> StudentOutput:
+    """model.dataflow on (T, B, ...) input -> StudentOutput (features['last'] = the spikes of
+    model.feature_layer, the spatial stage SAMD and feature KD use)."""
+    ops = SequenceOps()
+    logits_t = model.dataflow(x, ops)
+    return StudentOutput(logits_t=logits_t, spikes=ops.spikes,
+                         features={"last": ops.spikes[model.feature_layer]})
+
+
 class SpikingCNN(nn.Module):
     """conv -> LIF (x len(channels)) -> flatten -> [linear -> LIF] -> linear integrator readout.
 
@@ -87,18 +130,24 @@ class SpikingCNN(nn.Module):
         self.last_conv_neuron = f"lif{len(channels)}"  # spatial stage used by SAMD / feature KD
         _scale_init(self)
 
-    def forward(self, x) -> StudentOutput:
-        out = StudentOutput(logits_t=None)
-        for name, layer in self.layers.items():
+    @property
+    def feature_layer(self) -> str:
+        return self.last_conv_neuron
+
+    def dataflow(self, x, ops):
+        """self.layers in order; the last one is the readout."""
+        items = list(self.layers.items())
+        for name, layer in items[:-1]:
             if isinstance(layer, LoihiCUBA):
-                x = layer.run(x)
-                out.spikes[name] = x
-                if name == self.last_conv_neuron:
-                    out.features["last"] = x
+                x = ops.neuron(name, layer, [x])
+            elif isinstance(layer, nn.Flatten):
+                x = ops.flatten(name, x)
             else:
-                x = _time_batched(layer, x)
-        out.logits_t = x
-        return out
+                x = ops.synapse(name, layer, x)
+        return ops.readout(*items[-1], x)
+
+    def forward(self, x) -> StudentOutput:
+        return run_dataflow(self, x)
 
 
 class SpikingBlock(nn.Module):
@@ -130,16 +179,16 @@ class SpikingBlock(nn.Module):
             identity_int(weight_step)
         self.lif_b = LoihiCUBA((cout, 1, 1), **neuron)
 
-    def currents(self, x, s1):
-        """lif_b's input current (T, B, C, H, W): conv_b(s1) + shortcut(x)."""
-        short = x if self.shortcut is None else _time_batched(self.shortcut, x)
-        return _time_batched(self.conv_b, s1) + short
+    def dataflow(self, x, ops, prefix):
+        s1 = ops.neuron(f"{prefix}.lif_a", self.lif_a,
+                        [ops.synapse(f"{prefix}.conv_a", self.conv_a, x)])
+        short = x if self.shortcut is None else ops.synapse(f"{prefix}.shortcut", self.shortcut, x)
+        return ops.neuron(f"{prefix}.lif_b", self.lif_b,
+                          [ops.synapse(f"{prefix}.conv_b", self.conv_b, s1), short])
 
     def forward(self, x, spikes, prefix):
-        s1 = self.lif_a.run(_time_batched(self.conv_a, x))
-        s2 = self.lif_b.run(self.currents(x, s1))
-        spikes[f"{prefix}.lif_a"], spikes[f"{prefix}.lif_b"] = s1, s2
-        return s2
+        """Run on (T, B, ...); spikes[prefix.lif_a / prefix.lif_b] are recorded."""
+        return self.dataflow(x, SequenceOps(spikes), prefix)
 
 
 def identity_int(weight_step) -> int:
@@ -190,17 +239,19 @@ class SpikingResNet(nn.Module):
         self.readout = QuantLinear(cin * h * w, num_classes, weight_step)
         _scale_init(self)
 
-    def forward(self, x) -> StudentOutput:
-        out = StudentOutput(logits_t=None)
-        x = self.stem_lif.run(_time_batched(self.stem, x))
-        out.spikes["stem_lif"] = x
+    @property
+    def feature_layer(self) -> str:
+        return f"blocks.{len(self.blocks) - 1}.lif_b"
+
+    def dataflow(self, x, ops):
+        x = ops.neuron("stem_lif", self.stem_lif, [ops.synapse("stem", self.stem, x)])
         for i, block in enumerate(self.blocks):
-            x = block(x, out.spikes, f"blocks.{i}")
-        out.features["last"] = x
-        x = self.head_lif.run(_time_batched(self.head, x))
-        out.spikes["head_lif"] = x
-        out.logits_t = _time_batched(self.readout, x.flatten(2))
-        return out
+            x = block.dataflow(x, ops, f"blocks.{i}")
+        x = ops.neuron("head_lif", self.head_lif, [ops.synapse("head", self.head, x)])
+        return ops.readout("readout", self.readout, ops.flatten("flatten", x))
+
+    def forward(self, x) -> StudentOutput:
+        return run_dataflow(self, x)
 
 
 class SmallCNN(nn.Module):

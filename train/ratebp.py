@@ -41,8 +41,7 @@ import weakref
 
 import torch
 
-from .models import SpikingCNN, SpikingResNet, StudentOutput
-from .neurons import LoihiCUBA
+from .models import SpikingCNN, SpikingResNet, StudentOutput, sum_inputs
 
 
 def spike_and_derivative(spike_grad, u):
@@ -55,32 +54,30 @@ def spike_and_derivative(spike_grad, u):
     return spk.detach(), grad
 
 
-def _cnn_graph(model, x, neuron):
-    """SpikingCNN dataflow on one step (or on rates); spiking layers go through `neuron`."""
-    for name, layer in model.layers.items():
-        x = neuron(name, layer, x) if isinstance(layer, LoihiCUBA) else layer(x)
-    return x
+class StepOps:
+    """A student's dataflow (`model.dataflow`) on one step or on rates (B, ...): stateless
+    layers applied directly, each spiking layer through `neuron(name, layer, current)`."""
+
+    def __init__(self, neuron):
+        self.neuron_fn = neuron
+
+    def synapse(self, name, layer, x):
+        return layer(x)
+
+    def neuron(self, name, layer, inputs):
+        return self.neuron_fn(name, layer, sum_inputs(inputs))
+
+    def flatten(self, name, x):
+        return x.flatten(1)
+
+    def readout(self, name, layer, x):
+        return layer(x)
 
 
-def _resnet_graph(model, x, neuron):
-    """SpikingResNet dataflow on one step (or on rates), as SpikingResNet.forward."""
-    x = neuron("stem_lif", model.stem_lif, model.stem(x))
-    for i, block in enumerate(model.blocks):
-        s1 = neuron(f"blocks.{i}.lif_a", block.lif_a, block.conv_a(x))
-        cur = block.conv_b(s1) + (x if block.shortcut is None else block.shortcut(x))
-        x = neuron(f"blocks.{i}.lif_b", block.lif_b, cur)
-    x = neuron("head_lif", model.head_lif, model.head(x))
-    return model.readout(x.flatten(1))
-
-
-def _graph_and_last(model):
-    """(dataflow function, name of the layer whose spikes are features['last'])."""
-    if isinstance(model, SpikingCNN):
-        return _cnn_graph, model.last_conv_neuron
-    if isinstance(model, SpikingResNet):
-        return _resnet_graph, f"blocks.{len(model.blocks) - 1}.lif_b"
-    raise TypeError(f"rate-based backprop supports SpikingCNN and SpikingResNet, not "
-                    f"{type(model).__name__}")
+def check_student(model):
+    if not isinstance(model, (SpikingCNN, SpikingResNet)):
+        raise TypeError(f"rate-based backprop supports SpikingCNN and SpikingResNet, not "
+                        f"{type(model).__name__}")
 
 
 class _SpikePass:
@@ -122,12 +119,12 @@ class _SpikePass:
 
 def rate_forward(model, x) -> StudentOutput:
     """Spike pass (no autograd), then rate pass (autograd); x is (T, B, ...). See the module doc."""
-    graph, last = _graph_and_last(model)
+    check_student(model)
     timesteps = x.shape[0]
-    spike_pass = _SpikePass(timesteps)
+    spike_pass = StepOps(_SpikePass(timesteps))
     with torch.no_grad():
-        logits_t = torch.stack([graph(model, x[t], spike_pass) for t in range(timesteps)])
-    measured = spike_pass.rates_and_eligibility()
+        logits_t = torch.stack([model.dataflow(xt, spike_pass) for xt in x.unbind(0)])
+    measured = spike_pass.neuron_fn.rates_and_eligibility()
 
     out = StudentOutput(logits_t=None)
 
@@ -137,9 +134,9 @@ def rate_forward(model, x) -> StudentOutput:
         out.spikes[name] = y.unsqueeze(0).expand(timesteps, *y.shape)
         return y
 
-    z = graph(model, x.mean(0), rate_neuron)
+    z = model.dataflow(x.mean(0), StepOps(rate_neuron))
     out.logits_t = logits_t + (z - z.detach()).unsqueeze(0)
-    out.features["last"] = out.spikes[last]
+    out.features["last"] = out.spikes[model.feature_layer]
     return out
 
 

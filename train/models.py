@@ -330,7 +330,6 @@ class ResNet19(nn.Module):
 
 
 ARCHS = {"scnn": SpikingCNN, "sresnet": SpikingResNet, "smallcnn": SmallCNN, "resnet19": ResNet19}
-STUDENTS = ("scnn", "sresnet")
 
 
 def build_model(arch: dict) -> nn.Module:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from train.checkpoint import atomic_write
+from common.files import atomic_write
 from train.distill import teacher_output
 from train.losses import METHODS, add_method_args, build_loss
 from train.models import SmallCNN, SpikingCNN

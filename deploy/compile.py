@@ -35,15 +35,13 @@ import sys
 import nir
 import numpy as np
 
+from common.files import atomic_write
+from common.loihi import BIAS_MAX, DECAY_UNITY, STATE_MAX, VTH_MAX, WEIGHT_MAX, WEIGHT_MIN
 from export.from_nir import NIRError, read_graph
 from export.interpreter import DtError, flatten_graph, recurrent_edges, resolve_dt
-from hwmodels.loihi import (DECAY_UNITY, INTEGRATOR, NEVER_SPIKES, STATE_MAX, VTH_MAX, Net,
-                            NetxError, Neurons, Synapses, conv_out_size, lava_dense_weights,
-                            save_net)
-from train.checkpoint import atomic_write
+from hwmodels.loihi import (INTEGRATOR, NEVER_SPIKES, Net, NetxError, Neurons, Synapses,
+                            conv_out_size, lava_dense_weights, save_net)
 
-WEIGHT_MAX, WEIGHT_MIN = 127, -128
-BIAS_MAX = 4095                      # bias_mant is 13-bit signed
 GRID_RTOL = 1e-4                     # how far W/s may sit from an integer and still be on the grid
 SYNAPSES = (nir.Conv2d, nir.Affine, nir.Linear)
 SHAPERS = (nir.Flatten, nir.SumPool2d, nir.AvgPool2d)

@@ -23,7 +23,8 @@ import torch
 from torch.nn import functional as F
 
 import nir
-from hwmodels.loihi import ACT_SHIFT, DECAY_UNITY, VTH_SHIFT, neuron_step
+from common.loihi import ACT_SHIFT, DECAY_UNITY, VTH_SHIFT
+from hwmodels.loihi import neuron_step
 
 DEFAULT_DT = 1e-4   # snnTorch's hard-coded step: export.to_nir's default, never a reader's fallback
 DT_RTOL = 1e-4      # the r = tau/dt convention: all neurons must give the same dt within this

@@ -41,10 +41,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-DECAY_UNITY = 4096           # decays are fractions of 2^12
-STATE_MAX = 1 << 23          # u, v are 24-bit signed
-VTH_MAX = (1 << 17) - 1      # vThMant is 17-bit unsigned
-ACT_SHIFT = VTH_SHIFT = 6    # a_in and vth are MSB-aligned by 6 bits
+from common.loihi import ACT_SHIFT, DECAY_UNITY, STATE_MAX, VTH_MAX, VTH_SHIFT  # noqa: F401
+
 # netx's default neuron for a dense layer without one; netx writes `1 << 18 - 1`, i.e. 1 << 17
 NEVER_SPIKES = 1 << 17       # vThMant of a group that never spikes (v < 2^23 = (1 << 17) << 6)
 INTEGRATOR = {"iDecay": 0, "vDecay": DECAY_UNITY, "vThMant": NEVER_SPIKES}

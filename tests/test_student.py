@@ -15,7 +15,7 @@ from train.layers import QuantConv2d, QuantLinear
 from train.models import (SmallCNN, SpikingBlock, SpikingCNN, SpikingResNet, StudentOutput,
                           arch_of, build_model, default_arch, identity_int)
 from train.neurons import LoihiCUBA
-from train.quant import DECAY_SCALE, WEIGHT_MAX, WEIGHT_MIN
+from common.loihi import DECAY_UNITY as DECAY_SCALE, WEIGHT_MAX, WEIGHT_MIN
 
 T, B = 3, 4
 

@@ -36,8 +36,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from common.files import atomic_write
+
 from . import distill
-from .checkpoint import atomic_write, load_model
+from .checkpoint import load_model
 from .losses import METHODS
 
 VARIANTS = {

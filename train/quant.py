@@ -8,12 +8,8 @@ A float value x on a grid of step s is x = s * k with k an integer; the straight
 """
 import torch
 
-WEIGHT_BITS = 8
-WEIGHT_MIN, WEIGHT_MAX = -(2 ** (WEIGHT_BITS - 1)), 2 ** (WEIGHT_BITS - 1) - 1
-DECAY_SCALE = 4096  # decays are integers out of 4096 (12 bits)
-THRESHOLD_MAX = 2 ** 17 - 1  # vThMant is 17-bit unsigned
-ACT_SHIFT = 6  # Loihi adds synaptic input as a << 6 and compares v with vThMant << 6
-STATE_MAX = 2 ** 23  # u, v are 24-bit signed
+from common.loihi import (ACT_SHIFT, DECAY_UNITY, STATE_MAX, VTH_MAX,  # noqa: F401
+                          WEIGHT_MAX, WEIGHT_MIN)
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -33,15 +29,15 @@ def weight_to_int(w: torch.Tensor, step: float) -> torch.Tensor:
 
 def decay_to_int(keep: torch.Tensor) -> torch.Tensor:
     """Fraction kept per step (snnTorch alpha/beta) -> Loihi decay = round(4096 * (1 - keep))."""
-    return torch.clamp(torch.round(DECAY_SCALE * (1.0 - keep)), 0, DECAY_SCALE).to(torch.int64)
+    return torch.clamp(torch.round(DECAY_UNITY * (1.0 - keep)), 0, DECAY_UNITY).to(torch.int64)
 
 
 def quantize_decay(keep: torch.Tensor) -> torch.Tensor:
     """Fraction kept per step on the 1/4096 grid (STE)."""
-    lost = torch.clamp(round_ste(DECAY_SCALE * (1.0 - keep)), 0, DECAY_SCALE)
-    return 1.0 - lost / DECAY_SCALE
+    lost = torch.clamp(round_ste(DECAY_UNITY * (1.0 - keep)), 0, DECAY_UNITY)
+    return 1.0 - lost / DECAY_UNITY
 
 
 def quantize_threshold(theta: torch.Tensor, step: float) -> torch.Tensor:
     """Threshold on the weight grid (vThMant = theta / step, at least 1, at most 17 bits)."""
-    return step * torch.clamp(round_ste(theta / step), 1, THRESHOLD_MAX)
+    return step * torch.clamp(round_ste(theta / step), 1, VTH_MAX)

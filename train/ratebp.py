@@ -121,10 +121,11 @@ def rate_forward(model, x) -> StudentOutput:
     """Spike pass (no autograd), then rate pass (autograd); x is (T, B, ...). See the module doc."""
     check_student(model)
     timesteps = x.shape[0]
-    spike_pass = StepOps(_SpikePass(timesteps))
+    spike_pass = _SpikePass(timesteps)
+    ops = StepOps(spike_pass)
     with torch.no_grad():
-        logits_t = torch.stack([model.dataflow(xt, spike_pass) for xt in x.unbind(0)])
-    measured = spike_pass.neuron_fn.rates_and_eligibility()
+        logits_t = torch.stack([model.dataflow(xt, ops) for xt in x.unbind(0)])
+    measured = spike_pass.rates_and_eligibility()
 
     out = StudentOutput(logits_t=None)
 

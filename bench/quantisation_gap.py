@@ -83,7 +83,8 @@ def main(argv=None):
         x = torch.from_numpy(np.load(args.inputs).astype(np.float32))
         source = args.inputs
     else:
-        in_shape = build_net(graph, None, args.timesteps)[0].in_shape
+        inputs = [n for n in graph.nodes.values() if isinstance(n, nir.Input)]
+        in_shape = tuple(int(d) for d in inputs[0].input_type["input"])
         rng = np.random.default_rng(args.seed)
         x = torch.from_numpy((rng.random((args.samples, args.timesteps, *in_shape)) < args.rate)
                              .astype(np.float32))

@@ -43,6 +43,7 @@ from hwmodels.loihi import netx_weight_bits as weight_bits
 from hwmodels.loihi import NetxError, Result, read_net
 
 ROOT = Path(__file__).resolve().parents[1]
+LAVA_CONV_GROUPS_MAX = 127   # Lava's Conv holds `groups` as int8 (lava_conv_groups)
 
 
 def preload():
@@ -179,10 +180,11 @@ def _build_procs(net, steps):
     for s in net.synapses:
         src_shape, dst_shape = net.shape_of(s.src), net.shape_of(s.dst)
         if s.kind == "conv":
-            w = np.asarray(s.weight, dtype=np.int64)[:, :, ::-1, ::-1].transpose(0, 3, 2, 1)
+            weight, groups = lava_conv_groups(s.weight, s.groups)
+            w = weight[:, :, ::-1, ::-1].transpose(0, 3, 2, 1)
             proc = Conv(weight=w.copy(), input_shape=_lava_shape(src_shape),
                         stride=tuple(s.stride[::-1]), padding=tuple(s.padding[::-1]),
-                        dilation=tuple(s.dilation[::-1]), groups=s.groups, name=s.name)
+                        dilation=tuple(s.dilation[::-1]), groups=groups, name=s.name)
             out = proc.a_out
         else:
             w, bits, exp = weight_bits(s.weight)
@@ -200,6 +202,30 @@ def _build_procs(net, steps):
             built.recurrent.append((depth[s.dst], proc))
     built.root = built.lif[net.neurons[0].name]
     return built
+
+
+def lava_conv_groups(weight, groups):
+    """(weight, groups) that Lava's Conv computes exactly: the same convolution with at most
+    LAVA_CONV_GROUPS_MAX groups. int64 torch-order weights (out, in / groups, kh, kw).
+
+    Lava's PyConvModelFixed holds `groups` as an int8 Var (lava-nc 0.10.0, proc/conv/models.py:
+    `groups: np.ndarray = LavaPyType(np.ndarray, np.int8, precision=8)`), so groups = 128 becomes
+    -128 and utils.conv_scipy's loops `range(out // groups)` run zero times: the connection
+    silently sends no current (256 becomes 0: ZeroDivisionError). A convolution with g > 127
+    groups is rewritten as one with G = the largest divisor of g <= 127 groups, each new group
+    holding g / G old ones on its block diagonal (zeros elsewhere): the same sums, so Lava's
+    output equals the emulator's; its cost grows g / G times (docs/loihi_net.md)."""
+    weight = np.asarray(weight, dtype=np.int64)
+    if groups <= LAVA_CONV_GROUPS_MAX:
+        return weight, groups
+    new = max(d for d in range(1, LAVA_CONV_GROUPS_MAX + 1) if groups % d == 0)
+    out, cin_old = weight.shape[:2]
+    out_old, out_new, cin_new = out // groups, out // new, cin_old * groups // new
+    w = np.zeros((out, cin_new, *weight.shape[2:]), dtype=np.int64)
+    for o in range(out):
+        offset = (o // out_old) * cin_old - (o // out_new) * cin_new  # old group's first input
+        w[o, offset: offset + cin_old] = weight[o]
+    return w, new
 
 
 def _feed(port, flat):

@@ -28,6 +28,7 @@ import numpy as np
 from hwmodels.loihi import (INTEGRATOR, NetxError, lava_dense_realise, lava_dense_weights,
                             netx_weight_bits)
 
+from .lava_run import LAVA_CONV_GROUPS_MAX
 
 
 
@@ -54,6 +55,10 @@ def problem(net):
     """None when netx's layer list runs `net` exactly as the emulator does, else why not."""
     if not net.chain():
         return "not a chain (fan-in, fan-out, skips or a non-spiking inner group)"
+    for s in net.synapses:
+        if s.kind == "conv" and s.groups > LAVA_CONV_GROUPS_MAX:
+            return (f"connection {s.name!r}: {s.groups} groups (netx hands them to Lava's Conv, "
+                    f"which holds groups as int8; deploy.lava_run regroups them)")
     for g in net.neurons:
         syns = net.incoming(g.name)
         rec = [s for s in syns if s.recurrent]

@@ -14,11 +14,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_loihi_emulator import CHAINS, chain_case, inputs, lively, random_graph, save  # noqa: E402
+from test_loihi_emulator import (CHAINS, chain_case, conv, dense, group, inputs,  # noqa: E402
+                                 integrator, lively, random_graph, save)
 
 from deploy.lava_run import check_aligned  # noqa: E402
 from hwmodels.loihi import netx_weight_bits as weight_bits  # noqa: E402
-from hwmodels.loihi import Emulator, NetxError, Synapses, lava_dense_weights  # noqa: E402
+from hwmodels.loihi import Emulator, Net, NetxError, Synapses, lava_dense_weights  # noqa: E402
 
 HAS_LAVA = importlib.util.find_spec("lava") is not None and \
     importlib.util.find_spec("lava.lib.dl.netx") is not None
@@ -189,3 +190,42 @@ def test_dense_rec_joint_scaling_equals_netx(seed, rows, cols):
     ours = _joint_realised([w, r])
     assert np.array_equal(ours[0], lava_w * 2.0 ** exp)
     assert np.array_equal(ours[1], lava_r * 2.0 ** exp)
+
+
+# ---- Lava's Conv holds `groups` as int8 (issue 19) ---------------------------------------------
+
+WIDE_GROUPS = [(128, 128), (256, 256), (384, 192), (260, 130)]   # (channels, groups)
+
+
+@pytest.mark.parametrize("channels, groups", WIDE_GROUPS + [(64, 64), (254, 127)])
+def test_regrouped_conv_computes_the_same_sums(channels, groups):
+    from deploy.lava_run import LAVA_CONV_GROUPS_MAX, lava_conv_groups
+    rng = np.random.default_rng(channels)
+    w = rng.integers(-128, 128, (channels, channels // groups, 3, 3))
+    x = torch.from_numpy((rng.random((2, channels, 5, 5)) < 0.5).astype(np.float64))
+    w2, g2 = lava_conv_groups(w, groups)
+    assert g2 <= LAVA_CONV_GROUPS_MAX and channels % g2 == 0
+    assert g2 == groups if groups <= LAVA_CONV_GROUPS_MAX else g2 < groups
+    want = torch.nn.functional.conv2d(x, torch.from_numpy(w).double(), padding=1, groups=groups)
+    got = torch.nn.functional.conv2d(x, torch.from_numpy(w2).double(), padding=1, groups=g2)
+    assert torch.equal(want, got)
+
+
+@lava
+@pytest.mark.parametrize("channels, groups", WIDE_GROUPS)
+@pytest.mark.parametrize("layers", [True, False], ids=["netx", "processes"])
+def test_convs_with_over_127_groups_equal_in_lava(tmp_path, channels, groups, layers):
+    """A depthwise / grouped conv of >= 128 groups (a relay of a 128-channel map, as every
+    residual block of sresnet (64, 128, 256) and ResNet-19 has) sent no current in Lava before
+    lava_run.lava_conv_groups: Lava's Conv holds `groups` as int8 (128 -> -128)."""
+    rng = np.random.default_rng(groups)
+    c, hw = channels, (3, 3)
+    net = Net(in_shape=(c, *hw), neurons=[group(rng, "a", (c, *hw), vth=40),
+                                          integrator("out", (4,))],
+              synapses=[conv(rng, "input", "a", c, c, k=3, p=1, g=groups, lo=0, hi=60),
+                        dense(rng, "a", "out", c * 9, 4)])
+    net.check()
+    x = inputs(net, groups, samples=2, steps=3, rate=0.3)
+    emu, got = run_both(tmp_path, net, x, layers, f"g{groups}")
+    assert emu.spikes["a"].sum() > 0
+    assert_same(emu, got, (channels, groups))

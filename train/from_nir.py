@@ -98,7 +98,7 @@ def read_graph_bytes(data: bytes) -> nir.NIRGraph:
 
 
 def student_from_bytes(data: bytes):
-    """The student of a checkpoint with arch 'nir' (the rounding warnings were shown at training)."""
+    """The student of a checkpoint with arch 'nir' (its rounding was reported at training)."""
     from export.from_nir import student_from_nir
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -137,9 +137,10 @@ def load_graph(path):
 
 def graph_shapes(graph):
     """(input shape, number of classes) of the graph's Input and Output nodes."""
-    shape = lambda node, key: tuple(int(s) for s in np.asarray(node.output_type[key]).reshape(-1))  # noqa: E731,E501
-    return (shape(next(iter(graph.inputs.values())), "output"),
-            int(np.prod(shape(next(iter(graph.outputs.values())), "output"))))
+    def shape(node):
+        return tuple(int(s) for s in np.asarray(node.output_type["output"]).reshape(-1))
+    return (shape(next(iter(graph.inputs.values()))),
+            int(np.prod(shape(next(iter(graph.outputs.values()))))))
 
 
 # ---- data --------------------------------------------------------------------------------------

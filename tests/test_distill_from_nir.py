@@ -131,6 +131,21 @@ def test_subtract_reset_teacher_and_resume(tool, tmp_path, capsys):
     assert "--lr" in capsys.readouterr().err
 
 
+def test_per_step_teacher_scores_are_summed(tool, tmp_path):
+    """(N, T, K) scores give the teacher of their sum over T; heldout.npz keeps the held-out
+    spikes and the teacher's predictions (labels too, without --labels)."""
+    run = tmp_path / "run"
+    assert distill.main(distill_args(tool, run, "--teacher-scores", str(tool / "s_t.npy"),
+                                     "--epochs", "1")) == 0
+    from train.from_nir import split
+    x, s = np.load(tool / "x.npy"), np.load(tool / "s.npy")
+    _, test = split(len(x), 0.3)
+    with np.load(run / "heldout.npz") as f:
+        assert np.array_equal(f["inputs"], x[test])
+        assert np.array_equal(f["teacher_predictions"], s[test].argmax(1))
+        assert np.array_equal(f["labels"], f["teacher_predictions"]) and f["labels_are_teacher"]
+
+
 def test_nir_subtract_reset_by_hand_and_against_snntorch(tool):
     """run_graph(reset="subtract"): v <- v - theta after a spike. One LIF (beta 0.5, theta 1) on a
     constant input 0.9, by hand; then the tool's graph on its inputs predicts as snnTorch does on

@@ -346,11 +346,17 @@ class _Membrane:
         if spiking:
             self.v_th, self.v_reset = _f32(node.v_threshold), _f32(node.v_reset)
 
+    reset_mode = "zero"   # run_graph(reset="subtract"): v <- v - v_threshold where z
+
     def _output(self):
         if not self.spiking:
             return self.v
         z = self.v > self.v_th
-        self.v = torch.where(z, self.v_reset.expand_as(self.v), self.v)
+        if self.reset_mode == "subtract":
+            after = self.v - self.v_th
+        else:
+            after = self.v_reset.expand_as(self.v)
+        self.v = torch.where(z, after, self.v)
         return z.to(torch.float32)
 
 
@@ -576,7 +582,7 @@ def _zeros(graph, src, dst, batch):
     raise NIRError(f"node {src!r}: recurrent edge to {dst!r} needs the node's output_type")
 
 
-def run_graph(graph: nir.NIRGraph, x, dt=None, arithmetic="float") -> dict:
+def run_graph(graph: nir.NIRGraph, x, dt=None, arithmetic="float", reset="zero") -> dict:
     """Simulate `graph` on input x of shape (T, B, ...) from zero state.
 
     Nested graphs are flattened first (node names "outer.inner"). An edge in
@@ -584,8 +590,13 @@ def run_graph(graph: nir.NIRGraph, x, dt=None, arithmetic="float") -> dict:
     that of step t. dt: resolve_dt(graph) when None. x is a tensor for a graph with one Input
     node, or a dict {input name: tensor}. Returns {node name: (T, B, ...) float32 outputs of that
     node at every step}. arithmetic: "float" (NIR's equations, Euler steps in float32) or "loihi"
-    (spiking neurons as Loihi's integer neuron on the graph's metadata weight_step, LoihiStep).
+    (spiking neurons as Loihi's integer neuron on the neuron's metadata weight_step, else the
+    graph's, LoihiStep). reset: "zero" (NIR: v <- v_reset) or "subtract" (float only: v <- v -
+    v_threshold, the default of snnTorch and sinabs, which Loihi lacks; train.from_nir's teacher).
     """
+    if reset not in ("zero", "subtract") or (reset == "subtract" and arithmetic != "float"):
+        raise ValueError(f"reset must be 'zero', or 'subtract' with float arithmetic, "
+                         f"not {reset!r}")
     step = None
     if arithmetic == "loihi":
         step = (graph.metadata or {}).get("weight_step")
@@ -602,7 +613,12 @@ def run_graph(graph: nir.NIRGraph, x, dt=None, arithmetic="float") -> dict:
     order = topological_order(graph, skip=rec)
     sources = {name: [(src, (src, name) in rec) for src in predecessors(graph, name)]
                for name in order}
-    sims = {name: node_simulator(name, graph.nodes[name], dt, step) for name in order}
+    sims = {name: node_simulator(name, graph.nodes[name], dt, step if step is None else
+                                 (graph.nodes[name].metadata or {}).get("weight_step", step))
+            for name in order}
+    for sim in sims.values():
+        if isinstance(sim, _Membrane):
+            sim.reset_mode = reset
     steps, batch = next(iter(inputs.values())).shape[:2]
     for sim in sims.values():
         sim.reset(batch)

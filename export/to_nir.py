@@ -160,18 +160,30 @@ class GraphBuilder:
         self.add("output", nir.Output(output_type=np.array([n])), ["integrator"], (n,))
 
 
+def _meta(ckpt):
+    meta = {}
+    if ckpt is not None and "encoding" in ckpt:
+        meta["timesteps"] = int(ckpt["encoding"]["timesteps"])
+        meta["encoding"] = {k: v for k, v in ckpt["encoding"].items() if v is not None}
+    return meta
+
+
 def student_to_nir(model, ckpt=None, dt=DEFAULT_DT) -> nir.NIRGraph:
-    """Map a SpikingCNN / SpikingResNet student to a type-checked NIR graph (docs/nir.md)."""
+    """Map a SpikingCNN / SpikingResNet student to a type-checked NIR graph (docs/nir.md); a
+    student rebuilt from the user's NIR file (checkpoint arch 'nir', train.from_nir) maps back onto
+    that graph (export.nir_student)."""
+    if ckpt is not None and ckpt.get("arch", {}).get("name") == "nir":
+        from train.from_nir import read_graph_bytes
+        from .nir_student import nir_student_graph
+        return nir_student_graph(model, read_graph_bytes(ckpt["arch"]["config"]["nir"]), dt,
+                                 {"producer": PRODUCER, **_meta(ckpt)})
     if not isinstance(model, (SpikingCNN, SpikingResNet)):
         raise ExportError(f"model {type(model).__name__}: no NIR mapping (students: "
                           f"SpikingCNN, SpikingResNet)")
     b = GraphBuilder(model.config["in_shape"], dt)
     model.dataflow("input", b)  # the student's own graph declaration (train.models)
     meta = {"dt": float(dt), "reset": "zero", "producer": PRODUCER,
-            "weight_step": float(model.config["weight_step"])}
-    if ckpt is not None and "encoding" in ckpt:
-        meta["timesteps"] = int(ckpt["encoding"]["timesteps"])
-        meta["encoding"] = {k: v for k, v in ckpt["encoding"].items() if v is not None}
+            "weight_step": float(model.config["weight_step"]), **_meta(ckpt)}
     try:
         return nir.NIRGraph(nodes=b.nodes, edges=b.edges, metadata=meta, type_check=True)
     except ValueError as e:
@@ -194,8 +206,9 @@ def compare(graph, out, x) -> dict:
     """
     ref = run_graph(graph, x, arithmetic="loihi")
     mismatches = {n: int((ref[n] != out.spikes[n]).sum()) for n in neuron_names(graph)}
-    readout_t = ref[graph_readout(graph)]
-    logits = ref["integrator"][-1] / x.shape[0]
+    readout, integrator = graph_readout(graph)
+    readout_t = ref[readout]
+    logits = (ref[integrator][-1] if integrator else ref[readout].sum(0)) / x.shape[0]
     readout_ok = torch.allclose(readout_t, out.logits_t, rtol=READOUT_RTOL, atol=READOUT_ATOL)
     logits_ok = torch.allclose(logits, out.logits, rtol=READOUT_RTOL, atol=READOUT_ATOL)
     return {"spikes": mismatches, "spike_total": int(sum(int(ref[n].sum()) for n in mismatches)),
@@ -204,8 +217,14 @@ def compare(graph, out, x) -> dict:
             "ok": readout_ok and logits_ok and not any(mismatches.values())}
 
 
-def graph_readout(graph) -> str:
-    return next(src for src, dst in graph.edges if dst == "integrator")
+def graph_readout(graph) -> tuple:
+    """(node whose per-step output is the student's logits_t, the integrator I or None): the
+    Output's source, or the source of the I that feeds the Output."""
+    out = next(iter(graph.outputs))
+    src = next(a for a, b in graph.edges if b == out)
+    if isinstance(graph.nodes[src], nir.I):
+        return next(a for a, b in graph.edges if b == src), src
+    return src, None
 
 
 def check_file(path, model, batches) -> dict:

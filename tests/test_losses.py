@@ -258,6 +258,20 @@ def test_tser_by_hand():
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_tser_gamma_sign_rewards_entropy_and_refuses_negative():
+    """docs/kd.md: L includes -g*H with g >= 0, so raising the per-step entropy lowers the loss;
+    --tser-gamma refuses a negative weight, and 0 drops the term."""
+    assert parse(["--tser-gamma", "0"]).tser_gamma == 0.0
+    with pytest.raises(SystemExit):
+        parse(["--tser-gamma", "-0.1"])
+    y, p = torch.tensor([0]), TeacherOutput(torch.tensor([[0.0, 0.0]]), [], None)
+    z = torch.tensor([[[1.0, 0.0]]], requires_grad=True)             # (T=1, B=1, K=2)
+    loss, parts = TSER(alpha=0.0, gamma=0.5, tau=1.0)(StudentOutput(logits_t=z), y, p)
+    no_ent, _ = TSER(alpha=0.0, gamma=0.0, tau=1.0)(StudentOutput(logits_t=z), y, p)
+    assert loss.item() == pytest.approx(no_ent.item() - 0.5 * parts["entropy"], rel=1e-6)
+    assert parts["entropy"] > 0 and loss.item() < no_ent.item()
+
+
 # ---- esd ---------------------------------------------------------------------------------------
 
 def test_reliable_teacher_by_hand():

@@ -2,7 +2,8 @@
 
 A checkpoint is a dict saved with torch.save:
     format   'snn-kd-loihi/checkpoint'      version  1
-    kind     'teacher' | 'student'          arch     {'name', 'config'} (see train.models)
+    kind     'teacher' | 'student'          arch     {'name', 'config'} (see train.models;
+                                                     'nir': the NIR file's bytes, train.from_nir)
     state_dict, dataset, encoding {'kind', 'timesteps', 'seed'}, epoch, epochs, complete,
     optimizer, scheduler, history, args, settings {flag: value} (what --resume must match)
 Writes go through common.files.atomic_write: a failed write keeps the previous checkpoint.
@@ -23,8 +24,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or not ours."""
 
 
-def save_checkpoint(path, model, kind, **fields):
-    ckpt = {"format": FORMAT, "version": VERSION, "kind": kind, "arch": arch_of(model),
+def save_checkpoint(path, model, kind, arch=None, **fields):
+    """`arch` overrides arch_of(model): {'name': 'nir', 'config': {'nir': bytes}} for a student
+    rebuilt from a NIR file (train.from_nir)."""
+    ckpt = {"format": FORMAT, "version": VERSION, "kind": kind, "arch": arch or arch_of(model),
             "state_dict": model.state_dict(), **fields}
     atomic_write(path, lambda tmp: _save(ckpt, tmp))
 
@@ -110,7 +113,11 @@ def load_model(path, kind=None):
     """Rebuild the model of a checkpoint in eval mode; returns (model, ckpt)."""
     ckpt = load_checkpoint(path, kind)
     try:
-        model = build_model(ckpt["arch"])
+        if ckpt["arch"].get("name") == "nir":  # train.from_nir: the user's graph, our weights
+            from .from_nir import student_from_bytes
+            model = student_from_bytes(ckpt["arch"]["config"]["nir"])
+        else:
+            model = build_model(ckpt["arch"])
         model.load_state_dict(ckpt["state_dict"])
     except (ValueError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{path}: cannot rebuild model: {str(e).splitlines()[0]}") from None

@@ -181,6 +181,9 @@ def test_batches(dataset, encoding=None, data_dir="data", samples=None, batch_si
     (x, y) with x encoded as in training, (T, B, ...), when `encoding` is given, else the raw
     (B, C, H, W) inputs. Export checks, deploy.verify and the energy report all read test data so.
     """
+    if encoding and encoding.get("kind") == "spikes":  # train.from_nir: RUN/heldout.npz
+        from .from_nir import heldout_batches
+        return heldout_batches(encoding, samples, batch_size)
     timesteps = int(encoding["timesteps"]) if encoding else 8
     _, test, info = load_dataset(dataset, data_dir, timesteps=timesteps)
     n = len(test) if samples is None else min(samples, len(test))

@@ -2,6 +2,7 @@
 
     python -m train.distill                       # mnist5k, runs/default, plain logit KD
     python -m train.distill --method none         # cross-entropy only
+    python -m train.distill --from-nir G.nir --inputs X.npy --teacher-reset subtract  # your network
     torchrun --nproc_per_node 2 -m train.distill  # DistributedDataParallel (gloo on CPU, nccl on GPU)
 
 Writes to the run dir: teacher.pt, student.pt (resumable with --resume), train_metrics.json,
@@ -27,6 +28,7 @@ from common.cli import (UsageError, check_writable_dir, device_arg, json_object,
                         positive_float, positive_int, run_guarded)
 from common.files import atomic_write, new_folder, remove_stale_temps
 
+from . import from_nir
 from .checkpoint import (CheckpointError, check_settings, first_difference, load_checkpoint,
                          load_model, plain, save_checkpoint)
 from .data import DATASETS, ENCODINGS, DataError, encode, load_dataset, random_shift
@@ -79,6 +81,7 @@ def build_parser():
                    help="continue an interrupted run (every flag that shapes the run must match)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_method_args(p)
+    from_nir.add_args(p)  # --from-nir G.nir --inputs ... (train/from_nir.py)
     return p
 
 
@@ -458,6 +461,9 @@ def prepare_data(args, world):
 def run(args):
     """Check everything that can be checked (flags, folder, data, student config, --teacher,
     --resume) before creating the run folder or training anything; then train and report."""
+    from_nir.check_args(args)
+    if args.from_nir is not None:  # distil from the user's own network (train/from_nir.py)
+        return from_nir.run(args)
     run_dir = Path(args.run)
     check_writable_dir(run_dir, "--run")
     device, rank, world = setup(args)

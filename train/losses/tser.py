@@ -18,9 +18,10 @@ class TSER(DistillLoss):
          - g * mean_t H(softmax(z_t/tau))
 
     No time averaging before the losses: every step's logits z_t meet the label and the teacher.
-    The sign and weight of the entropy term are not confirmed from the paper: with g > 0 the loss
-    rewards high-entropy (less over-confident) per-step outputs; pass a negative --tser-gamma for
-    the opposite (entropy minimisation).
+    The paper calls the term a regulariser that stabilises training; its sign is not confirmed
+    (SPEC.md). We read it as a confidence penalty: g >= 0, so the loss rewards high-entropy (less
+    over-confident) per-step outputs, and g = 0 turns it off. Entropy minimisation (g < 0) is
+    not offered: --tser-gamma refuses negative values (docs/kd.md).
     """
 
     def __init__(self, alpha=1.0, gamma=0.1, tau=4.0):
@@ -32,7 +33,7 @@ class TSER(DistillLoss):
         parser.add_argument("--tser-alpha", type=non_negative_float, default=1.0,
                             help="tser: weight a of the KD term")
         parser.add_argument("--tser-gamma", type=non_negative_float, default=0.1,
-                            help="tser: weight g of the entropy term (L includes -g*H)")
+                            help="tser: weight g >= 0 of the entropy term (L includes -g*H: rewards entropy)")
         parser.add_argument("--tser-tau", type=positive_float, default=4.0, help="tser: temperature")
 
     @classmethod

@@ -1,0 +1,198 @@
+"""train.distill --from-nir (train/from_nir.py, issue 21): distil a Loihi-exact student from a
+network that snnTorch trained with reset by subtraction and exported itself."""
+import importlib.util
+import json
+import subprocess
+import sys
+
+import nir
+import numpy as np
+import pytest
+import torch
+
+from export.interpreter import run_graph
+from train import distill
+
+HAS_LAVA = importlib.util.find_spec("lava") is not None and \
+    importlib.util.find_spec("lava.lib.dl.netx") is not None
+STEPS, HIDDEN, BETA = 16, 64, 0.875
+
+
+def snntorch_run(net, x):
+    """The tool's own forward: x (N, T, F) -> output spikes (N, T, K)."""
+    from snntorch import utils
+    utils.reset(net)
+    out = []
+    for t in range(x.shape[1]):
+        spk, _ = net(x[:, t])
+        out.append(spk)
+    return torch.stack(out, 1)
+
+
+@pytest.fixture(scope="module")
+def tool(tmp_path_factory):
+    """sklearn's 8x8 digits as rate-coded spikes (T = 16); an snnTorch Linear/Leaky net with
+    reset by subtraction trained 3 epochs on 4/5 of them; its NIR (snnTorch's export_to_nir), the
+    inputs, labels and its own spike counts (N, K)."""
+    import snntorch as snn
+    from sklearn.datasets import load_digits
+    from snntorch.export_nir import export_to_nir
+    d = load_digits()
+    torch.manual_seed(0)
+    img = torch.tensor(d.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(d.target)
+    x = (torch.rand(len(y), STEPS, 64) < img[:, None, :]).float()
+
+    def leaky(n, **kw):
+        return snn.Leaky(beta=torch.full((n,), BETA), threshold=torch.ones(n), init_hidden=True,
+                         reset_mechanism="subtract", **kw)
+    net = torch.nn.Sequential(torch.nn.Linear(64, HIDDEN, bias=False), leaky(HIDDEN),
+                              torch.nn.Linear(HIDDEN, 10, bias=False), leaky(10, output=True))
+    opt = torch.optim.Adam(net.parameters(), lr=5e-3)
+    train = torch.arange(len(y)) % 5 != 0
+    for _ in range(3):
+        for i in range(0, len(y), 64):
+            keep = train[i:i + 64]
+            loss = torch.nn.functional.cross_entropy(
+                snntorch_run(net, x[i:i + 64][keep]).sum(1), y[i:i + 64][keep])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        spikes = snntorch_run(net, x)
+    folder = tmp_path_factory.mktemp("tool")
+    nir.write(str(folder / "g.nir"), export_to_nir(net, torch.zeros(1, 64), ignore_dims=[0]))
+    np.save(folder / "x.npy", x.numpy().astype(np.uint8))
+    np.save(folder / "y.npy", y.numpy())
+    np.save(folder / "s.npy", spikes.sum(1).numpy())
+    np.save(folder / "s_t.npy", spikes.numpy())
+    return folder
+
+
+def main_code(argv):
+    """train.distill's exit code (argparse errors exit through SystemExit)."""
+    try:
+        return distill.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def distill_args(tool, run, *extra):
+    return ["--from-nir", str(tool / "g.nir"), "--inputs", str(tool / "x.npy"),
+            "--run", str(run), "--quiet", "--holdout", "0.3", *extra]
+
+
+def test_distillation_beats_the_graph_as_written_and_deploys_bit_exact(tool, tmp_path):
+    """Held-out agreement with the tool's predictions: distilled > the graph deployed as it is
+    (NIR's float equations with reset to zero, and its Loihi-exact rebuild); then the run goes
+    through export.to_nir, deploy.verify (float == emulator on every spike, Lava == emulator)
+    and hwmodels.energy like our own students."""
+    from export.to_nir import main as export_main
+    from hwmodels import energy
+    run = tmp_path / "run"
+    assert distill.main(distill_args(tool, run, "--teacher-scores", str(tool / "s.npy"),
+                                     "--method", "kd", "--epochs", "10", "--lr", "5e-3")) == 0
+    m = json.loads((run / "train_metrics.json").read_text())
+    assert m["heldout_samples"] == 539 and m["student_accuracy"] is None  # no --labels
+    assert m["student_agreement"] > max(m["as_is_float_agreement"], m["as_is_loihi_agreement"])
+    export_main(["--run", str(run), "--samples", "64"])
+    assert (run / "student.nir").is_file()
+    graph = nir.read(str(run / "student.nir"))
+    assert set(graph.nodes) == {"input", "0", "1", "2", "3", "output"}
+    assert graph.nodes["1"].metadata["reset"] == "zero"
+    lava_samples = "2" if HAS_LAVA else "0"
+    r = subprocess.run([sys.executable, "-m", "deploy.verify", "--run", str(run), "--lava-samples",
+                        lava_samples, "--lava-workers", "1", "--device", "cpu"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((run / "verify.json").read_text())
+    fe = rep["bit_exact"]["float_vs_emulator"]
+    assert rep["float"]["loihi_exact"] and fe["n"] == 539 and fe["mismatched_spikes"] == 0
+    assert set(fe["per_layer"]) == {"1", "3"}
+    assert rep["agreement"]["float_vs_emulator"] == 1.0
+    assert rep["float"]["accuracy"] == pytest.approx(m["student_agreement"])  # labels: teacher's
+    if HAS_LAVA:
+        assert rep["bit_exact"]["n"] == 2 and rep["bit_exact"]["mismatched_samples"] == 0
+    assert energy.main(["--run", str(run)]) == 0
+    assert json.loads((run / "energy.json").read_text())["samples"] == 539
+
+
+def test_subtract_reset_teacher_and_resume(tool, tmp_path, capsys):
+    """--teacher-reset subtract with --labels, CE only; --resume continues or names the flag."""
+    run = tmp_path / "run"
+    args = distill_args(tool, run, "--teacher-reset", "subtract", "--labels",
+                        str(tool / "y.npy"), "--method", "none", "--epochs", "1")
+    assert distill.main(args) == 0
+    m = json.loads((run / "train_metrics.json").read_text())
+    assert 0.8 < m["teacher_accuracy"] <= 1 and m["student_accuracy"] is not None
+    assert distill.main(args + ["--resume"]) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert distill.main(args + ["--resume", "--lr", "1e-4"]) == 2
+    assert "--lr" in capsys.readouterr().err
+
+
+def test_per_step_teacher_scores_are_summed(tool, tmp_path):
+    """(N, T, K) scores give the teacher of their sum over T; heldout.npz keeps the held-out
+    spikes and the teacher's predictions (labels too, without --labels)."""
+    run = tmp_path / "run"
+    assert distill.main(distill_args(tool, run, "--teacher-scores", str(tool / "s_t.npy"),
+                                     "--epochs", "1")) == 0
+    from train.from_nir import split
+    x, s = np.load(tool / "x.npy"), np.load(tool / "s.npy")
+    _, test = split(len(x), 0.3)
+    with np.load(run / "heldout.npz") as f:
+        assert np.array_equal(f["inputs"], x[test])
+        assert np.array_equal(f["teacher_predictions"], s[test].argmax(1))
+        assert np.array_equal(f["labels"], f["teacher_predictions"]) and f["labels_are_teacher"]
+
+
+def test_nir_subtract_reset_by_hand_and_against_snntorch(tool):
+    """run_graph(reset="subtract"): v <- v - theta after a spike. One LIF (beta 0.5, theta 1) on a
+    constant input 0.9, by hand; then the tool's graph on its inputs predicts as snnTorch does on
+    most samples (snnTorch subtracts theta one step later, before the decay, so not all)."""
+    node = nir.LIF(tau=np.array([2e-4]), r=np.array([2.0]), v_leak=np.zeros(1),
+                   v_threshold=np.ones(1), v_reset=np.zeros(1))
+    g = nir.NIRGraph(nodes={"input": nir.Input(np.array([1])), "lif": node,
+                            "output": nir.Output(np.array([1]))},
+                     edges=[("input", "lif"), ("lif", "output")], metadata={"dt": 1e-4})
+    x = torch.full((8, 1, 1), 0.9)
+    expected = {}
+    for reset in ("zero", "subtract"):
+        v, out = 0.0, []
+        for _ in range(8):
+            v = 0.5 * v + 0.9
+            out.append(float(v > 1))
+            if v > 1:
+                v = v - 1 if reset == "subtract" else 0.0
+        expected[reset] = out
+    assert expected["zero"] != expected["subtract"]
+    for reset, spikes in expected.items():
+        got = run_graph(g, x, reset=reset)["lif"].reshape(-1).tolist()
+        assert got == spikes, reset
+    from train.from_nir import graph_scores, load_graph
+    _, _, _, floating = load_graph(tool / "g.nir")
+    x = torch.from_numpy(np.load(tool / "x.npy").astype(np.float32))[:200]
+    tool_pred = torch.from_numpy(np.load(tool / "s.npy"))[:200].argmax(1)
+    agree = (graph_scores(floating, x, "subtract").argmax(1) == tool_pred).float().mean()
+    assert agree > 0.9
+
+
+@pytest.mark.parametrize("extra,needles", [
+    (["--teacher-scores", "S", "--teacher-reset", "subtract"], ["exactly one"]),
+    (["--method", "ckd", "--teacher-reset", "subtract"], ["--method ckd"]),
+    (["--teacher-scores", "WRONG"], ["--teacher-scores", "shape"]),
+    (["--teacher-reset", "subtract", "--labels", "WRONG"], ["--labels"]),
+    (["--teacher-reset", "subtract", "--holdout", "1.5"], ["--holdout"])])
+def test_bad_input_is_one_line_exit_2(tool, tmp_path, capsys, extra, needles):
+    np.save(tmp_path / "wrong.npy", np.zeros((3, 10)))
+    extra = [str(tmp_path / "wrong.npy") if e == "WRONG" else str(tool / "s.npy") if e == "S"
+             else e for e in extra]
+    code = main_code(distill_args(tool, tmp_path / "run", *extra))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and all(n in err[-1] for n in needles), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_inputs_without_from_nir(tmp_path, capsys):
+    assert distill.main(["--inputs", "x.npy", "--run", str(tmp_path / "run")]) == 2
+    assert "--inputs needs --from-nir" in capsys.readouterr().err

@@ -1,0 +1,396 @@
+"""Distil a Loihi-exact student from the network the user already trained (docs/kd.md, 'Distilling
+from your own network').
+
+    python -m train.distill --from-nir G.nir --inputs X.npy [--labels y.npy] \\
+        (--teacher-scores S.npy | --teacher-reset subtract) --run DIR [--method kd] [--epochs 15]
+
+Student: export.from_nir.student_from_nir(G), G's weights as the start (Loihi's neuron: reset to
+zero, weights and thresholds on the 8-bit grids). Teacher: scores that the user's tool wrote,
+(N, K) or (N, T, K) (summed over T), or G run by NIR's float equations with reset by subtraction
+(export.interpreter.run_graph(reset="subtract")), snnTorch's and sinabs' default. Both give one
+score per class and sample; a score is the spike count of a spiking readout or the final state of
+a non-spiking one, and the student's score is the same sum over its T steps (logits_t.sum(0)), so
+the losses compare like with like. Labels: --labels, else the teacher's predictions.
+
+A seeded split (seed 0, whatever --seed) holds out --holdout of the samples; agreement with the
+teacher and accuracy are measured there. RUN/heldout.npz keeps the held-out spikes and labels so
+that export.to_nir, deploy.verify and hwmodels.energy read them as a dataset (encoding 'spikes').
+"""
+import hashlib
+import io
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+import nir
+from common.cli import UsageError, check_writable_dir
+from common.files import atomic_write, new_folder
+
+from .data import DataError, DatasetInfo
+from .losses import METHODS, TeacherOutput, build_loss
+from .models import StudentOutput
+
+METHODS_FROM_SCORES = ("none", "kd", "tser")  # the others need the teacher's features / branches
+SPLIT_SEED = 0
+HELDOUT = "heldout.npz"
+OUTPUTS = ("student.pt", "train_metrics.json", "curves.png", HELDOUT)
+
+
+class FromNIRError(UsageError):
+    """Bad input for --from-nir: the message names the flag and file."""
+
+
+def add_args(p):
+    g = p.add_argument_group("distil from your own network (--from-nir; docs/kd.md)")
+    g.add_argument("--from-nir", metavar="G.nir", default=None,
+                   help="the user's trained network as NIR: the student is its Loihi-exact rebuild "
+                        "(replaces --dataset, --teacher, --student)")
+    g.add_argument("--inputs", metavar="X.npy", help="--from-nir: input spikes (N, T, ...), 0/1")
+    g.add_argument("--labels", metavar="y.npy", help="--from-nir: labels (N,); optional")
+    g.add_argument("--teacher-scores", metavar="S.npy",
+                   help="--from-nir: the tool's own scores (N, K), or (N, T, K) summed over T")
+    g.add_argument("--teacher-reset", choices=("subtract",), default=None,
+                   help="--from-nir: the teacher is G's float model with reset by subtraction")
+    g.add_argument("--holdout", type=_fraction, default=0.2, metavar="F",
+                   help="--from-nir: fraction of the samples held out (split seed 0)")
+
+
+def _fraction(text):
+    import argparse
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}")
+    return v
+
+
+def check_args(args):
+    """UsageError for flags that cannot work together (before any file is read)."""
+    own = ("inputs", "labels", "teacher_scores", "teacher_reset")
+    if args.from_nir is None:
+        given = [n for n in own if getattr(args, n) is not None]
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} needs --from-nir")
+        return
+    if args.inputs is None:
+        raise UsageError("--from-nir needs --inputs X.npy (input spikes (N, T, ...))")
+    if (args.teacher_scores is None) == (args.teacher_reset is None):
+        raise UsageError("--from-nir needs exactly one of --teacher-scores S.npy and "
+                         "--teacher-reset subtract")
+    if args.method not in METHODS_FROM_SCORES:
+        raise UsageError(f"--method {args.method}: needs a teacher network's features or "
+                         f"branches; with --from-nir use {', '.join(METHODS_FROM_SCORES)}")
+    if args.backprop != "bptt":
+        raise UsageError("--backprop rate: not with --from-nir (the student is any NIR graph)")
+
+
+# ---- the graph ---------------------------------------------------------------------------------
+
+def read_graph_bytes(data: bytes) -> nir.NIRGraph:
+    return nir.read(io.BytesIO(data))
+
+
+def student_from_bytes(data: bytes):
+    """The student of a checkpoint with arch 'nir' (its rounding was reported at training)."""
+    from export.from_nir import student_from_nir
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return student_from_nir(read_graph_bytes(data))
+
+
+def _read(path, flag) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise FromNIRError(f"{flag} {path}: cannot read ({e.strerror or type(e).__name__})") \
+            from None
+
+
+def load_graph(path):
+    """(bytes, graph, student, float model with reset to zero) of --from-nir."""
+    from export.from_nir import NIRFloatModel, student_from_nir
+    from export.interpreter import NIRError, resolve_dt
+    data = _read(path, "--from-nir")
+    try:
+        graph = read_graph_bytes(data)
+    except Exception as e:  # noqa: BLE001 - h5py / nir errors of a foreign file
+        raise FromNIRError(f"--from-nir {path}: not a readable NIR graph "
+                           f"({type(e).__name__})") from None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            student = student_from_nir(graph)
+        for w in caught:
+            print(f"--from-nir {path}: {w.message}")
+        floating = NIRFloatModel(graph, resolve_dt(graph)[0]).eval()
+    except NIRError as e:
+        raise FromNIRError(f"--from-nir {path}: {str(e).splitlines()[0]}") from None
+    return data, graph, student, floating
+
+
+def graph_shapes(graph):
+    """(input shape, number of classes) of the graph's Input and Output nodes."""
+    def shape(node):
+        return tuple(int(s) for s in np.asarray(node.output_type["output"]).reshape(-1))
+    return (shape(next(iter(graph.inputs.values()))),
+            int(np.prod(shape(next(iter(graph.outputs.values()))))))
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+def _load_npy(path, flag):
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise FromNIRError(f"{flag} {path}: cannot read as .npy ({type(e).__name__})") from None
+
+
+def load_data(args, in_shape, k):
+    """(x (N, T, ...) float32 0/1, labels (N,) int64 or None, scores (N, K) float32 or None)."""
+    x = _load_npy(args.inputs, "--inputs")
+    if x.ndim < 3 or tuple(x.shape[2:]) != in_shape:
+        raise FromNIRError(f"--inputs {args.inputs}: shape {x.shape}, the graph takes "
+                           f"(N, T, {', '.join(map(str, in_shape))})")
+    if not np.isin(x, (0, 1)).all():
+        raise FromNIRError(f"--inputs {args.inputs}: spikes must be 0/1 (Loihi's input)")
+    n = len(x)
+    y = scores = None
+    if args.labels:
+        y = _load_npy(args.labels, "--labels")
+        if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer) or y.min() < 0 \
+                or y.max() >= k:
+            raise FromNIRError(f"--labels {args.labels}: need {n} integer labels in [0, {k}), got "
+                               f"shape {y.shape} {y.dtype}")
+        y = torch.from_numpy(y.astype(np.int64))
+    if args.teacher_scores:
+        s = _load_npy(args.teacher_scores, "--teacher-scores")
+        if s.ndim not in (2, 3) or s.shape[0] != n or s.shape[-1] != k \
+                or (s.ndim == 3 and s.shape[1] != x.shape[1]):
+            raise FromNIRError(f"--teacher-scores {args.teacher_scores}: shape {s.shape}, need "
+                               f"({n}, {k}) or ({n}, {x.shape[1]}, {k})")
+        if not np.isfinite(s).all():
+            raise FromNIRError(f"--teacher-scores {args.teacher_scores}: not all finite")
+        scores = torch.from_numpy((s.sum(1) if s.ndim == 3 else s).astype(np.float32))
+    return torch.from_numpy(x.astype(np.float32)), y, scores
+
+
+def split(n, fraction):
+    """(train indices, held-out indices), seeded by SPLIT_SEED alone."""
+    n_test = int(round(n * fraction))
+    if n_test < 1 or n_test >= n:
+        raise FromNIRError(f"--holdout {fraction}: {n} samples leave {n_test} held out; need at "
+                           f"least 1 for each side")
+    perm = np.random.default_rng(SPLIT_SEED).permutation(n)
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+@torch.no_grad()
+def graph_scores(floating, x, reset, batch_size=256):
+    """Scores (N, K) of G's float model (NIR equations) on x (N, T, ...) with reset 'zero' or
+    'subtract': spike counts of a spiking readout, final state of a non-spiking one."""
+    from export.interpreter import run_graph
+    out = []
+    for i in range(0, len(x), batch_size):
+        values = run_graph(floating.graph, x[i:i + batch_size].transpose(0, 1), floating.dt,
+                           reset=reset)
+        y = values[floating.output_name]
+        out.append(y.sum(0) if floating.readout == "spikes" else y[-1])
+    return torch.cat(out).flatten(1)
+
+
+@torch.no_grad()
+def student_scores(student, x, device, batch_size=256):
+    student.eval()
+    return torch.cat([student(x[i:i + batch_size].to(device).transpose(0, 1)).logits_t.sum(0)
+                      .cpu() for i in range(0, len(x), batch_size)])
+
+
+class Samples(Dataset):
+    """(x (T, ...), y, index) of the loaded arrays."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i]), i
+
+
+def write_heldout(path, x, y, teacher_pred, labelled):
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, inputs=x.numpy().astype(np.uint8), labels=y.numpy(),
+                     teacher_predictions=teacher_pred.numpy(), labels_are_teacher=not labelled)
+    atomic_write(path, write)
+
+
+def heldout_batches(encoding, samples=None, batch_size=64):
+    """train.data.test_batches for encoding {'kind': 'spikes', 'file': RUN/heldout.npz}:
+    (n, info, batches of ((T, B, ...) spikes, labels))."""
+    path = Path(encoding["file"])
+    try:
+        with np.load(path) as f:
+            x, y = torch.from_numpy(f["inputs"].astype(np.float32)), torch.from_numpy(f["labels"])
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{path}: cannot read the held-out samples of a --from-nir run "
+                        f"({type(e).__name__}); was the run folder moved?") from None
+    n = len(x) if samples is None else min(samples, len(x))
+    info = DatasetInfo("npy", tuple(x.shape[2:]), int(encoding["num_classes"]), frames=True)
+    batches = ((x[i:min(i + batch_size, n)].transpose(0, 1), y[i:min(i + batch_size, n)])
+               for i in range(0, n, batch_size))
+    return n, info, batches
+
+
+# ---- run ---------------------------------------------------------------------------------------
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def settings_of(args, graph_bytes, x_digest) -> dict:
+    import argparse
+    settings = {"--from-nir": graph_bytes, "--inputs": x_digest,
+                "--labels": args.labels and _digest(_read(args.labels, "--labels")),
+                "--teacher-scores": args.teacher_scores and _digest(
+                    _read(args.teacher_scores, "--teacher-scores")),
+                "--teacher-reset": args.teacher_reset, "--holdout": args.holdout,
+                "--method": args.method, "--epochs": args.epochs, "--lr": args.lr,
+                "--batch-size": args.batch_size, "--seed": args.seed}
+    own = argparse.ArgumentParser(add_help=False)
+    METHODS[args.method].add_args(own)
+    for dest in vars(own.parse_args([])):
+        settings["--" + dest.replace("_", "-")] = getattr(args, dest)
+    return settings
+
+
+def _rates(pred, ref):
+    return None if ref is None else float((pred == ref).float().mean())
+
+
+def run(args):
+    """Check the flags and files, then distil into RUN; returns the metrics dict."""
+    from .checkpoint import check_settings, load_checkpoint, plain, save_checkpoint
+    from .distill import loader, lr_schedule, plot_curves, setup, start_epoch, train_one_epoch
+    check_args(args)
+    run_dir = Path(args.run)
+    check_writable_dir(run_dir, "--run")
+    data, graph, student, floating = load_graph(args.from_nir)
+    in_shape, k = graph_shapes(graph)
+    x, labels, scores = load_data(args, in_shape, k)
+    train_idx, test_idx = split(len(x), args.holdout)
+    device, _, world = setup(args)
+    if world > 1:
+        raise UsageError("--from-nir runs in one process (no torchrun)")
+    args.shift = 0
+    steps = int(x.shape[1])
+    if scores is None:
+        scores = graph_scores(floating, x, "subtract")
+    teacher_pred = scores.argmax(1)
+    y = labels if labels is not None else teacher_pred
+    settings = settings_of(args, _digest(data), _digest(x.numpy().tobytes()))
+    path = run_dir / "student.pt"
+    ckpt = None
+    if args.resume and path.exists():
+        ckpt = load_checkpoint(path, "student")
+        check_settings(path, ckpt, settings)
+    arch = None
+    from export.from_nir import NIRStudent
+    if isinstance(student, NIRStudent):
+        arch = {"name": "nir", "config": {"nir": data}}
+    heldout = (run_dir / HELDOUT).resolve()
+    encoding = {"kind": "spikes", "timesteps": steps, "seed": SPLIT_SEED, "file": str(heldout),
+                "num_classes": k}
+    student = student.to(device)
+    t_test, y_test = teacher_pred[test_idx], y[test_idx]
+    start = {"teacher_accuracy": _rates(teacher_pred[test_idx], labels[test_idx])
+             if labels is not None else None,
+             "as_is_float_agreement": None, "as_is_float_accuracy": None}
+    as_is_float = graph_scores(floating, x[test_idx], "zero").argmax(1)
+    as_is_loihi = student_scores(student, x[test_idx], device).argmax(1)
+    start.update(as_is_float_agreement=_rates(as_is_float, t_test),
+                 as_is_float_accuracy=_rates(as_is_float, y_test) if labels is not None else None,
+                 as_is_loihi_agreement=_rates(as_is_loihi, t_test),
+                 as_is_loihi_accuracy=_rates(as_is_loihi, y_test) if labels is not None else None)
+    loss_fn = build_loss(args.method, args, student, None).to(device)
+    opt = torch.optim.Adam(list(student.parameters()) + list(loss_fn.parameters()), lr=args.lr)
+    ds = Samples(x, y)
+    train_dl = loader(Subset(ds, train_idx.tolist()), args.batch_size, True, args.seed, 1)
+    sched = lr_schedule(opt, args.epochs, len(train_dl))
+    first, history = 0, []
+    if ckpt is not None:
+        student.load_state_dict(ckpt["state_dict"])
+        loss_fn.load_state_dict(ckpt["loss_state"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        first, history = ckpt["epoch"] + 1, ckpt["history"]
+        print(f"student: resuming {path} after epoch {first}/{args.epochs}")
+    scores_dev = scores.to(device)
+
+    def distill_loss(xb, yb, idx):
+        out = student(xb.transpose(0, 1))
+        score_t = StudentOutput(logits_t=out.logits_t * xb.shape[1], spikes=out.spikes,
+                                features=out.features)  # score_t.logits = the score (sum over T)
+        t_out = TeacherOutput(scores_dev[idx.to(device)], [], None)
+        loss, parts = loss_fn(score_t, yb, t_out)
+        return loss, score_t.logits, parts
+
+    with new_folder(run_dir):
+        print(f"--from-nir {args.from_nir}: {len(train_idx)} train / {len(test_idx)} held out, "
+              f"T={steps}, {k} classes, student {type(student).__name__}, teacher "
+              f"{'--teacher-scores' if args.teacher_scores else 'reset by subtraction'}, method "
+              f"{args.method}, {device}")
+        print("held out, as written (no training): float NIR (reset to zero) agreement "
+              f"{start['as_is_float_agreement']:.4f}, Loihi-exact student agreement "
+              f"{start['as_is_loihi_agreement']:.4f}")
+        if not heldout.exists() or ckpt is None:
+            write_heldout(heldout, x[test_idx], y_test, t_test, labels is not None)
+        t0 = time.time()
+        for epoch in range(first, args.epochs):
+            start_epoch(train_dl, args.seed, epoch)
+            loss_fn.train()
+            e0 = time.time()
+            row = train_one_epoch(student, distill_loss, train_dl, opt, sched, args, device, 1,
+                                  f"student {epoch + 1}/{args.epochs}", args.quiet)
+            pred = student_scores(student, x[test_idx], device).argmax(1)
+            row.update(epoch=epoch + 1, agreement=_rates(pred, t_test),
+                       accuracy=_rates(pred, y_test) if labels is not None else None,
+                       time_s=time.time() - e0, lr=sched.get_last_lr()[0])
+            row["test_acc"] = row["accuracy"] if labels is not None else row["agreement"]
+            history.append(row)
+            print(f"student epoch {epoch + 1}/{args.epochs}: loss {row['loss']:.4f} held-out "
+                  f"agreement {row['agreement']:.4f}"
+                  + (f" accuracy {row['accuracy']:.4f}" if labels is not None else "")
+                  + f" ({row['time_s']:.1f}s)")
+            save_checkpoint(path, student, "student", arch=arch, dataset="npy", encoding=encoding,
+                            timesteps=steps, method=args.method, epoch=epoch, epochs=args.epochs,
+                            complete=epoch + 1 == args.epochs, test_accuracy=row["test_acc"],
+                            history=history, loss_state=loss_fn.state_dict(),
+                            optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                            args=plain({k_: str(v) for k_, v in vars(args).items()}),
+                            settings=plain(settings), start=start)
+        if first >= args.epochs:
+            print(f"student: {path} is already complete ({args.epochs} epochs)")
+        last = history[-1] if history else {}
+        metrics = {"from_nir": str(args.from_nir), "method": args.method,
+                   "teacher": "scores" if args.teacher_scores else "reset subtract",
+                   "timesteps": steps, "encoding": encoding, "train_samples": len(train_idx),
+                   "heldout_samples": len(test_idx), **start,
+                   "student_agreement": last.get("agreement"),
+                   "student_accuracy": last.get("accuracy"), "train_time_s": time.time() - t0,
+                   "history": history}
+        atomic_write(run_dir / "train_metrics.json",
+                     lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
+        if history:
+            plot_curves(run_dir / "curves.png", history, args.method)
+        print(f"done: held-out agreement with the teacher {start['as_is_loihi_agreement']:.4f} "
+              f"as written -> {last.get('agreement', float('nan')):.4f} -> {run_dir}")
+    return metrics

@@ -45,7 +45,8 @@ def main(argv=None):
         in_shape=(3, 32, 32), num_classes=10,
         widths=tuple(int(w) for w in args.widths.split(",")),
         blocks=tuple(int(b) for b in args.blocks.split(",")))})
-    before = [p.detach().clone() for p in model.parameters()]
+    quant = [m for m in model.modules() if hasattr(m, "int_weight")]
+    before = [m.int_weight().clone() for m in quant]
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(1)
     start = time.perf_counter()
@@ -57,13 +58,14 @@ def main(argv=None):
         loss.backward()
         opt.step()
     seconds = time.perf_counter() - start
-    moved = sum(int((a != b.detach()).sum()) for a, b in zip(before, model.parameters()))
+    moved = sum(int((a != m.int_weight()).sum()) for a, m in zip(before, quant))
+    total = sum(a.numel() for a in before)
     model.eval()
     nir.write(str(out / "student.nir"), student_to_nir(model))
     x = (np.random.default_rng(2).random((args.samples, 4, 3, 32, 32)) < 0.2).astype(np.uint8)
     np.save(out / "x.npy", x)
-    print(f"trained {args.steps} steps x {args.batch} in {seconds:.0f} s; {moved:,} parameter "
-          f"values moved; last loss {float(loss):.3f}")
+    print(f"trained {args.steps} steps x {args.batch} in {seconds:.0f} s; {moved:,} of {total:,} "
+          f"integer weights changed; last loss {float(loss):.3f}")
     done = subprocess.run([sys.executable, "-m", "deploy.verify", "--nir", str(out / "student.nir"),
                            "--inputs", str(out / "x.npy"), "--lava-samples",
                            str(args.lava_samples), "--min-agreement", "0", "--batch-size", "16"])

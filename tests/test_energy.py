@@ -514,3 +514,24 @@ def test_cli_compiled_residual_student(tmp_path, capsys):
         assert layers[r]["spikes_per_sample"] == layers[r]["input_spikes_per_sample"] == \
             layers[r]["synops_per_sample"]
     assert data["chip"]["cores_used"] == sum(g["cores"] for g in data["layers"])
+
+
+def test_chip_map_bench_on_a_small_student(tmp_path, capsys):
+    """bench.chip_map end to end on a small sresnet: compiled, measured, both mappings reported,
+    and the float student's spikes give the same counts as the emulator's."""
+    from bench.chip_map import main as chip_map
+    reports = {}
+    for activity in ("student", "emulator"):
+        out = tmp_path / activity
+        assert chip_map(["--student", "sresnet", "--size", "8", "--timesteps", "4",
+                         "--samples", "2", "--activity", activity, "--out", str(out)]) == 0
+        reports[activity] = json.loads((out / "energy.json").read_text())
+    text = capsys.readouterr().out
+    assert "(a) unrolled:" in text and "(b) shared kernel:" in text and "one Loihi 2 chip" in text
+    a, b = reports["student"], reports["emulator"]
+    assert a["timesteps"] == 4 and a["samples"] == 2 and a["total"]["relays"]["groups"] > 0
+    assert [c["synops_per_sample"] for c in a["connections"]] == \
+        [c["synops_per_sample"] for c in b["connections"]]
+    assert a["chip"]["shared_kernel"]["cores_used"] <= a["chip"]["cores_used"]
+    assert chip_map(["--rate", "2", "--out", str(tmp_path / "x")]) == 2
+    assert "--rate 2.0: a probability" in capsys.readouterr().err

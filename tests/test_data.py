@@ -215,7 +215,8 @@ def test_cifar10_folder_trains_one_epoch(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     assert "cifar10: 6 train / 3 test" in capsys.readouterr().out
     ckpt = load_checkpoint(tmp_path / "run" / "student.pt", "student")
-    assert ckpt["dataset"] == "cifar10" and ckpt["complete"] and ckpt["encoding"]["kind"] == "direct"
+    assert ckpt["dataset"] == "cifar10" and ckpt["complete"]
+    assert ckpt["encoding"]["kind"] == "direct"
     assert ckpt["arch"]["name"] == "sresnet"
     assert tuple(ckpt["arch"]["config"]["blocks"]) == (3, 3, 2)
     assert len(ckpt["history"]) == 1

@@ -1,10 +1,13 @@
 """Training cost: BPTT vs rate-based backprop over T, and each KD method's overhead over `none`.
 
     python -m bench.train_cost [--timesteps 2,4,8,16] [--batch-size 64] [--steps 10] \\
-        [--repeats 3] [--out results/train_cost.json]
+        [--repeats 3] [--student {scnn,resnet19,resnet18}] [--out results/train_cost.json]
 
 Per (backprop, T), in a fresh subprocess: one training step = student forward, cross-entropy,
-backward, Adam step on the default mnist5k student (SpikingCNN) with a rate-coded batch.
+backward, Adam step with a rate-coded batch, on the default mnist5k student (SpikingCNN, 1x28x28;
+--student scnn) or on a seed paper's ResNet at CIFAR size (--student resnet19: CKDSNN's
+ResNet-19, 3x32x32, 15.0 M weights; resnet18 likewise; the method overheads are then skipped:
+they are measured on the scnn student only).
 - step_s: median CPU time (time.process_time, all threads of the process) of `--steps` steps after
   one warm-up step; CPU time, not wall time, so that other work on the machine does not skew it
   (wall_s is recorded too); torch runs on `--threads` threads (default 1). The settings run
@@ -33,10 +36,19 @@ import torch
 from common.files import atomic_write
 from train.distill import teacher_output
 from train.losses import METHODS, add_method_args, build_loss
-from train.models import SmallCNN, SpikingCNN
+from train.data import DatasetInfo
+from train.models import PAPER_STUDENTS, SmallCNN, SpikingCNN, build_model, default_arch
 from train.ratebp import autograd_saved_bytes, rate_forward
 
 SHAPE = (1, 28, 28)
+STUDENT_SHAPES = {"scnn": SHAPE, **{name: (3, 32, 32) for name in PAPER_STUDENTS}}
+
+
+def build_student(name):
+    """The mnist5k default SpikingCNN, or a paper ResNet student for 3x32x32 CIFAR inputs."""
+    if name == "scnn":
+        return SpikingCNN(in_shape=SHAPE)
+    return build_model(default_arch(DatasetInfo("cifar10", STUDENT_SHAPES[name], 10), True, name))
 
 
 def parse_args(argv=None):
@@ -48,14 +60,16 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="rounds of fresh worker processes")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--method-timesteps", type=int, default=8, help="T for the method overheads")
+    p.add_argument("--student", default="scnn", choices=tuple(STUDENT_SHAPES),
+                   help="student to time (scnn: the mnist5k default; resnet19/resnet18 at 32 px)")
     p.add_argument("--out", default="results/train_cost.json")
     p.add_argument("--worker", nargs=2, metavar=("BACKPROP", "T"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
-def batch(timesteps, batch_size, seed=0):
+def batch(timesteps, batch_size, seed=0, shape=SHAPE):
     gen = torch.Generator().manual_seed(seed)
-    x = (torch.rand(timesteps, batch_size, *SHAPE, generator=gen) < 0.3).float()
+    x = (torch.rand(timesteps, batch_size, *shape, generator=gen) < 0.3).float()
     return x, torch.randint(0, 10, (batch_size,), generator=gen)
 
 
@@ -75,13 +89,13 @@ def maxrss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def worker(backprop, timesteps, batch_size, steps):
+def worker(backprop, timesteps, batch_size, steps, student_name="scnn"):
     """One (backprop, T) setting in this process; returns its measurements."""
     torch.manual_seed(0)
-    student = SpikingCNN(in_shape=SHAPE)
+    student = build_student(student_name)
     forward = student if backprop == "bptt" else (lambda x: rate_forward(student, x))
     opt = torch.optim.Adam(student.parameters(), lr=1e-3)
-    x, y = batch(timesteps, batch_size)
+    x, y = batch(timesteps, batch_size, shape=STUDENT_SHAPES[student_name])
     loss_of = lambda: torch.nn.functional.cross_entropy(forward(x).logits, y)  # noqa: E731
 
     def step():
@@ -133,7 +147,7 @@ def method_overheads(timesteps, batch_size, steps, repeats):
 def run_worker(backprop, timesteps, args):
     cmd = [sys.executable, "-m", "bench.train_cost", "--worker", backprop, str(timesteps),
            "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--student", args.student]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -142,11 +156,13 @@ def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.batch_size, args.steps)))
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.batch_size, args.steps,
+                                args.student)))
         return 0
     steps_list = [int(t) for t in args.timesteps.split(",")]
     results = {"batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats,
-               "student": "SpikingCNN (mnist5k)",
+               "student": ("SpikingCNN (mnist5k)" if args.student == "scnn" else
+                           f"{args.student} (sresnet, 3x32x32)"),
                "torch_threads": torch.get_num_threads(), "backprop": {}}
     print(f"{'T':>3} {'bptt CPU s':>12} {'rate CPU s':>12} {'speed-up':>9} "
           f"{'bptt graph MB':>14} {'rate graph MB':>14} {'bptt RSS MB':>12} {'rate RSS MB':>12}")
@@ -173,12 +189,18 @@ def main(argv=None):
                                            / first[b]["peak_rss_delta_bytes"])
         print(f"{b}: autograd memory x{results[f'{b}_graph_growth']:.2f}, peak RSS "
               f"x{results[f'{b}_peak_rss_growth']:.2f} from T={steps_list[0]} to T={steps_list[-1]}")
+    if args.student != "scnn":  # the method overheads are measured on the scnn student only
+        return write_results(results, args.out)
     results["methods_timesteps"] = args.method_timesteps
     results["methods"] = method_overheads(args.method_timesteps, args.batch_size, args.steps,
                                           args.repeats)
     for name, m in results["methods"].items():
         print(f"method {name:>5}: {m['step_s']:.4f} CPU s/step, x{m['ratio_to_none']:.2f} of none")
-    out = Path(args.out)
+    return write_results(results, args.out)
+
+
+def write_results(results, path):
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2) + "\n"))
     print(f"wrote {out}")

@@ -22,8 +22,8 @@ the compiler's delay alignment. Per connection c: src -> dst and per sample (flo
 Per group g: updates_g = neurons_g T; spikes_g; firing rate = spikes_g / updates_g;
 SynOps_g = sum of its incoming connections. A connection from an analog input ('direct'
 encoding) also counts MACs_c T (one ANN pass per step); its SynOps count non-zero inputs (graded
-spikes). Energies: hwmodels.profiles; neurocores: hwmodels.resources; the report files:
-hwmodels.energy_report.
+spikes). Energies: hwmodels.profiles; neurocores (convolutions unrolled, and one shared kernel per
+core) and the Intel system: hwmodels.resources; the report files: hwmodels.energy_report.
 """
 import argparse
 import math
@@ -165,6 +165,8 @@ class Tally:
                 "recurrent": bool(s.recurrent), "relay": roles[s.dst] == "relay",
                 "nodes": list(s.nodes), "input": "analog" if analog else "spikes",
                 "weights": int(np.asarray(s.weight).size), "synapses": int(f.sum()),
+                "kernel_per_channel": (int(np.asarray(s.weight)[0].size) if s.kind == "conv"
+                                       else None),
                 "fanout_min": int(f.min()), "fanout_max": int(f.max()),
                 "input_spikes_per_sample": self.input_events[s.name] / n,
                 "synops_per_sample": self.synops[s.name] / n,
@@ -186,6 +188,9 @@ class Tally:
                 "kind": "+".join(sorted({c["kind"] for c in into})), "shape": list(g.shape),
                 "neurons": g.size, "connections": [c["name"] for c in into],
                 "synapses": sum(c["synapses"] for c in into),
+                "channels": g.shape[0],
+                "kernel_per_channel": sum(c["kernel_per_channel"] or 0 for c in into),
+                "dense_synapses": sum(c["synapses"] for c in into if c["kind"] != "conv"),
                 "input_spikes_per_sample": sum(c["input_spikes_per_sample"] for c in into),
                 "spikes_per_sample": spikes,
                 "firing_rate": spikes / (g.size * t) if g.spiking else None,
@@ -379,8 +384,10 @@ def summary(report, run_dir) -> str:
     total = report["total"]
     snn = ", ".join(f"{p} {si(e)}" for p, e in total["energy_j_per_sample"].items())
     ann = ", ".join(f"{k} {si(e)}" for k, e in total["ann_energy_j_per_sample"].items())
-    return (f"energy per sample: SNN {snn}; ANN (45 nm) {ann}; {report['chip']['cores_used']} "
-            f"Loihi 2 cores -> {run_dir}/energy.json, .md, .png")
+    a, b = report["chip"], report["chip"]["shared_kernel"]
+    return (f"energy per sample: SNN {snn}; ANN (45 nm) {ann}; Loihi 2 cores: {a['cores_used']} "
+            f"with convolutions unrolled ({a['system']}), {b['cores_used']} with shared kernels "
+            f"({b['system']}) -> {run_dir}/energy.json, .md, .png")
 
 
 def main(argv=None) -> int:

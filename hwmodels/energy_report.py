@@ -2,10 +2,12 @@
 
 energy.json keys: `layers` (one row per neuron group, relays included: name, role, kind, nodes,
 neurons, synapses, spikes_per_sample, firing_rate, synops_per_sample, neuron_updates_per_sample,
-energy_j per profile, ann_energy_j, cores), `connections` (one row per connection: src, dst,
-fan-out, SynOps, energy_j), `input`, `total` (synops_per_sample, energy_j_per_sample per profile,
-ann_macs_per_sample, ann_energy_j_per_sample, ann_over_snn, relays), `chip` (cores_used, fits,
-relay_cores, ...), `profiles`, `teacher_layers` (when the run has a teacher).
+energy_j per profile, ann_energy_j, cores, cores_shared_kernel), `connections` (one row per
+connection: src, dst, fan-out, SynOps, energy_j), `input`, `total` (synops_per_sample,
+energy_j_per_sample per profile, ann_macs_per_sample, ann_energy_j_per_sample, ann_over_snn,
+relays), `chip` (convolutions unrolled: cores_used, chips, fits, system, relay_cores,
+relay_share, ...; `chip.shared_kernel`: the same with one shared kernel per core; see
+hwmodels.resources), `profiles`, `teacher_layers` (when the run has a teacher).
 """
 import json
 from pathlib import Path
@@ -25,8 +27,9 @@ def price_connections(connections, profiles) -> list:
              "ann_energy_j": ann_energy(c["ann_macs_per_sample"])} for c in connections]
 
 
-def price_groups(groups, connections, profiles, cores) -> list:
-    """Group rows: the energy of the incoming connections plus the neuron updates; cores."""
+def price_groups(groups, connections, profiles, cores, cores_shared=None) -> list:
+    """Group rows: the energy of the incoming connections plus the neuron updates; cores with
+    convolutions unrolled, and with one shared kernel per core (hwmodels.resources)."""
     rows = []
     for g in groups:
         into = [c for c in connections if c["dst"] == g["name"]]
@@ -34,7 +37,8 @@ def price_groups(groups, connections, profiles, cores) -> list:
         energy = {p.name: sum(c["energy_j"][p.name] for c in into)
                   + p.neuron_energy(g["neuron_updates_per_sample"], active) for p in profiles}
         rows.append({**g, "energy_j": energy, "ann_energy_j": ann_energy(g["ann_macs_per_sample"]),
-                     "cores": cores[g["name"]]})
+                     "cores": cores[g["name"]],
+                     "cores_shared_kernel": (cores_shared or cores)[g["name"]]})
     return rows
 
 
@@ -60,6 +64,7 @@ def totals(layers, connections, profiles, teacher_macs) -> dict:
         "relays": {"groups": len(relays), "neurons": sum(g["neurons"] for g in relays),
                    "synapses": sum(g["synapses"] for g in relays),
                    "cores": sum(g["cores"] for g in relays),
+                   "cores_shared_kernel": sum(g["cores_shared_kernel"] for g in relays),
                    "synops_per_sample": sum(g["synops_per_sample"] for g in relays),
                    "neuron_updates_per_sample": sum(g["neuron_updates_per_sample"]
                                                     for g in relays),
@@ -73,7 +78,8 @@ def build_report(tally, profiles, limits=CoreLimits(), teacher_macs=None, meta=N
     connections = price_connections(tally.connection_stats(), profiles)
     groups = tally.group_stats(connections)
     mapping = map_groups(groups, limits)
-    layers = price_groups(groups, connections, profiles, mapping["cores"])
+    layers = price_groups(groups, connections, profiles, mapping["cores"],
+                          mapping["cores_shared_kernel"])
     report = {**(meta or {}), "input": tally.input_stats(), "layers": layers,
               "connections": connections,
               "total": totals(layers, connections, profiles, teacher_macs),
@@ -112,7 +118,7 @@ def group_table(report) -> list:
     profiles = list(report["profiles"])
     head = ["group", "role", "kind", "neurons", "synapses", "in spikes", "out spikes", "rate",
             "SynOps", "MACs (analog)", "updates", *[f"E {p}" for p in profiles], "ANN MACs",
-            "E ANN", "cores"]
+            "E ANN", "cores (a)", "cores (b)"]
     rows = []
     for g in report["layers"]:
         rate = "-" if g["firing_rate"] is None else f"{g['firing_rate']:.3f}"
@@ -123,7 +129,8 @@ def group_table(report) -> list:
                      num(g["synops_per_sample"]), num(g["macs_per_sample"]),
                      num(g["neuron_updates_per_sample"]),
                      *[si(g["energy_j"][p]) for p in profiles],
-                     num(g["ann_macs_per_sample"]), si(g["ann_energy_j"]), str(g["cores"])])
+                     num(g["ann_macs_per_sample"]), si(g["ann_energy_j"]), str(g["cores"]),
+                     str(g["cores_shared_kernel"])])
     return table(head, rows)
 
 
@@ -160,12 +167,21 @@ def total_lines(report) -> list:
 
 
 def mapping_lines(chip) -> list:
-    fits = "fits one chip" if chip["fits"] else f"needs {chip['chips']} chips"
-    return [f"{chip['cores_used']} of {chip['cores_per_chip']} neurocores ({fits}; relay groups "
-            f"take {chip['relay_cores']}); limits assumed: {chip['neurons_per_core']:,} neurons "
-            f"and {chip['synapses_per_core']:,} synapses per core (Intel Loihi 2 brief: 1M "
-            f"neurons, 120M synapses over 128 cores); one group per core at least, convolutions "
-            f"counted unrolled (one synapse per non-zero weight and connection)."]
+    """Both storage assumptions side by side (hwmodels.resources)."""
+    rows = []
+    for label, c in (("(a) convolutions unrolled into synapses", chip),
+                     ("(b) one shared kernel per core", chip["shared_kernel"])):
+        rows.append([label, f"{c['cores_used']:,}", f"{c['relay_cores']:,} "
+                     f"({100 * c['relay_share']:.1f} %)", f"{c['chips']:,}", c["system"]])
+    lines = table(["storage", "neurocores", "of them relays (share)", "chips", "Intel system"],
+                  rows)
+    return lines + [
+        "", f"Limits assumed: {chip['neurons_per_core']:,} neurons and "
+        f"{chip['synapses_per_core']:,} synapse entries per core, {chip['cores_per_chip']} cores "
+        f"per chip (Intel Loihi 2 brief: 1M neurons, 120M synapses over 128 cores); one group per "
+        f"core at least. (a) one entry per non-zero weight and connection; (b) each core stores "
+        f"the kernel slices of the output channels it holds once (docs/energy.md). Relay groups: "
+        f"{chip['relay_groups']}, {chip['relay_neurons']:,} neurons."]
 
 
 def render_markdown(report) -> str:

@@ -102,6 +102,126 @@ def test_cifar_without_data_is_a_one_line_error(tmp_path, name, folder):
     assert folder in msg and "--data-dir" in msg  # what to put there
 
 
+# ---- CIFAR in torchvision's on-disk format ------------------------------------------------------
+
+def _write_pickle(path, obj):
+    import pickle
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def _cifar_images(n, seed):
+    return np.random.default_rng(seed).integers(0, 256, (n, 3072), dtype=np.uint8)
+
+
+def write_cifar10(root, per_batch=2, n_test=3):
+    """A tiny cifar-10-batches-py folder laid out as torchvision's: data_batch_1..5, test_batch
+    (dicts with 'batch_label', 'labels', 'data' (n, 3072) uint8, 'filenames') and batches.meta."""
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for k, name in enumerate(files):
+        n = n_test if name == "test_batch" else per_batch
+        _write_pickle(folder / name, {
+            "batch_label": f"batch {k}", "labels": [(k + j) % 10 for j in range(n)],
+            "data": _cifar_images(n, k), "filenames": [f"img_{k}_{j}.png" for j in range(n)]})
+    _write_pickle(folder / "batches.meta", {"label_names": [f"class{c}" for c in range(10)],
+                                            "num_cases_per_batch": per_batch, "num_vis": 3072})
+    return folder
+
+
+def test_cifar10_folder_reads_as_torchvision_does(tmp_path, monkeypatch):
+    """Our reader gives the images and labels torchvision's CIFAR10 gives for the same folder
+    (its checksum tests bypassed: they accept only the original archive's files)."""
+    import torchvision
+    write_cifar10(tmp_path)
+    train, test, info = load_dataset("cifar10", data_dir=tmp_path)
+    assert (info.name, info.in_shape, info.num_classes) == ("cifar10", (3, 32, 32), 10)
+    assert (len(train), len(test)) == (10, 3)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    tf = torchvision.transforms.ToTensor()
+    for ours, is_train in ((train, True), (test, False)):
+        ref = torchvision.datasets.CIFAR10(str(tmp_path), train=is_train, transform=tf)
+        assert len(ref) == len(ours)
+        for i in range(len(ref)):
+            x, y, idx = ours[i]
+            rx, ry = ref[i]
+            assert torch.equal(x, rx) and y == ry and idx == i
+            assert x.dtype == torch.float32 and x.shape == (3, 32, 32)
+    # the layout by hand: pixel (c, h, w) of image j of a batch is data[j, 1024 c + 32 h + w]
+    data = _cifar_images(2, 1)                      # data_batch_2: training images 2 and 3
+    assert train[3][0][2, 5, 7] == data[1, 2048 + 5 * 32 + 7] / 255.0
+    assert [train[i][1] for i in range(10)] == [(i // 2 + i % 2) % 10 for i in range(10)]
+
+
+def test_cifar100_folder(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name, n in (("train", 4), ("test", 2)):
+        _write_pickle(folder / name, {"fine_labels": [99, 0, 5, 7][:n], "coarse_labels": [0] * n,
+                                      "data": _cifar_images(n, n), "filenames": ["f"] * n})
+    _write_pickle(folder / "meta", {"fine_label_names": [str(c) for c in range(100)],
+                                    "coarse_label_names": [str(c) for c in range(20)]})
+    train, test, info = load_dataset("cifar100", data_dir=tmp_path)
+    assert (len(train), len(test), info.num_classes) == (4, 2, 100)
+    assert train[0][1] == 99 and torch.equal(train[1][0] * 255, torch.tensor(
+        _cifar_images(4, 4)[1].reshape(3, 32, 32), dtype=torch.float32))
+
+
+def test_cifar10_bad_folders_are_one_line_errors(tmp_path):
+    import os
+    folder = write_cifar10(tmp_path)
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(DataError) as e:
+        load_dataset("cifar10", data_dir=tmp_path)
+    assert str(folder / "data_batch_3") in _one_line(e.value)
+    _write_pickle(folder / "data_batch_3", {"labels": [0], "data": np.zeros((1, 100), np.uint8)})
+    with pytest.raises(DataError, match="field 'data' is uint8 of shape"):
+        load_dataset("cifar10", data_dir=tmp_path)
+    _write_pickle(folder / "data_batch_3", {"labels": [10], "data": _cifar_images(1, 0)})
+    with pytest.raises(DataError, match="data_batch_3: field 'labels' has labels outside 0..9"):
+        load_dataset("cifar10", data_dir=tmp_path)
+    _write_pickle(folder / "data_batch_3", {"data": _cifar_images(1, 0)})
+    with pytest.raises(DataError, match="no 'labels' field"):
+        load_dataset("cifar10", data_dir=tmp_path)
+    _write_pickle(folder / "data_batch_3", {"labels": os.system, "data": _cifar_images(1, 0)})
+    with pytest.raises(DataError, match="not a CIFAR pickle.*refusing to load posix.system"):
+        load_dataset("cifar10", data_dir=tmp_path)
+    (folder / "data_batch_3").write_bytes(b"\x80\x02}q")   # truncated
+    with pytest.raises(DataError, match="data_batch_3: not a CIFAR pickle"):
+        load_dataset("cifar10", data_dir=tmp_path)
+    _write_pickle(folder / "data_batch_3", {"labels": [1], "data": _cifar_images(1, 0)})
+    _write_pickle(folder / "batches.meta", {"label_names": ["a", "b"]})
+    with pytest.raises(DataError, match="batches.meta: field 'label_names' should name 10"):
+        load_dataset("cifar10", data_dir=tmp_path)
+
+
+def test_cifar10_folder_trains_one_epoch(tmp_path, capsys):
+    """train.distill on the tiny folder: one epoch of a narrow resnet19-shaped student, and the
+    checkpoint records the dataset and the student (blocks 3/3/2 as in CKDSNN)."""
+    from train.checkpoint import load_checkpoint
+    from train.distill import main
+    write_cifar10(tmp_path / "data", per_batch=2, n_test=3)
+    det, rng = torch.are_deterministic_algorithms_enabled(), torch.get_rng_state()
+    try:
+        code = main(["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
+                     "--run", str(tmp_path / "run"), "--method", "none", "--epochs", "1",
+                     "--timesteps", "2", "--batch-size", "4", "--train-samples", "6",
+                     "--student", "resnet19", "--student-config", '{"widths": [4, 4, 8]}',
+                     "--device", "cpu", "--quiet"])
+    finally:
+        torch.use_deterministic_algorithms(det)
+        torch.set_rng_state(rng)
+    assert code == 0, capsys.readouterr().err
+    assert "cifar10: 6 train / 3 test" in capsys.readouterr().out
+    ckpt = load_checkpoint(tmp_path / "run" / "student.pt", "student")
+    assert ckpt["dataset"] == "cifar10" and ckpt["complete"]
+    assert ckpt["encoding"]["kind"] == "direct"
+    assert ckpt["arch"]["name"] == "sresnet"
+    assert tuple(ckpt["arch"]["config"]["blocks"]) == (3, 3, 2)
+    assert len(ckpt["history"]) == 1
+
+
 def test_cifar10_dvs_without_data_is_a_one_line_error(tmp_path, monkeypatch):
     with pytest.raises(DataError) as e:
         load_dataset("cifar10-dvs", data_dir=tmp_path)

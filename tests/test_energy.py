@@ -15,7 +15,8 @@ from hwmodels.energy import (EnergyError, Tally, ann_macs, count_macs, fanout, m
 from hwmodels.energy_report import build_report, write_report
 from hwmodels.loihi import INTEGRATOR, Emulator, Net, Neurons, Synapses, save_net
 from hwmodels.profiles import PROFILES, ann_energy
-from hwmodels.resources import CoreLimits, chip_usage, layer_cores, map_groups
+from hwmodels.resources import (CoreLimits, chip_usage, intel_system, layer_cores,
+                                map_groups, shared_kernel_cores)
 
 PJ = 1e-12
 LIF = dict(i_decay=2048, v_decay=1024, vth=64)
@@ -287,6 +288,57 @@ def test_core_mapping_with_relays():
             chip["relay_synapses"]) == (1, 3, 40, 40)
 
 
+def residual_groups(limits):
+    x, spikes = residual_spikes()
+    tally = Tally(residual_net())
+    tally.add(x, spikes)
+    return map_groups(tally.group_stats(), limits)
+
+
+def test_chips_both_storage_assumptions_hand_counted():
+    """residual_net under tight limits. Unrolled synapses (a): A 2 x 2 x 100 = 400 (3x3 pad 1 on
+    4x4: (2+3+3+2)^2 = 100 per channel pair), relay 32, B 3 x 100 + 4 x 16 = 364, out 96.
+    Shared kernels (b), per output channel: A 2 x 9 = 18, relay 1, B 2 x 9 + 2 x 1 = 20 (conv_b's
+    zero weights are stored too); 16 positions per channel; out is dense: as (a)."""
+    tight = residual_groups(CoreLimits(neurons_per_core=20, synapses_per_core=30,
+                                       cores_per_chip=4))
+    # (a): A max(ceil(32/20), ceil(400/30)) = 14, relay 2, B ceil(364/30) = 13, out ceil(96/30) = 4
+    assert tight["cores"] == {"A": 14, "input.relay1": 2, "B": 13, "out": 4}
+    # (b): 20 // 16 = 1 channel per core for every conv group; out as (a)
+    assert tight["cores_shared_kernel"] == {"A": 2, "input.relay1": 2, "B": 2, "out": 4}
+    a, b = tight["chip"], tight["chip"]["shared_kernel"]
+    assert (a["cores_used"], a["chips"], a["relay_cores"]) == (33, 9, 2)
+    assert (b["cores_used"], b["chips"], b["relay_cores"]) == (10, 3, 2)
+    assert a["relay_share"] == pytest.approx(2 / 33) and b["relay_share"] == pytest.approx(0.2)
+    assert a["system"] == "Hala Point (1,152 chips)" and b["system"] == "Kapoho Point (8 chips)"
+    roomy = residual_groups(CoreLimits(neurons_per_core=40, synapses_per_core=40))
+    # (a): A ceil(400/40) = 10, relay 1, B ceil(364/40) = 10, out ceil(96/40) = 3
+    assert roomy["cores"] == {"A": 10, "input.relay1": 1, "B": 10, "out": 3}
+    # (b): both channels in one core: 2 x 16 = 32 <= 40 neurons, 2 x 18 (A) / 2 x 20 (B) <= 40
+    assert roomy["cores_shared_kernel"] == {"A": 1, "input.relay1": 1, "B": 1, "out": 3}
+    assert roomy["chip"]["system"] == roomy["chip"]["shared_kernel"]["system"] == "one Loihi 2 chip"
+
+
+def test_shared_kernel_cores_edge_cases():
+    limits = CoreLimits(neurons_per_core=100, synapses_per_core=50)
+    # 512 channels of 4x4 with 3x3x512 = 4608 weights each, real per-core limits: 203 per core
+    assert shared_kernel_cores(512 * 16, 512, 4608, 0) == 3
+    assert shared_kernel_cores(10, 10, 0, 70, limits) == layer_cores(10, 70, limits) == 2
+    # 3 channels of 20x20 = 400 positions > 100: no whole channel fits; 4 cores each
+    assert shared_kernel_cores(1200, 3, 9, 0, limits) == 3 * 4
+    # a channel's kernel of 120 weights > 50: 3 cores each
+    assert shared_kernel_cores(30, 3, 120, 0, limits) == 3 * 3
+    # a dense input into a conv-fed group adds ceil(40 / 4) = 10 weights per channel
+    assert shared_kernel_cores(8, 4, 15, 40, limits) == 2        # 50 // 25 = 2 channels per core
+
+
+def test_intel_system_by_chip_count():
+    assert [intel_system(n) for n in (1, 2, 8, 9, 1152)] == [
+        "one Loihi 2 chip", "Kapoho Point (8 chips)", "Kapoho Point (8 chips)",
+        "Hala Point (1,152 chips)", "Hala Point (1,152 chips)"]
+    assert intel_system(1153) == "more than Hala Point (1,153 chips)"
+
+
 def test_residual_report(tmp_path):
     """Energies, relays' cost and core mapping of the hand-counted residual net, and the files."""
     x, spikes = residual_spikes()
@@ -310,6 +362,9 @@ def test_residual_report(tmp_path):
     assert relay["energy_j_per_sample"]["loihi"] == pytest.approx(
         (3 * 23.6 + 3 * 81 + 61 * 52) * PJ)
     assert data["chip"]["cores_used"] == 7 and data["chip"]["relay_cores"] == 2
+    # shared kernels: 20 neurons per core hold one 16-position channel; out is dense
+    assert [g["cores_shared_kernel"] for g in data["layers"]] == [2, 2, 2, 1]
+    assert data["chip"]["shared_kernel"]["cores_used"] == 7 and relay["cores_shared_kernel"] == 2
     synops = 44 + 3 + 16 + 6 + 9
     assert data["total"]["synops_per_sample"] == synops
     spikes_, updates = 2 + 3 + 3, 3 * 64 + 6
@@ -321,6 +376,8 @@ def test_residual_report(tmp_path):
     md = (tmp_path / "energy.md").read_text()
     assert "| input.relay1 | relay | conv |" in md and "| shortcut | input.relay1 -> B |" in md
     assert "Delay alignment: 1 relay group(s), 32 neurons" in md
+    for storage in ("(a) convolutions unrolled into synapses", "(b) one shared kernel per core"):
+        assert f"| {storage} | 7 | 2 (28.6 %) | 1 | one Loihi 2 chip |" in md
 
 
 def test_tally_errors():
@@ -457,3 +514,24 @@ def test_cli_compiled_residual_student(tmp_path, capsys):
         assert layers[r]["spikes_per_sample"] == layers[r]["input_spikes_per_sample"] == \
             layers[r]["synops_per_sample"]
     assert data["chip"]["cores_used"] == sum(g["cores"] for g in data["layers"])
+
+
+def test_chip_map_bench_on_a_small_student(tmp_path, capsys):
+    """bench.chip_map end to end on a small sresnet: compiled, measured, both mappings reported,
+    and the float student's spikes give the same counts as the emulator's."""
+    from bench.chip_map import main as chip_map
+    reports = {}
+    for activity in ("student", "emulator"):
+        out = tmp_path / activity
+        assert chip_map(["--student", "sresnet", "--size", "8", "--timesteps", "4",
+                         "--samples", "2", "--activity", activity, "--out", str(out)]) == 0
+        reports[activity] = json.loads((out / "energy.json").read_text())
+    text = capsys.readouterr().out
+    assert "(a) unrolled:" in text and "(b) shared kernel:" in text and "one Loihi 2 chip" in text
+    a, b = reports["student"], reports["emulator"]
+    assert a["timesteps"] == 4 and a["samples"] == 2 and a["total"]["relays"]["groups"] > 0
+    assert [c["synops_per_sample"] for c in a["connections"]] == \
+        [c["synops_per_sample"] for c in b["connections"]]
+    assert a["chip"]["shared_kernel"]["cores_used"] <= a["chip"]["cores_used"]
+    assert chip_map(["--rate", "2", "--out", str(tmp_path / "x")]) == 2
+    assert "--rate 2.0: a probability" in capsys.readouterr().err

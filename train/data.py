@@ -6,6 +6,7 @@ Nothing downloads: on-disk datasets must already be under --data-dir (Fashion-MN
 Debian's dataset-fashion-mnist package, which `make setup` installs as root).
 """
 import gzip
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,18 +132,86 @@ def _fashion2k(data_dir, split_seed, timesteps):
     return _fashion(data_dir, split_seed, timesteps, test_samples=2000, name="fashion2k")
 
 
+# torchvision's on-disk CIFAR layout (the extracted "python version" archives): folder, the files
+# of each split, the meta file and its key of class names, the label key, the number of classes.
+CIFAR_FORMATS = {
+    "cifar10": dict(folder="cifar-10-batches-py",
+                    train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"],
+                    meta="batches.meta", names="label_names", labels="labels", classes=10),
+    "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"], meta="meta",
+                     names="fine_label_names", labels="fine_labels", classes=100),
+}
+# what a CIFAR pickle may contain besides plain Python values: numpy arrays (and Python 3's way of
+# pickling bytes at protocol 2); anything else is refused, so a foreign pickle runs no code
+_CIFAR_PICKLE_GLOBALS = {("numpy.core.multiarray", "_reconstruct"),
+                         ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
+                         ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in _CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_cifar_pickle(path) -> dict:
+    """One CIFAR batch / meta file: a pickled dict (Python 2 strings read as latin-1, as
+    torchvision does); keys as str. DataError when it is missing or not such a dict."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (torchvision's CIFAR folder has it)")
+    try:
+        with open(path, "rb") as f:
+            entry = _CifarUnpickler(f, encoding="latin1").load()
+    except Exception as e:  # a truncated or foreign file
+        raise DataError(f"{path}: not a CIFAR pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: not a CIFAR pickle (holds a {type(entry).__name__}, not a dict)")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+
+
+def read_cifar_split(folder, files, label_key, classes):
+    """The images (N, 3, 32, 32) uint8 and labels (N,) int64 of the files, in order. Each file's
+    'data' is (n, 3072) uint8: 1024 red, 1024 green, 1024 blue values, each plane row by row."""
+    images, labels = [], []
+    for name in files:
+        path = folder / name
+        entry = read_cifar_pickle(path)
+        for key in ("data", label_key):
+            if key not in entry:
+                raise DataError(f"{path}: no {key!r} field (fields: {', '.join(map(str, entry))})")
+        x = np.asarray(entry["data"])
+        y = np.asarray(entry[label_key])
+        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
+            raise DataError(f"{path}: field 'data' is {x.dtype} of shape {x.shape}, expected "
+                            f"uint8 (n, 3072)")
+        if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{path}: field {label_key!r} holds {y.shape} {y.dtype}, expected "
+                            f"{len(x)} integer labels")
+        if len(y) and (y.min() < 0 or y.max() >= classes):
+            raise DataError(f"{path}: field {label_key!r} has labels outside 0..{classes - 1}")
+        images.append(x.reshape(-1, 3, 32, 32))
+        labels.append(y.astype(np.int64))
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
 def _cifar(name, data_dir, split_seed, timesteps):
-    import torchvision
-    cls, folder, k = ((torchvision.datasets.CIFAR10, "cifar-10-batches-py", 10) if name == "cifar10"
-                      else (torchvision.datasets.CIFAR100, "cifar-100-python", 100))
-    root = Path(data_dir)
-    if not (root / folder).is_dir():
-        raise DataError(f"{name}: {root / folder} not found; put torchvision's '{folder}' folder "
-                        f"(the extracted python-version archive) under --data-dir {root}")
-    tf = torchvision.transforms.ToTensor()
-    train = cls(str(root), train=True, download=False, transform=tf)
-    test = cls(str(root), train=False, download=False, transform=tf)
-    return Indexed(train), Indexed(test), DatasetInfo(name, (3, 32, 32), k)
+    """CIFAR-10 / -100 from torchvision's on-disk folder, read here (torchvision's own class
+    insists on the archive's checksums, so a subset or a rebuilt folder would be refused):
+    the official train / test split, 3x32x32, values x / 255 (as torchvision's ToTensor)."""
+    fmt = CIFAR_FORMATS[name]
+    folder = Path(data_dir) / fmt["folder"]
+    if not folder.is_dir():
+        raise DataError(f"{name}: {folder} not found; put torchvision's '{fmt['folder']}' folder "
+                        f"(the extracted python-version archive) under --data-dir {Path(data_dir)}")
+    meta = read_cifar_pickle(folder / fmt["meta"])
+    if len(meta.get(fmt["names"], ())) != fmt["classes"]:
+        raise DataError(f"{folder / fmt['meta']}: field {fmt['names']!r} should name "
+                        f"{fmt['classes']} classes")
+    splits = [Indexed(ByteImages(*read_cifar_split(folder, fmt[split], fmt["labels"],
+                                                   fmt["classes"])))
+              for split in ("train", "test")]
+    return (*splits, DatasetInfo(name, (3, 32, 32), fmt["classes"]))
 
 
 def _cifar10_dvs(data_dir, split_seed, timesteps):

@@ -33,7 +33,7 @@ from .checkpoint import (CheckpointError, check_settings, first_difference, load
                          load_model, plain, save_checkpoint)
 from .data import DATASETS, ENCODINGS, DataError, encode, load_dataset, random_shift
 from .losses import METHODS, TeacherOutput, add_method_args, build_loss
-from .models import ARCHS, arch_of, build_model, default_arch
+from .models import ARCHS, STUDENTS, arch_of, build_model, default_arch
 from .ratebp import rate_forward
 
 
@@ -68,9 +68,10 @@ def build_parser():
                         "None = 2 for images of 28 px or more, else 0")
     p.add_argument("--train-samples", type=positive_int, default=None, metavar="N",
                    help="use only the first N training samples; None = all")
-    p.add_argument("--student", default=None, choices=("scnn", "sresnet"),
+    p.add_argument("--student", default=None, choices=STUDENTS,
                    help="student architecture; None = the dataset's default (scnn up to 28 px, "
-                        "sresnet above)")
+                        "sresnet above); resnet19 (CKDSNN) and resnet18 (TSER, ESD) are sresnet "
+                        "with the papers' widths and blocks (docs/students.md)")
     p.add_argument("--student-config", type=json_object, default={}, metavar="JSON",
                    help='JSON merged into the default student config, e.g. \'{"channels": [8, 16]}\'')
     p.add_argument("--seed", type=non_negative_int, default=0,

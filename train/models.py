@@ -345,16 +345,26 @@ def arch_of(model: nn.Module) -> dict:
     return {"name": name, "config": dict(model.config)}
 
 
+# The seed papers' ResNets as Loihi-native students (SpikingResNet configs, saved as 'sresnet';
+# 'resnet19' in ARCHS is the ANN teacher). What differs from the papers: docs/students.md.
+PAPER_STUDENTS = {
+    "resnet19": dict(widths=(128, 256, 512), blocks=(3, 3, 2)),         # CKDSNN's ResNet-19
+    "resnet18": dict(widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2)),  # TSER's / ESD's ResNet-18
+}
+STUDENTS = ("scnn", "sresnet", *PAPER_STUDENTS)
+
+
 def default_arch(dataset_info, student: bool, name=None) -> dict:
     """Default teacher / student for a dataset (see train.data.DatasetInfo).
 
-    `name` picks the student architecture ('scnn' or 'sresnet'); None takes the dataset's default
-    (scnn up to 28 px, sresnet above)."""
+    `name` picks the student architecture (one of STUDENTS); None takes the dataset's default
+    (scnn up to 28 px, sresnet above). 'resnet19' / 'resnet18' are sresnet configs with the
+    seed papers' widths and blocks (stem stride 1 at any input size)."""
     shape, k = tuple(dataset_info.in_shape), dataset_info.num_classes
     small = shape[1] <= 28
     if student:
-        if name not in (None, "scnn", "sresnet"):
-            raise ValueError(f"unknown student {name!r} (choose from scnn, sresnet)")
+        if name not in (None, *STUDENTS):
+            raise ValueError(f"unknown student {name!r} (choose from {', '.join(STUDENTS)})")
         name = name or ("scnn" if small else "sresnet")
         if name == "scnn":
             cfg = dict(in_shape=shape, num_classes=k)
@@ -362,7 +372,9 @@ def default_arch(dataset_info, student: bool, name=None) -> dict:
                 cfg.update(channels=(16, 32), kernels=(3, 3), strides=(1, 2))
             return {"name": "scnn", "config": cfg}
         cfg = dict(in_shape=shape, num_classes=k)
-        if small:  # a narrow ResNet: mnist5k 97.3 % after the default 15 epochs, ~5 min, 2 cores
+        if name in PAPER_STUDENTS:
+            cfg.update(PAPER_STUDENTS[name])
+        elif small:  # a narrow ResNet: mnist5k 97.3 % after the default 15 epochs, ~5 min, 2 cores
             cfg.update(widths=(16, 32), blocks=(1, 1), stem_stride=2)
         return {"name": "sresnet", "config": cfg}
     return {"name": "smallcnn" if small else "resnet19",

@@ -30,15 +30,18 @@ v_reset, per-neuron time constants or thresholds that differ within a group, a s
 neuron whose current decays (Loihi adds its bias to v), Delay and other nodes without a mapping.
 """
 import argparse
+import itertools
 import sys
 
 import nir
 import numpy as np
+import torch
 
 from common.files import atomic_write
 from common.loihi import BIAS_MAX, DECAY_UNITY, STATE_MAX, VTH_MAX, WEIGHT_MAX, WEIGHT_MIN
 from export.from_nir import NIRError, read_graph
-from export.interpreter import DtError, flatten_graph, recurrent_edges, resolve_dt
+from export.interpreter import (DtError, flatten_graph, node_simulator, recurrent_edges,
+                                resolve_dt)
 from hwmodels.loihi import (INTEGRATOR, NEVER_SPIKES, Net, NetxError, Neurons, Synapses,
                             conv_out_size, lava_dense_weights, save_net)
 
@@ -50,7 +53,7 @@ NEURONS = SPIKING + (nir.I, nir.LI, nir.CubaLI)
 RELAY = {"iDecay": DECAY_UNITY, "vDecay": DECAY_UNITY, "vThMant": 0}
 
 
-class CompileError(ValueError):
+class CompileError(NIRError):
     """A graph (or node) that Loihi cannot run; the message names the node."""
 
 
@@ -185,55 +188,74 @@ def paths_into(graph, name, preds, recurrent, sources):
 
 
 def path_weights(graph, dst, source_shape, ops):
-    """Fold one path into (kind, float weight, conv params, float bias per output or None).
+    """Fold one path into (kind, float weight, conv params, float bias of the output shape or
+    None, output shape).
 
-    Pools before the synapse repeat its kernel taps over the pool window (conv) or its columns
-    (dense); a path without a synapse is an identity (dense eye, or depthwise conv of ones for
-    pooling). Returns the output shape as well.
+    Every node of a path is linear, so the path is y = W x + b. When its nodes are pooling and at
+    most one Conv2d (no Flatten), W is one convolution (`fold_conv`); a path of neither is an
+    identity (dense eye or depthwise 1x1 conv); anything else (Affine / Linear, Flatten, pooling
+    a convolution cannot express) is one dense matrix, probed column by column (`probe_dense`).
+    b is the path run on a zero input, biases included.
     """
-    shape, pool, synapse, scale, after = tuple(source_shape), None, None, 1.0, False
+    shape, synapse, stages = tuple(source_shape), None, []
     for op in ops:
         node = graph.nodes[op]
         if isinstance(node, (nir.SumPool2d, nir.AvgPool2d)):
-            if synapse is not None:
-                raise CompileError(f"node {op!r}: pooling after a synapse has no Loihi mapping")
+            if len(shape) != 3:
+                raise CompileError(f"node {op!r}: pooling needs a (C, H, W) input, got {shape}")
             k, s, p = (_pair(getattr(node, f), op, f) for f in ("kernel_size", "stride", "padding"))
-            if k != s or p != (0, 0) or len(shape) != 3 or shape[1] % k[0] or shape[2] % k[1]:
-                raise CompileError(f"node {op!r}: pooling needs stride == kernel_size, no padding "
-                                   f"and an input divisible by it (kernel {k}, stride {s}, pad {p}, "
-                                   f"input {shape})")
-            if pool is not None:
-                raise CompileError(f"node {op!r}: two pooling nodes in a row")
-            pool = (k, shape)
-            if isinstance(node, nir.AvgPool2d):
-                scale /= k[0] * k[1]
-            shape = (shape[0], shape[1] // k[0], shape[2] // k[1])
+            value = 1.0 / (k[0] * k[1]) if isinstance(node, nir.AvgPool2d) else 1.0
+            stages.append(("pool", op, dict(kernel=k, stride=s, padding=p, value=value,
+                                            shape=shape)))
+            shape = (shape[0], *(conv_out_size(shape[1 + a], k[a], s[a], p[a], 1) for a in (0, 1)))
+            if min(shape) <= 0:
+                raise CompileError(f"node {op!r}: pooling {k} of {stages[-1][2]['shape']} leaves "
+                                   f"no output")
         elif isinstance(node, nir.Flatten):
+            stages.append(("flatten", op, None))
             shape = (int(np.prod(shape)),)
         elif isinstance(node, nir.Scale):
-            scale *= _uniform(node.scale, op, "scale")
-            after = after or synapse is not None
+            stages.append(("scale", op, _uniform(node.scale, op, "scale")))
         elif isinstance(node, SYNAPSES):
             if synapse is not None:
                 raise CompileError(f"node {op!r}: two synapses ({synapse} and {op}) with no neuron "
                                    f"between them")
+            _synapse_check(graph, op, shape)
             synapse, shape = op, _synapse_shape(graph, op, shape)
+            stages.append(("synapse", op, None))
         else:
             raise CompileError(f"node {op!r}: type {type(node).__name__} inside a synaptic path")
-    if synapse is None:
-        return _identity(source_shape, shape, pool, scale) + (None, shape)
-    kind, w, conv = _synapse_weight(graph, synapse, source_shape, pool)
-    bias = getattr(graph.nodes[synapse], "bias", None)
-    bias = None if bias is None or not np.any(_array(bias)) else \
-        _array(bias) * (scale if after else 1.0)
-    return kind, w * scale, conv, bias, shape
+    bias = _path_bias(graph, ops, source_shape, shape) if synapse is not None else None
+    kinds = [kind for kind, _, _ in stages]
+    scale = float(np.prod([v for kind, _, v in stages if kind == "scale"]))
+    if "pool" not in kinds and synapse is None:
+        return _identity(source_shape, shape, scale) + (None, shape)
+    if "flatten" not in kinds and (synapse is None or isinstance(graph.nodes[synapse], nir.Conv2d)):
+        folded = fold_conv(graph, [st for st in stages if st[0] != "scale"], source_shape, shape)
+        if folded is not None:
+            w, conv = folded
+            return "conv", w * scale, conv, bias, shape
+    return "dense", probe_dense(graph, ops, source_shape, shape), {}, bias, shape
+
+
+def _synapse_check(graph, name, shape):
+    node = graph.nodes[name]
+    if isinstance(node, nir.Conv2d):
+        if len(shape) != 3 or node.weight.shape[1] * int(node.groups) != shape[0]:
+            raise CompileError(f"node {name!r}: weight {tuple(node.weight.shape)} with groups="
+                               f"{int(node.groups)} does not take input {shape}")
+        return
+    w = _array(node.weight)
+    if w.ndim != 2:
+        raise CompileError(f"node {name!r}: weight of shape {w.shape} is not 2-D")
+    if len(shape) != 1 or w.shape[1] != shape[0]:
+        raise CompileError(f"node {name!r}: weight expects {w.shape[1]} inputs, gets shape "
+                           f"{shape} (a Flatten before it?)")
 
 
 def _synapse_shape(graph, name, shape):
     node = graph.nodes[name]
     if isinstance(node, nir.Conv2d):
-        if len(shape) != 3:
-            raise CompileError(f"node {name!r}: Conv2d needs a (C, H, W) input, got {shape}")
         stride, padding, dilation = _conv_params(name, node, node.weight.shape[2:])
         return (int(node.weight.shape[0]), *(conv_out_size(shape[1 + a], node.weight.shape[2 + a],
                                                            stride[a], padding[a], dilation[a])
@@ -253,43 +275,115 @@ def _conv_params(name, node, kernel):
     return stride, _pair(node.padding, name, "padding"), dilation
 
 
-def _synapse_weight(graph, name, source_shape, pool):
-    node = graph.nodes[name]
-    w = _array(node.weight)
-    if isinstance(node, nir.Conv2d):
-        stride, padding, dilation = _conv_params(name, node, w.shape[2:])
-        groups = int(node.groups)
-        if pool is not None:  # pool(k) then conv == conv with each tap repeated over the window
-            (ph, pw), _ = pool
-            if dilation != (1, 1):
-                raise CompileError(f"node {name!r}: pooling before a dilated Conv2d")
-            w = np.repeat(np.repeat(w, ph, axis=2), pw, axis=3)
-            stride, padding = (stride[0] * ph, stride[1] * pw), (padding[0] * ph, padding[1] * pw)
-        if len(source_shape) != 3 or w.shape[1] * groups != source_shape[0]:
-            raise CompileError(f"node {name!r}: weight {w.shape} with groups={groups} does not "
-                               f"take input {tuple(source_shape)}")
-        return "conv", w, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    if w.ndim != 2:
-        raise CompileError(f"node {name!r}: weight of shape {w.shape} is not 2-D")
-    if pool is not None:  # pool then flatten then dense == dense over the unpooled input
-        (ph, pw), (c, h, wd) = pool
-        w = np.repeat(np.repeat(w.reshape(w.shape[0], c, h // ph, wd // pw), ph, axis=2), pw,
-                      axis=3).reshape(w.shape[0], -1)
-    if w.shape[1] != int(np.prod(source_shape)):
-        raise CompileError(f"node {name!r}: weight expects {w.shape[1]} inputs, gets "
-                           f"{int(np.prod(source_shape))} (shape {tuple(source_shape)})")
-    return "dense", w, {}
+# A path x -> A -> B of two convolutions along one axis, A: kernel ka, stride sa, padding pa,
+# dilation da; B: kb, sb, pb, db. B reads y[i], i = sb j + db b - pb, and y[i] reads
+# x[sa i + da a - pa], so z[j] reads x[sa sb j + sa db b + da a - (sa pb + pa)]: one convolution
+# of stride sa sb, padding sa pb + pa, dilation 1 and kernel sa db (kb - 1) + da (ka - 1) + 1,
+# whose tap c collects every (a, b) with sa db b + da a = c. It equals the path where B's zero
+# padding (y[i] for i < 0 or i >= len(y)) reads only the composite's zero padding: A = pooling
+# (ka <= sa + pa on the left; on the right pb = 0 or sa len(y) - pa >= len(x)), or B = pooling
+# with pb = 0 (B then reads only y[0 .. len(y) - 1]). docs/nir.md "Pooling".
+
+def _pool_conv(stage):
+    """A pooling stage as a depthwise convolution (weight (C, 1, kh, kw), params)."""
+    p = stage[2]
+    c = p["shape"][0]
+    w = np.full((c, 1, *p["kernel"]), p["value"])
+    return w, dict(stride=p["stride"], padding=p["padding"], dilation=(1, 1), groups=c)
 
 
-def _identity(in_shape, out_shape, pool, scale):
-    """A path without a synapse: a sum-pool conv, a depthwise 1x1 conv or a dense identity."""
-    if pool is not None:
-        if len(out_shape) != 3:
-            raise CompileError("pooling followed by Flatten into a neuron: no Loihi connection")
-        (ph, pw), (c, _, _) = pool
-        w = np.ones((c, 1, ph, pw)) * scale
-        return "conv", w, dict(stride=(ph, pw), padding=(0, 0), dilation=(1, 1), groups=c)
-    if len(out_shape) == 3:
+def _compose(wa, a, wb, b, depthwise_a):
+    """Weight and params of conv A then conv B, one of them depthwise pooling (the same taps
+    for every channel; the result has the other's channels and groups): tap
+    (sa db kb_tap + da ka_tap) of the result sums wa[ka_tap] * wb[kb_tap]."""
+    sa, da, sb, db = a["stride"], a["dilation"], b["stride"], b["dilation"]
+    (ka0, ka1), (kb0, kb1) = wa.shape[2:], wb.shape[2:]
+    size = [sa[x] * db[x] * (wb.shape[2 + x] - 1) + da[x] * (wa.shape[2 + x] - 1) + 1
+            for x in (0, 1)]
+    full = wb if depthwise_a else wa
+    out = np.zeros((*full.shape[:2], *size))
+    for a0, a1, b0, b1 in itertools.product(range(ka0), range(ka1), range(kb0), range(kb1)):
+        c0, c1 = sa[0] * db[0] * b0 + da[0] * a0, sa[1] * db[1] * b1 + da[1] * a1
+        if depthwise_a:
+            out[:, :, c0, c1] += wa[0, 0, a0, a1] * wb[:, :, b0, b1]
+        else:
+            out[:, :, c0, c1] += wa[:, :, a0, a1] * wb[0, 0, b0, b1]
+    stride = (sa[0] * sb[0], sa[1] * sb[1])
+    padding = (sa[0] * b["padding"][0] + a["padding"][0], sa[1] * b["padding"][1] + a["padding"][1])
+    return out, dict(stride=stride, padding=padding, dilation=(1, 1),
+                     groups=b["groups"] if depthwise_a else a["groups"])
+
+
+def fold_conv(graph, stages, in_shape, out_shape):
+    """(weight, params) of one convolution equal to the path's pooling / Conv2d stages, or None
+    when none is exact (the rule above; then the caller probes a dense matrix)."""
+    convs = []  # (weight, params, is_pool, input shape)
+    for kind, op, _ in stages:
+        if kind == "pool":
+            w, conv = _pool_conv((kind, op, _))
+            convs.append((w, conv, True, _["shape"]))
+        else:
+            node = graph.nodes[op]
+            w = _array(node.weight)
+            stride, padding, dilation = _conv_params(op, node, w.shape[2:])
+            convs.append((w, dict(stride=stride, padding=padding, dilation=dilation,
+                                  groups=int(node.groups)), False, None))
+    w, conv, pool, _ = convs[0]
+    shape = tuple(in_shape)
+    for wb, b, pool_b, b_in in convs[1:]:
+        if pool and pool_b:
+            return None                                   # two poolings: not one depthwise tap
+        y_len = [conv_out_size(shape[1 + x], w.shape[2 + x], conv["stride"][x],
+                               conv["padding"][x], conv["dilation"][x]) for x in (0, 1)]
+        for x in (0, 1):
+            if pool and not (w.shape[2 + x] <= conv["stride"][x] + conv["padding"][x] and (
+                    b["padding"][x] == 0 or
+                    conv["stride"][x] * y_len[x] - conv["padding"][x] >= shape[1 + x])):
+                return None
+            if pool_b and b["padding"][x] != 0:
+                return None
+        w, conv = _compose(w, conv, wb, b, depthwise_a=pool)
+        pool = False
+    got = (w.shape[0], *(conv_out_size(in_shape[1 + x], w.shape[2 + x], conv["stride"][x],
+                                       conv["padding"][x], 1) for x in (0, 1)))
+    return (w, conv) if got == tuple(out_shape) else None
+
+
+DENSE_MAX = 1 << 24  # weights of one probed dense connection
+
+
+def probe_dense(graph, ops, in_shape, out_shape):
+    """The (out, in) matrix W of a linear path, one column per unit input (float64, without
+    biases: the path at e_i minus the path at 0)."""
+    n_in, n_out = int(np.prod(in_shape)), int(np.prod(out_shape))
+    if n_in * n_out > DENSE_MAX:
+        raise CompileError(f"node {ops[-1]!r}: the path from a {tuple(in_shape)} source needs a "
+                           f"dense connection of {n_out} x {n_in} weights (more than "
+                           f"{DENSE_MAX}); no convolution equals it")
+    zero = _run_path(graph, ops, torch.zeros(1, *in_shape, dtype=torch.float64))
+    cols = []
+    for start in range(0, n_in, 1024):
+        eye = torch.eye(n_in, dtype=torch.float64)[start:start + 1024].reshape(-1, *in_shape)
+        cols.append((_run_path(graph, ops, eye) - zero).reshape(len(eye), -1))
+    return torch.cat(cols).t().numpy()
+
+
+def _path_bias(graph, ops, in_shape, out_shape):
+    """The path's output for a zero input (its biases carried through), or None when 0."""
+    b = _run_path(graph, ops, torch.zeros(1, *in_shape, dtype=torch.float64))[0].numpy()
+    return b.reshape(out_shape) if np.any(b) else None
+
+
+def _run_path(graph, ops, x):
+    """The path's stateless nodes on x (float64), with the interpreter's node functions."""
+    for op in ops:
+        x = node_simulator(op, graph.nodes[op], 1.0, dtype=torch.float64).step(x)
+    return x
+
+
+def _identity(in_shape, out_shape, scale):
+    """A path without a synapse or pooling: a depthwise 1x1 conv or a dense identity."""
+    if len(out_shape) == 3 and tuple(in_shape) == tuple(out_shape):
         return "conv", np.ones((out_shape[0], 1, 1, 1)) * scale, dict(groups=out_shape[0])
     return "dense", np.eye(int(np.prod(in_shape))) * scale, {}
 
@@ -350,7 +444,7 @@ def rel_error(w, k, s):
 def relay(source, shape, j):
     """Relay group j behind `source`: spikes exactly when its input spiked, one Lava step later."""
     name = f"{source}.relay{j}"
-    kind, w, conv = _identity(shape, shape, None, 1.0)
+    kind, w, conv = _identity(shape, shape, 1.0)
     group = Neurons(name=name, shape=tuple(shape), i_decay=RELAY["iDecay"],
                     v_decay=RELAY["vDecay"], vth=RELAY["vThMant"], role="relay")
     prev = source if j == 1 else f"{source}.relay{j - 1}"
@@ -462,7 +556,7 @@ def incoming_paths(graph, name, shape, gain, preds, recurrent, sources, input_na
             raise CompileError(f"node {name!r}: input of shape {out} from {src!r} does not fit "
                                f"its shape {shape}")
         if b is not None:
-            syn_bias = syn_bias + np.broadcast_to(b.reshape(-1, *([1] * (len(shape) - 1))), shape)
+            syn_bias = syn_bias + b.reshape(shape)
         infos.append(dict(src="input" if src == input_name else src, ops=ops, rec=rec, kind=kind,
                           w=w * gain, conv=conv))
     return infos, syn_bias
@@ -473,6 +567,10 @@ def integer_synapses(infos, step, name, exact):
     syns, errors = [], []
     for j, info in enumerate(infos):
         k, _ = to_int(info["w"], step, name, "weights", WEIGHT_MIN, WEIGHT_MAX, exact)
+        if np.any(info["w"]) and not np.any(k):
+            what = info["ops"][-1] if info["ops"] else info["src"]
+            raise CompileError(f"node {what!r}: weights into {name!r} all round to 0 on the "
+                               f"step {step:g} (max |w| {np.abs(info['w']).max():g})")
         errors.append(rel_error(info["w"], k, step))
         label = info["ops"][-1] if info["ops"] else f"{info['src']}->{name}"
         syns.append(Synapses(name=label if label not in [s.name for s in syns] else f"{label}.{j}",
@@ -498,6 +596,9 @@ def integer_threshold(theta, step, name):
     vth = int(round(q))
     note = [f"threshold {theta:g} rounded to {vth} steps"] \
         if abs(q - vth) > GRID_RTOL * max(1.0, abs(q)) else []
+    if theta > 0 and vth == 0:
+        raise CompileError(f"node {name!r}: threshold {theta:g} rounds to 0 weight steps (step "
+                           f"{step:g}): every input would spike (is dt right?)")
     if not 0 <= vth <= VTH_MAX:
         raise CompileError(f"node {name!r}: threshold {theta:g} = {vth} weight steps does not "
                            f"fit 17 bits [0, {VTH_MAX}] (step {step:g}; is dt right?)")

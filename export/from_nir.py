@@ -26,7 +26,8 @@ from train.neurons import LoihiCUBA
 from train.quant import WEIGHT_MAX, WEIGHT_MIN
 
 from .interpreter import (NON_SPIKING, SPIKING, NIRError, check_recurrence, flatten_graph,
-                          graph_dt, predecessors, resolve_dt, run_graph, topological_order)
+                          graph_dt, node_simulator, predecessors, resolve_dt, run_graph,
+                          topological_order)
 
 DEFAULT_STEP = 1 / 64
 GAIN_RTOL = 1e-6
@@ -368,6 +369,8 @@ class NIRFloatModel(nn.Module):
         self.recurrent = check_recurrence(self.graph)
         self.neurons = [n for n in topological_order(self.graph, skip=self.recurrent)
                         if isinstance(self.graph.nodes[n], SPIKING)]
+        for name, node in self.graph.nodes.items():  # NIRError now for what it cannot simulate
+            node_simulator(name, node, self.dt)
 
     def forward(self, x) -> StudentOutput:
         values = run_graph(self.graph, x, self.dt)
@@ -380,7 +383,11 @@ class NIRFloatModel(nn.Module):
 def float_model(graph_or_path, dt=None) -> nn.Module:
     """The float reference of a NIR graph (eval mode): the trained student (`student_from_nir`)
     for a graph written by export.to_nir, else a NIRFloatModel running the NIR equations at
-    resolve_dt(graph, dt). NIRError (DtError for dt) naming the node for what it cannot run."""
+    resolve_dt(graph, dt). NIRError (DtError for dt) naming the node for what it cannot run; the
+    graph must compile (deploy.compile.build_net: decays outside [0, 1], thresholds or weight
+    layers that round to nothing are refused here as there), so that the float model accepts
+    exactly what the compiler accepts."""
+    from deploy.compile import build_net
     from .to_nir import PRODUCER
     graph = graph_or_path if isinstance(graph_or_path, nir.NIRGraph) else read_graph(graph_or_path)
     step, source = resolve_dt(graph, dt)
@@ -389,5 +396,8 @@ def float_model(graph_or_path, dt=None) -> nn.Module:
         if not math.isclose(step, own, rel_tol=1e-9):
             raise NIRError(f"--dt {step:g} differs from dt = {own:g} that export.to_nir wrote "
                            f"(the student's decays are fixed by it)")
-        return student_from_nir(graph)
-    return NIRFloatModel(graph, step).eval()
+        model = student_from_nir(graph)
+    else:
+        model = NIRFloatModel(graph, step).eval()
+    build_net(graph, dt)  # accept exactly what Loihi runs: CompileError (a NIRError) otherwise
+    return model

@@ -245,8 +245,9 @@ def resolve_dt(graph: nir.NIRGraph, override=None) -> tuple:
     """(dt, source): the --dt override; else metadata "dt" of the graph, subgraphs and nodes (all
     equal); else the dt that snnTorch's convention r = tau_mem/dt (w_in = tau_syn/dt) pins when
     every LIF / CubaLIF gives the same one (rtol 1e-4, rounded to 6 significant digits; not when
-    r = w_in = 1 everywhere, which reads as no memory rather than as the convention); else 1 for
-    a graph without time constants (IF / I only: discrete time); else DtError."""
+    r = w_in = 1 everywhere, which reads as no memory rather than as the convention); else, for a
+    graph whose only neurons are IF / I, 1/r when they share one r != 1 (SpikingJelly's
+    r = 1/dt) and 1 when r = 1 (discrete time); else DtError."""
     if override is not None:
         dt = float(override)
         if not math.isfinite(dt) or dt <= 0:
@@ -270,7 +271,7 @@ def resolve_dt(graph: nir.NIRGraph, override=None) -> tuple:
     graph_flat = flatten_graph(graph)
     found = _convention(graph_flat)
     if not found:
-        return 1.0, "no time constants: discrete time"
+        return _integrator_dt(graph_flat)
     pinned = [(name, label, v) for name, label, v in found if v is not None]
     if not pinned:
         name, kind, _ = found[0]
@@ -292,6 +293,24 @@ def resolve_dt(graph: nir.NIRGraph, override=None) -> tuple:
                       f"not as snnTorch's r = tau/dt; pass --dt")
     dt = float(f"{float(np.median(every)):.6g}")
     return dt, "snntorch convention r = tau/dt"
+
+
+def _integrator_dt(graph):
+    """dt of a graph whose only neurons are IF / I: r = 1 everywhere is discrete time (dt = 1);
+    one r != 1 shared by every IF / I element pins dt = 1/r (SpikingJelly writes r = 1/dt and no
+    dt); r that differs between neurons cannot be read either way: DtError."""
+    rs = [(name, _array(node.r).reshape(-1)) for name, node in graph.nodes.items()
+          if isinstance(node, (nir.IF, nir.I))]
+    every = np.concatenate([r for _, r in rs]) if rs else np.ones(1)
+    if np.all(every == 1.0):
+        return 1.0, "no time constants: discrete time"
+    for name, r in rs:
+        if not np.all(np.isfinite(r)) or np.any(r <= 0) \
+                or not np.allclose(r, every[0], rtol=DT_RTOL, atol=0):
+            raise DtError(f"node {name!r}: r = {r.min():g}..{r.max():g} differs from r = "
+                          f"{every[0]:g} of {rs[0][0]!r} (r = 1/dt pins no single dt); pass --dt")
+    dt = float(f"{1.0 / float(np.median(every)):.6g}")
+    return dt, "IF / I r = 1/dt"
 
 
 def graph_dt(graph: nir.NIRGraph) -> float:
@@ -415,15 +434,15 @@ class IntegratorStep(_Membrane):
         return self._output()
 
 
-def _affine(node):
+def _affine(node, dtype=torch.float32):
     """y = W x + b."""
-    w, b = _f32(node.weight), _f32(node.bias)
+    w, b = _f32(node.weight).to(dtype), _f32(node.bias).to(dtype)
     return Stateless(lambda x: F.linear(x, w, b))
 
 
-def _linear(node):
+def _linear(node, dtype=torch.float32):
     """y = W x."""
-    w = _f32(node.weight)
+    w = _f32(node.weight).to(dtype)
     return Stateless(lambda x: F.linear(x, w))
 
 
@@ -431,46 +450,46 @@ def _pair(v):
     return v if isinstance(v, str) else tuple(int(i) for i in np.broadcast_to(np.asarray(v), (2,)))
 
 
-def _conv2d(node):
+def _conv2d(node, dtype=torch.float32):
     """y = W * x + b (2-D cross-correlation, torch convention)."""
-    w, b = _f32(node.weight), _f32(node.bias)
+    w, b = _f32(node.weight).to(dtype), _f32(node.bias).to(dtype)
     stride, padding, dilation = _pair(node.stride), _pair(node.padding), _pair(node.dilation)
     groups = int(node.groups)
     return Stateless(lambda x: F.conv2d(x, w, b, stride, padding, dilation, groups))
 
 
-def _flatten(node):
+def _flatten(node, dtype=None):
     """Merge dims start_dim..end_dim (counted without the batch)."""
     start, end = int(node.start_dim), int(node.end_dim)
     start, end = start + 1 if start >= 0 else start, end + 1 if end >= 0 else end
     return Stateless(lambda x: torch.flatten(x, start, end))
 
 
-def _scale(node):
+def _scale(node, dtype=torch.float32):
     """y = s * x (elementwise)."""
-    s = _f32(node.scale)
+    s = _f32(node.scale).to(dtype)
     return Stateless(lambda x: s * x)
 
 
-def _threshold(node):
+def _threshold(node, dtype=torch.float32):
     """z = x > threshold."""
-    th = _f32(node.threshold)
-    return Stateless(lambda x: (x > th).to(torch.float32))
+    th = _f32(node.threshold).to(dtype)
+    return Stateless(lambda x: (x > th).to(dtype))
 
 
-def _sum_pool2d(node):
+def _sum_pool2d(node, dtype=None):
     """y = sum of x over each kernel window."""
     k, s, p = _pair(node.kernel_size), _pair(node.stride), _pair(node.padding)
     return Stateless(lambda x: F.avg_pool2d(x, k, s, p, divisor_override=1))
 
 
-def _avg_pool2d(node):
+def _avg_pool2d(node, dtype=None):
     """y = mean of x over each kernel window (zero padding counted)."""
     k, s, p = _pair(node.kernel_size), _pair(node.stride), _pair(node.padding)
     return Stateless(lambda x: F.avg_pool2d(x, k, s, p))
 
 
-def _identity(node):
+def _identity(node, dtype=None):
     return Stateless(lambda x: x)
 
 
@@ -531,9 +550,10 @@ def _integer(name, what, values) -> torch.Tensor:
     return torch.as_tensor(k.astype(np.int64))
 
 
-def node_simulator(name, node, dt, weight_step=None):
+def node_simulator(name, node, dt, weight_step=None, dtype=torch.float32):
     """The per-step simulator of one NIR node; with `weight_step`, CubaLIF / LIF run Loihi's
-    integer arithmetic (LoihiStep)."""
+    integer arithmetic (LoihiStep). Stateless nodes compute in `dtype` (deploy.compile folds a
+    synaptic path in float64 with them)."""
     if weight_step is not None and isinstance(node, (nir.CubaLIF, nir.LIF)):
         return LoihiStep(name, node, dt, weight_step)
     neurons = {nir.CubaLIF: lambda: CubaLIFStep(node, dt),
@@ -549,7 +569,7 @@ def node_simulator(name, node, dt, weight_step=None):
     if type(node) in neurons:
         return neurons[type(node)]()
     if type(node) in synapses:
-        return synapses[type(node)](node)
+        return synapses[type(node)](node, dtype)
     if isinstance(node, nir.Delay):
         raise NIRError(f"node {name!r}: Delay has no float meaning here (the float model and "
                        f"Loihi have no per-synapse delays)")

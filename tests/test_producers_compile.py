@@ -1,0 +1,238 @@
+"""Graphs as other tools' NIR exporters write them (docs/nir.md "Graphs of other tools") compile,
+or are refused by name, and the float model accepts exactly what the compiler accepts.
+
+Graphs are built here with the `nir` package, in the form the issue-20 table says each exporter
+writes (SpikingJelly IF r = 1/dt, norse tau = dt/tau_mem_inv, snnTorch Conv2d -> AvgPool2d ->
+Leaky, Rockpool per-neuron thresholds, Norse LIFCell biases, scalar parameters, batch dims)."""
+import numpy as np
+import pytest
+import torch
+
+import nir
+from deploy.compile import CompileError, build_net
+from export.from_nir import NIRError, float_model
+from export.interpreter import resolve_dt
+from hwmodels.loihi import Emulator
+
+
+def chain(nodes, metadata=None):
+    names = list(nodes)
+    return nir.NIRGraph(nodes=nodes, edges=list(zip(names[:-1], names[1:])), type_check=False,
+                        metadata=dict(metadata or {}))
+
+
+def grid(rng, shape, scale=8):
+    """Weights on a 1/scale grid (exact on Loihi's int8 grid)."""
+    return rng.integers(-scale, scale + 1, shape) / scale
+
+
+def spikes(shape, seed=0, rate=0.4):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(*shape, generator=g) < rate).float()
+
+
+def same_spikes(graph, x, dt=None):
+    """Emulator spikes == float-model spikes for every spiking group of the graph; the net."""
+    net, fit = build_net(graph, dt)
+    r = Emulator(net).run(x)
+    with torch.no_grad():
+        out = float_model(graph, dt)(x.transpose(0, 1))
+    for name, s in out.spikes.items():
+        assert torch.equal(s.transpose(0, 1).bool(), r.spikes[name]), name
+    assert any(int(s.sum()) > 0 for s in out.spikes.values())
+    return net, fit, r, out
+
+
+# ---- 1. never silently wrong -------------------------------------------------------------------
+
+def spikingjelly_cnn(dt=1e-4, seed=0, r=None):
+    """SpikingJelly's exporter: IFNode as IF(r = 1/dt, v_threshold, v_reset = 0), no dt."""
+    rng = np.random.default_rng(seed)
+    ifn = lambda *s: nir.IF(r=np.full(s, 1 / dt if r is None else r),  # noqa: E731
+                            v_threshold=np.ones(s), v_reset=np.zeros(s))
+    return chain({
+        "input": nir.Input(input_type=np.array([1, 6, 6])),
+        "conv": nir.Conv2d(input_shape=(6, 6), weight=grid(rng, (3, 1, 3, 3)), stride=1,
+                           padding=1, dilation=1, groups=1, bias=np.zeros(3)),
+        "if1": ifn(3, 6, 6),
+        "flat": nir.Flatten(input_type={"input": np.array([3, 6, 6])}, start_dim=0),
+        "fc": nir.Affine(weight=grid(rng, (4, 108)), bias=np.zeros(4)),
+        "if2": ifn(4),
+        "output": nir.Output(output_type=np.array([4]))})
+
+
+def test_spikingjelly_if_r_pins_dt():
+    g = spikingjelly_cnn()
+    assert resolve_dt(g) == (1e-4, "IF / I r = 1/dt")
+    net, fit, r, out = same_spikes(g, spikes((8, 6, 1, 6, 6)))
+    assert fit["dt"] == 1e-4 and fit["dt_source"] == "IF / I r = 1/dt"
+    assert all(not row["notes"] for row in fit["groups"])  # thresholds on the grid: exact
+
+
+def test_if_r_that_pins_no_single_dt_names_the_flag():
+    g = spikingjelly_cnn()
+    g.nodes["if2"] = nir.IF(r=np.full(4, 2e4), v_threshold=np.ones(4), v_reset=np.zeros(4))
+    for call in (resolve_dt, build_net, float_model):
+        with pytest.raises(NIRError, match="node 'if2': r = 20000..20000 differs from r = 10000 "
+                                           "of 'if1'.*pass --dt"):
+            call(g)
+    assert build_net(g, dt=1e-4)[1]["dt_source"] == "override"
+
+
+def test_threshold_of_zero_steps_is_refused_by_compiler_and_float_model():
+    g = spikingjelly_cnn()  # read at dt = 1 the input gain is 1e4: thresholds drown
+    for call in (build_net, float_model):
+        with pytest.raises(CompileError, match="node 'if1': threshold 1 rounds to 0 weight steps"):
+            call(g, 1.0)
+
+
+def norse_lif_net(dt=1e-3, tau_mem_inv=100.0):
+    """norse 1.1.0 writes LIF(tau = dt / tau_mem_inv, r = 1): a decay dt/tau of 1/dt."""
+    rng = np.random.default_rng(0)
+    n = 5
+    return chain({"input": nir.Input(input_type=np.array([4])),
+                  "fc": nir.Linear(weight=grid(rng, (n, 4))),
+                  "lif": nir.LIF(tau=np.full(n, dt / tau_mem_inv), r=np.ones(n),
+                                 v_leak=np.zeros(n), v_threshold=np.ones(n)),
+                  "output": nir.Output(output_type=np.array([n]))})
+
+
+def test_norse_decay_outside_unit_interval_is_refused_alike():
+    g = norse_lif_net()
+    for call in (build_net, float_model):
+        with pytest.raises(NIRError, match="r = 1 everywhere.*--dt"):
+            call(g)
+        with pytest.raises(CompileError, match="node 'lif': tau=1e-05 with dt=0.001 gives decay "
+                                               "100 outside"):
+            call(g, 1e-3)
+    build_net(g, 1e-6)  # dt = dt_norse^2: decay 0.1, the file's intent (docs/nir.md)
+    float_model(g, 1e-6)
+
+
+def test_weight_layer_that_rounds_to_zero_is_refused_alike():
+    rng = np.random.default_rng(0)
+    big = nir.Linear(weight=grid(rng, (3, 4)))
+    tiny = nir.Linear(weight=np.full((3, 4), 1e-5))
+    lif = nir.IF(r=np.ones(3), v_threshold=np.ones(3), v_reset=np.zeros(3))
+    g = nir.NIRGraph(nodes={"input": nir.Input(input_type=np.array([4])), "big": big,
+                            "tiny": tiny, "n": lif, "output": nir.Output(np.array([3]))},
+                     edges=[("input", "big"), ("input", "tiny"), ("big", "n"), ("tiny", "n"),
+                            ("n", "output")], type_check=False)
+    for call in (build_net, float_model):
+        with pytest.raises(CompileError, match="node 'tiny': weights into 'n' all round to 0"):
+            call(g)
+
+
+# ---- 2. pooling wherever it is linear ----------------------------------------------------------
+
+def lif(shape, beta=0.5, theta=1.0, dt=1e-4):
+    """snnTorch's Leaky as its exporter writes it: tau = dt/(1 - beta), r = tau/dt."""
+    tau = np.full(shape, dt / (1 - beta))
+    return nir.LIF(tau=tau, r=tau / dt, v_leak=np.zeros(shape), v_threshold=np.full(shape, theta),
+                   v_reset=np.zeros(shape))
+
+
+def conv(rng, cout, cin, k, stride=1, padding=0, bias=False, size=(8, 8)):
+    return nir.Conv2d(input_shape=size, weight=grid(rng, (cout, cin, k, k)), stride=stride,
+                      padding=padding, dilation=1, groups=1,
+                      bias=grid(rng, (cout,)) / 4 if bias else np.zeros(cout))
+
+
+def pool(kind, k, stride=None):
+    return kind(np.array([k, k]), np.array([stride or k] * 2), np.array([0, 0]))
+
+
+def head(n_in, rng, n=4):
+    """Flatten -> Affine -> LIF -> Output (the classifier after a conv stack)."""
+    return {"flat": nir.Flatten(input_type={"input": np.array([n_in])}, start_dim=0),
+            "fc": nir.Affine(weight=grid(rng, (n, n_in)), bias=np.zeros(n)),
+            "out": lif((n,), 0.75), "output": nir.Output(output_type=np.array([n]))}
+
+
+def snntorch_conv_pool(kind=nir.AvgPool2d, k=2, stride=None, conv_stride=1, size=8, seed=0):
+    """The snnTorch tutorial CNN: Conv2d -> AvgPool2d -> Leaky (conv with bias)."""
+    rng = np.random.default_rng(seed)
+    c = conv(rng, 4, 1, 3, stride=conv_stride, padding=1, bias=True, size=(size, size))
+    m = (size + 2 - 3) // conv_stride + 1
+    p = (m - k) // (stride or k) + 1
+    nodes = {"input": nir.Input(input_type=np.array([1, size, size])), "conv": c,
+             "pool": pool(kind, k, stride), "lif": lif((4, p, p), 0.5, theta=0.5)}
+    nodes.update(head(4 * p * p, rng))
+    return chain(nodes, {"dt": 1e-4})
+
+
+@pytest.mark.parametrize("kind, k, stride, conv_stride, size, kernel, step", [
+    (nir.AvgPool2d, 2, None, 1, 8, 4, 2),     # k + s(p - 1) = 3 + 1, stride s p = 2
+    (nir.SumPool2d, 3, 2, 2, 9, 7, 4),        # overlapping pool after a strided conv: 3 + 2 * 2
+    (nir.AvgPool2d, 2, None, 1, 7, 4, 2),     # 7x7 -> 3x3 (floor): the last row and column unread
+])
+def test_conv_then_pooling_folds_into_one_convolution(kind, k, stride, conv_stride, size, kernel,
+                                                      step):
+    g = snntorch_conv_pool(kind, k, stride, conv_stride, size)
+    x = spikes((6, 8, 1, size, size), rate=0.5)
+    net, fit, r, out = same_spikes(g, x)
+    syn = net.incoming("lif")[0]
+    assert syn.kind == "conv" and syn.nodes == ["conv", "pool"]
+    assert syn.weight.shape[2:] == (kernel, kernel) and syn.stride == (step, step)
+    assert syn.padding == (1, 1) and int(r.spikes["lif"].sum()) > 0
+    assert net.group("lif").bias is not None  # the conv bias, through the pooling
+
+
+def test_pooling_derivation_equals_torch():
+    """conv(W, s, p) then pool(P, S) == conv(W', s S, p) with W' of size k + s(P - 1)."""
+    from deploy.compile import fold_conv
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(5, 2, 3, 3))
+    c = nir.Conv2d(input_shape=(11, 11), weight=w, stride=2, padding=1, dilation=1, groups=1,
+                   bias=np.zeros(5))
+    g = chain({"c": c})
+    stages = [("synapse", "c", None), ("pool", "p", dict(kernel=(3, 2), stride=(2, 1),
+                                                         padding=(0, 0), value=1 / 6,
+                                                         shape=(5, 6, 6)))]
+    x = torch.rand(2, 2, 11, 11, dtype=torch.float64)
+    want = torch.nn.functional.avg_pool2d(
+        torch.nn.functional.conv2d(x, torch.from_numpy(w), stride=2, padding=1), (3, 2), (2, 1))
+    w2, p2 = fold_conv(g, stages, (2, 11, 11), tuple(want.shape[1:]))
+    assert w2.shape[2:] == (3 + 2 * 2, 3 + 2 * 1) and p2["stride"] == (4, 2)
+    got = torch.nn.functional.conv2d(x, torch.from_numpy(w2), stride=p2["stride"],
+                                     padding=p2["padding"])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def floor_pool_then_conv(padding):
+    """sinabs / snnTorch: 2x2 pooling of a 9x9 map (floor mode) before a conv and a dense."""
+    rng = np.random.default_rng(1)
+    ifn = lambda *s: nir.IF(r=np.ones(s), v_threshold=np.ones(s), v_reset=np.zeros(s))  # noqa
+    m = 4 + 2 * padding - 2
+    nodes = {"input": nir.Input(input_type=np.array([2, 9, 9])),
+             "pool": pool(nir.SumPool2d, 2),
+             "conv": conv(rng, 3, 2, 3, padding=padding, size=(4, 4)), "n1": ifn(3, m, m),
+             "pool2": pool(nir.SumPool2d, 2)}
+    nodes.update(head(3 * (m // 2) ** 2, rng))
+    nodes["out"] = ifn(4)
+    return chain(nodes)
+
+
+@pytest.mark.parametrize("padding, kind", [(0, "conv"), (1, "dense")])
+def test_floor_mode_pooling_before_a_conv_and_a_dense(padding, kind):
+    """Without padding the fold is one conv; with it the conv's right padding would read the
+    unread 9th row, so the path becomes a dense matrix. pool2 -> flatten -> fc is dense."""
+    g = floor_pool_then_conv(padding)
+    net, fit, r, out = same_spikes(g, spikes((6, 5, 2, 9, 9), rate=0.5))
+    assert net.incoming("n1")[0].kind == kind
+    assert net.incoming("out")[0].kind == "dense"
+    assert int(r.spikes["n1"].sum()) > 0
+
+
+@pytest.mark.parametrize("kind, k, stride", [(nir.SumPool2d, 2, None), (nir.AvgPool2d, 3, 2)])
+def test_pooling_after_a_neuron_with_odd_sizes(kind, k, stride):
+    rng = np.random.default_rng(2)
+    nodes = {"input": nir.Input(input_type=np.array([1, 7, 7])),
+             "conv": conv(rng, 3, 1, 3, padding=1, size=(7, 7)), "n1": lif((3, 7, 7), 0.5),
+             "pool": pool(kind, k, stride), "n2": lif((3, 3, 3), 0.75, theta=0.25)}
+    nodes.update(head(27, rng))
+    g = chain(nodes, {"dt": 1e-4})
+    net, fit, r, out = same_spikes(g, spikes((6, 6, 1, 7, 7), rate=0.5))
+    syn = net.incoming("n2")[0]
+    assert syn.kind == "conv" and syn.groups == 3 and syn.stride == (stride or k,) * 2
+    assert int(r.spikes["n2"].sum()) > 0

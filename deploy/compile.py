@@ -25,9 +25,12 @@ Steps, each a function below:
    to its longest one, so all inputs of a group arrive in step (cost reported in the fit report).
 6. readout: a spiking output group is read as spike counts ('spikes'), a non-spiking one as its
    final state ('state').
+A synaptic bias into a neuron whose current decays (Loihi adds its bias to v, NIR to the current)
+comes from a constant source: one group that spikes at every step (`bias_source`) with the bias
+as its weights.
 What Loihi cannot do is refused with a CompileError naming the node: reset by subtraction, non-zero
-v_reset, per-neuron time constants or thresholds that differ within a group, a synaptic bias into a
-neuron whose current decays (Loihi adds its bias to v), Delay and other nodes without a mapping.
+v_reset, per-neuron time constants or thresholds that differ within a group, Delay and other
+nodes without a mapping.
 """
 import argparse
 import itertools
@@ -51,6 +54,8 @@ SHAPERS = (nir.Flatten, nir.SumPool2d, nir.AvgPool2d)
 SPIKING = (nir.CubaLIF, nir.LIF, nir.IF)
 NEURONS = SPIKING + (nir.I, nir.LI, nir.CubaLI)
 RELAY = {"iDecay": DECAY_UNITY, "vDecay": DECAY_UNITY, "vThMant": 0}
+BIAS_SOURCE = "bias.source"          # the group that spikes at every step (`bias_source`)
+BIAS_LATE = "bias.late"              # the one that spikes from step 1 on
 
 
 class CompileError(NIRError):
@@ -170,20 +175,22 @@ def neuron_params(name, node, dt):
 # ---- 3. connections ----------------------------------------------------------------------------
 
 def paths_into(graph, name, preds, recurrent, sources):
-    """Every path (source, [stateless nodes in order], recurrent?) ending in node `name`."""
+    """Every path (source, [stateless nodes in order], recurrent?, nodes after the recurrent
+    edge) ending in node `name`."""
     found = []
 
-    def walk(node_name, ops, rec):
+    def walk(node_name, ops, rec, after):
         for src in preds.get(node_name, []):
-            edge_rec = rec or (src, node_name) in recurrent
+            edge_rec = (src, node_name) in recurrent
+            here = after if rec or not edge_rec else len(ops)
             if src in sources:
-                found.append((src, ops, edge_rec))
+                found.append((src, ops, rec or edge_rec, here))
             elif src in ops:
                 raise CompileError(f"node {src!r}: a cycle without a neuron in it")
             else:
-                walk(src, [src, *ops], edge_rec)
+                walk(src, [src, *ops], rec or edge_rec, here)
 
-    walk(name, [], False)
+    walk(name, [], False, None)
     return found
 
 
@@ -439,6 +446,30 @@ def rel_error(w, k, s):
     return 0.0 if norm == 0 else float(np.sqrt(((w - s * k) ** 2).sum())) / norm
 
 
+def bias_source(in_shape, late=False):
+    """[(group, its input connection)] of the constant sources. BIAS_SOURCE is one neuron that
+    spikes at every step (iDecay = vDecay = 4096, vThMant 0, bias 1: v = u + 64 > 0 for any
+    non-negative input; its input connection, weight 1 from the first input, exists because
+    every group needs a feed-forward input). A synaptic bias b into a decaying current is its
+    weight b / step: u gets b at every step, as NIR's tau_syn dI/dt = -I + w_in (W x + b) does.
+    BIAS_LATE (with `late`) spikes from step 1 on: it integrates the source (iDecay 0, vDecay
+    4096: v = u = 64 (t + 1)) against vThMant 1, for the bias of a recurrent synapse, which the
+    recurrent edge delivers from step 1. Both are aligned like any group (relays)."""
+    group = Neurons(name=BIAS_SOURCE, shape=(1,), i_decay=DECAY_UNITY, v_decay=DECAY_UNITY,
+                    vth=0, bias=np.ones(1, dtype=np.int64), role="bias")
+    w = np.zeros((1, int(np.prod(in_shape))), dtype=np.int64)
+    w[0, 0] = 1
+    made = [(group, Synapses(name=f"input->{BIAS_SOURCE}", src="input", dst=BIAS_SOURCE,
+                             kind="dense", weight=w))]
+    if late:
+        group = Neurons(name=BIAS_LATE, shape=(1,), i_decay=0, v_decay=DECAY_UNITY, vth=1,
+                        role="bias")
+        made.append((group, Synapses(name=f"{BIAS_SOURCE}->{BIAS_LATE}", src=BIAS_SOURCE,
+                                     dst=BIAS_LATE, kind="dense",
+                                     weight=np.ones((1, 1), dtype=np.int64))))
+    return made
+
+
 # ---- 5. alignment ------------------------------------------------------------------------------
 
 def relay(source, shape, j):
@@ -499,6 +530,10 @@ def build_net(graph, dt=None, timesteps=8):
         groups.append(group)
         synapses += syns
         report.append(row)
+    if any(s.src in (BIAS_SOURCE, BIAS_LATE) for s in synapses):
+        made = bias_source(in_shape, any(s.src == BIAS_LATE for s in synapses))
+        groups[:0] = [group for group, _ in made]
+        synapses[:0] = [syn for _, syn in made]
     groups = _topological(groups, synapses)
     output, readout = output_group(graph, groups)
     groups, synapses, relays = align(groups, _unique_names(synapses), in_shape)
@@ -518,11 +553,15 @@ def compile_group(graph, name, dt, preds, recurrent, sources, input_name, in_sha
     node = graph.nodes[name]
     shape = _shape(node)
     i_decay, v_decay, gain, theta, v_leak = neuron_params(name, node, dt)
-    infos, syn_bias = incoming_paths(graph, name, shape, gain, preds, recurrent, sources,
-                                     input_name, in_shape)
-    if np.any(syn_bias) and i_decay != DECAY_UNITY:
-        raise CompileError(f"node {name!r}: a synaptic bias into a neuron whose current decays "
-                           f"(iDecay {i_decay}); Loihi adds its bias to v, not to the current")
+    infos, syn_bias, late_bias = incoming_paths(graph, name, shape, gain, preds, recurrent,
+                                                sources, input_name, in_shape)
+    if np.any(syn_bias) and i_decay != DECAY_UNITY:  # NIR adds it to the decaying current
+        infos.append(dict(src=BIAS_SOURCE, ops=[], rec=False, kind="dense",
+                          w=syn_bias.reshape(-1, 1) * gain, conv={}))
+        syn_bias = np.zeros(shape)
+    if np.any(late_bias):  # a recurrent synapse's bias: from step 1
+        infos.append(dict(src=BIAS_LATE, ops=[], rec=False, kind="dense",
+                          w=late_bias.reshape(-1, 1) * gain, conv={}))
     bias = syn_bias * gain + np.broadcast_to(v_leak, shape)  # per step, in units of v
     if not any(np.any(i["w"]) for i in infos):
         raise CompileError(f"node {name!r}: all incoming weights are zero")
@@ -541,12 +580,14 @@ def compile_group(graph, name, dt, preds, recurrent, sources, input_name, in_sha
 
 def incoming_paths(graph, name, shape, gain, preds, recurrent, sources, input_name, in_shape):
     """The float weights of every path into neuron `name` (scaled by its input gain) as dicts
-    (src, ops, rec, kind, w, conv), and the summed synaptic bias of those paths (shape `shape`)."""
+    (src, ops, rec, kind, w, conv), and the summed synaptic bias of those paths (shape `shape`):
+    (from step 0, from step 1). A bias made before a recurrent edge comes one step late: the edge
+    delivers zeros at step 0 (docs/nir.md)."""
     found = paths_into(graph, name, preds, recurrent, sources)
     if not found:
         raise CompileError(f"node {name!r}: a neuron with no input")
-    infos, syn_bias = [], np.zeros(shape)
-    for src, ops, rec in found:
+    infos, syn_bias, late_bias = [], np.zeros(shape), np.zeros(shape)
+    for src, ops, rec, after in found:
         if rec and src != name:
             raise CompileError(f"node {name!r}: recurrence from {src!r}; only a group onto "
                                f"itself is supported")
@@ -555,11 +596,14 @@ def incoming_paths(graph, name, shape, gain, preds, recurrent, sources, input_na
         if int(np.prod(out)) != int(np.prod(shape)):
             raise CompileError(f"node {name!r}: input of shape {out} from {src!r} does not fit "
                                f"its shape {shape}")
-        if b is not None:
+        if b is not None and rec and any(isinstance(graph.nodes[op], SYNAPSES)
+                                         for op in ops[:len(ops) - after]):
+            late_bias = late_bias + b.reshape(shape)
+        elif b is not None:
             syn_bias = syn_bias + b.reshape(shape)
         infos.append(dict(src="input" if src == input_name else src, ops=ops, rec=rec, kind=kind,
                           w=w * gain, conv=conv))
-    return infos, syn_bias
+    return infos, syn_bias, late_bias
 
 
 def integer_synapses(infos, step, name, exact):
@@ -712,7 +756,8 @@ def write(path, net, timesteps):
     def fill(tmp):
         with h5py.File(tmp, "w") as f:
             save_net(f, net)
-            if net.chain():
+            if net.chain() and all(s.kind == "conv" or len(net.group(s.dst).shape) == 1
+                                   for s in net.synapses):  # netx: dense layers are 1-D
                 from .netx import write_layers
                 write_layers(f, net)
 

@@ -4,6 +4,10 @@ or are refused by name, and the float model accepts exactly what the compiler ac
 Graphs are built here with the `nir` package, in the form the issue-20 table says each exporter
 writes (SpikingJelly IF r = 1/dt, norse tau = dt/tau_mem_inv, snnTorch Conv2d -> AvgPool2d ->
 Leaky, Rockpool per-neuron thresholds, Norse LIFCell biases, scalar parameters, batch dims)."""
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -236,3 +240,71 @@ def test_pooling_after_a_neuron_with_odd_sizes(kind, k, stride):
     syn = net.incoming("n2")[0]
     assert syn.kind == "conv" and syn.groups == 3 and syn.stride == (stride or k,) * 2
     assert int(r.spikes["n2"].sum()) > 0
+
+
+# ---- 4. a bias into a decaying current ---------------------------------------------------------
+
+def cuba(n, alpha=0.5, beta=0.5, theta=1.0, dt=1e-4):
+    tau_syn, tau_mem = np.full(n, dt / (1 - alpha)), np.full(n, dt / (1 - beta))
+    return nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau_mem, r=tau_mem / dt, w_in=tau_syn / dt,
+                       v_leak=np.zeros(n), v_threshold=np.full(n, theta), v_reset=np.zeros(n))
+
+
+def braille_like(seed=0, recurrent=True):
+    """The NIR paper's Braille RNN with biases (and Norse's LIFCell): Affine(bias) -> CubaLIF
+    with a recurrent Affine(bias) -> Affine(bias) -> CubaLIF, biases into decaying currents."""
+    rng = np.random.default_rng(seed)
+    nodes = {"input": nir.Input(input_type=np.array([6])),
+             "fc1": nir.Affine(weight=grid(rng, (8, 6)), bias=grid(rng, (8,)) / 2),
+             "lif1.lif": cuba(8), "fc2": nir.Affine(weight=grid(rng, (3, 8)),
+                                                      bias=grid(rng, (3,)) / 2),
+             "lif2": cuba(3, 0.5, 0.75, theta=0.5), "output": nir.Output(np.array([3]))}
+    edges = [("input", "fc1"), ("fc1", "lif1.lif"), ("lif1.lif", "fc2"), ("fc2", "lif2"),
+             ("lif2", "output")]
+    if recurrent:
+        nodes["lif1.w_rec"] = nir.Affine(weight=grid(rng, (8, 8)) / 2, bias=grid(rng, (8,)) / 4)
+        edges += [("lif1.lif", "lif1.w_rec"), ("lif1.w_rec", "lif1.lif")]
+    return nir.NIRGraph(nodes=nodes, edges=edges, type_check=False, metadata={"dt": 1e-4})
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_bias_into_a_decaying_current_comes_from_a_constant_source(recurrent):
+    g = braille_like(recurrent=recurrent)
+    net, fit, r, out = same_spikes(g, spikes((8, 6, 6), rate=0.5))
+    src = net.group("bias.source")
+    assert src.size == 1 and src.vth == 0 and bool(r.spikes["bias.source"].all())
+    fed = {s.dst for s in net.synapses if s.src.startswith("bias.")}
+    assert {"lif1.lif", "lif2"} <= fed | {s.dst for s in net.synapses if "relay" in s.src}
+    assert net.group("lif1.lif").bias is None  # the bias reaches u, not v
+    if recurrent:  # w_rec's bias arrives through the recurrent edge: from step 1
+        late = r.spikes["bias.late"]
+        assert not late[:, 0].any() and late[:, 1:].all()
+    assert int(r.spikes["lif1.lif"].sum()) > 0 and int(r.spikes["lif2"].sum()) > 0
+
+
+# ---- Lava runs the new mappings exactly as the emulator -----------------------------------------
+
+HAS_LAVA = importlib.util.find_spec("lava") is not None
+
+
+def lava_cases():
+    return {"conv_avgpool": (snntorch_conv_pool(), (1, 8, 8)),
+            "floor_pool_dense": (floor_pool_then_conv(1), (2, 9, 9)),
+            "bias_recurrent": (braille_like(), (6,))}
+
+
+@pytest.mark.skipif(not HAS_LAVA, reason="lava-nc not installed")
+@pytest.mark.parametrize("case", ["conv_avgpool", "floor_pool_dense", "bias_recurrent"])
+def test_new_mappings_equal_in_lava(tmp_path, case):
+    from deploy.compile import compile_graph
+    from deploy.lava_run import preload, run_lava
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_lava_net import assert_same
+    preload()
+    graph, shape = lava_cases()[case]
+    net, _ = compile_graph(graph, tmp_path / "n.net")
+    x = spikes((3, 6, *shape), seed=1, rate=0.5).numpy().astype(np.int8)
+    emu = Emulator(net).run(torch.from_numpy(x))
+    assert sum(int(s.sum()) for k, s in emu.spikes.items() if not k.startswith("bias")) > 0
+    assert_same(emu, run_lava(tmp_path / "n.net", x, net, progress=False, samples_per_chunk=3),
+                case)

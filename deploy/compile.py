@@ -167,7 +167,7 @@ def neuron_params(name, node, dt):
         i_decay, v_decay, gain = INTEGRATOR["iDecay"], INTEGRATOR["vDecay"], dt * u("r")
     if gain <= 0:
         raise CompileError(f"node {name!r}: input gain {gain:g} <= 0 (check r, w_in, dt)")
-    theta = u("v_threshold") if isinstance(node, SPIKING) else None
+    theta = _array(node.v_threshold) if isinstance(node, SPIKING) else None  # fold_thresholds
     v_leak = leak * _array(node.v_leak) if hasattr(node, "v_leak") else 0.0
     return i_decay, v_decay, gain, theta, v_leak
 
@@ -557,16 +557,19 @@ def compile_group(graph, name, dt, preds, recurrent, sources, input_name, in_sha
                                                 sources, input_name, in_shape)
     if np.any(syn_bias) and i_decay != DECAY_UNITY:  # NIR adds it to the decaying current
         infos.append(dict(src=BIAS_SOURCE, ops=[], rec=False, kind="dense",
-                          w=syn_bias.reshape(-1, 1) * gain, conv={}))
+                          w=syn_bias.reshape(-1, 1) * gain, conv={}, src_shape=(1,)))
         syn_bias = np.zeros(shape)
     if np.any(late_bias):  # a recurrent synapse's bias: from step 1
         infos.append(dict(src=BIAS_LATE, ops=[], rec=False, kind="dense",
-                          w=late_bias.reshape(-1, 1) * gain, conv={}))
+                          w=late_bias.reshape(-1, 1) * gain, conv={}, src_shape=(1,)))
     bias = syn_bias * gain + np.broadcast_to(v_leak, shape)  # per step, in units of v
     if not any(np.any(i["w"]) for i in infos):
         raise CompileError(f"node {name!r}: all incoming weights are zero")
+    scale = None
+    if theta is not None:
+        theta, bias, scale = fold_thresholds(name, theta, infos, bias, shape)
     meta_step = _metadata_step(graph, infos)
-    exact = meta_step is not None
+    exact = meta_step is not None and scale is None
     extras = [np.asarray(bias)] + ([] if theta is None else [np.asarray(theta)])
     step = meta_step * gain if exact else choose_step([i["w"] for i in infos], extras, name)
     syns, errors = integer_synapses(infos, step, name, exact)
@@ -575,7 +578,73 @@ def compile_group(graph, name, dt, preds, recurrent, sources, input_name, in_sha
     group = Neurons(name=name, shape=shape, i_decay=i_decay, v_decay=v_decay, vth=vth,
                     bias=bias_int, role="neuron" if theta is not None else "readout", nodes=[name])
     row = fit_row(group, syns, step, errors, exact, note, timesteps)
+    if scale is not None:
+        row["threshold_fold"] = fold_report(theta, scale, infos, syns, step, shape)
+        row["notes"].append(f"per-neuron thresholds folded into the incoming weights (x"
+                            f"{scale.min():.4g}..x{scale.max():.4g}); worst neuron's weight "
+                            f"error {row['threshold_fold']['neuron_weight_rel_error_max']:.2%}")
     return group, syns, row
+
+
+def fold_thresholds(name, theta, infos, bias, shape):
+    """Per-neuron thresholds -> one (theta, bias, per-neuron scale c or None).
+
+    With reset to zero, v_i > theta_i spikes exactly when c_i v_i > c_i theta_i, and c_i v_i is
+    the neuron's state when all its incoming weights and its bias are multiplied by c_i (v is
+    linear in them, and reset to 0 stays 0). So c_i = max(theta) / theta_i gives every neuron
+    the threshold max(theta). A conv path is scaled per output channel when c is constant per
+    channel, else it becomes a dense matrix first."""
+    theta = np.broadcast_to(_array(theta), shape)
+    if np.allclose(theta, theta.flat[0], rtol=1e-6, atol=0):
+        return float(theta.flat[0]), bias, None
+    if np.any(theta <= 0):
+        raise CompileError(f"node {name!r}: per-neuron thresholds {theta.min():g}.."
+                           f"{theta.max():g} must be > 0 to fold into the weights")
+    c = float(theta.max()) / theta
+    per_channel = len(shape) == 3 and np.all(c == c[:, :1, :1])
+    for info in infos:
+        if info["kind"] == "conv" and per_channel:
+            info["w"] = info["w"] * c[:, 0, 0].reshape(-1, 1, 1, 1)
+            continue
+        if info["kind"] == "conv":
+            info["w"], info["kind"] = conv_dense(info["w"], info["conv"], info["src_shape"],
+                                                 name), "dense"
+            info["conv"] = {}
+        info["w"] = info["w"] * c.reshape(-1, 1)
+    return float(theta.max()), np.broadcast_to(bias, shape) * c, c
+
+
+def conv_dense(w, conv, src_shape, name):
+    """The (out, in) dense matrix of a convolution on a src_shape input."""
+    n_in = int(np.prod(src_shape))
+    x = torch.eye(n_in, dtype=torch.float64).reshape(n_in, *src_shape)
+    y = torch.nn.functional.conv2d(x, torch.from_numpy(np.asarray(w, dtype=np.float64)), None,
+                                   conv.get("stride", 1), conv.get("padding", 0),
+                                   conv.get("dilation", 1), conv.get("groups", 1))
+    if y[0].numel() * n_in > DENSE_MAX:
+        raise CompileError(f"node {name!r}: per-position parameters need the convolution as a "
+                           f"dense matrix of {y[0].numel()} x {n_in} weights (more than "
+                           f"{DENSE_MAX})")
+    return y.reshape(n_in, -1).t().numpy()
+
+
+def fold_report(theta, scale, infos, syns, step, shape):
+    """Quantisation cost per neuron of folded thresholds: the relative error of each neuron's
+    incoming weights (dense rows; a conv's output channel for its neurons)."""
+    num, den = np.zeros(shape), np.zeros(shape)
+    for info, syn in zip(infos, syns):
+        err, ref = (info["w"] - step * syn.weight) ** 2, info["w"] ** 2
+        if info["kind"] == "dense":
+            num += err.sum(1).reshape(shape)
+            den += ref.sum(1).reshape(shape)
+        else:
+            num += err.reshape(len(err), -1).sum(1).reshape(-1, *([1] * (len(shape) - 1)))
+            den += ref.reshape(len(ref), -1).sum(1).reshape(-1, *([1] * (len(shape) - 1)))
+    rel = np.sqrt(num / np.where(den > 0, den, 1)).reshape(-1)
+    return {"theta": float(theta), "scale_min": float(scale.min()),
+            "scale_max": float(scale.max()), "neuron_weight_rel_error_max": float(rel.max()),
+            "neuron_weight_rel_error_median": float(np.median(rel)),
+            "worst_neuron": int(rel.argmax())}
 
 
 def incoming_paths(graph, name, shape, gain, preds, recurrent, sources, input_name, in_shape):
@@ -602,7 +671,7 @@ def incoming_paths(graph, name, shape, gain, preds, recurrent, sources, input_na
         elif b is not None:
             syn_bias = syn_bias + b.reshape(shape)
         infos.append(dict(src="input" if src == input_name else src, ops=ops, rec=rec, kind=kind,
-                          w=w * gain, conv=conv))
+                          w=w * gain, conv=conv, src_shape=tuple(src_shape)))
     return infos, syn_bias, late_bias
 
 

@@ -290,11 +290,13 @@ HAS_LAVA = importlib.util.find_spec("lava") is not None
 def lava_cases():
     return {"conv_avgpool": (snntorch_conv_pool(), (1, 8, 8)),
             "floor_pool_dense": (floor_pool_then_conv(1), (2, 9, 9)),
-            "bias_recurrent": (braille_like(), (6,))}
+            "bias_recurrent": (braille_like(), (6,)),
+            "thresholds": (rockpool_net(), (5,))}
 
 
 @pytest.mark.skipif(not HAS_LAVA, reason="lava-nc not installed")
-@pytest.mark.parametrize("case", ["conv_avgpool", "floor_pool_dense", "bias_recurrent"])
+@pytest.mark.parametrize("case", ["conv_avgpool", "floor_pool_dense", "bias_recurrent",
+                                  "thresholds"])
 def test_new_mappings_equal_in_lava(tmp_path, case):
     from deploy.compile import compile_graph
     from deploy.lava_run import preload, run_lava
@@ -308,3 +310,48 @@ def test_new_mappings_equal_in_lava(tmp_path, case):
     assert sum(int(s.sum()) for k, s in emu.spikes.items() if not k.startswith("bias")) > 0
     assert_same(emu, run_lava(tmp_path / "n.net", x, net, progress=False, samples_per_chunk=3),
                 case)
+
+
+# ---- 3. per-neuron parameters ------------------------------------------------------------------
+
+def rockpool_net(seed=0):
+    """Rockpool's LIFTorch with trained per-neuron thresholds (CubaLIF, dense)."""
+    rng = np.random.default_rng(seed)
+    hid = cuba(6, 0.5, 0.5)
+    hid.v_threshold = np.array([0.5, 1.0, 2.0, 1.0, 0.25, 0.5])
+    out = cuba(3, 0.5, 0.75)
+    out.v_threshold = np.array([1.0, 0.5, 2.0])
+    return chain({"input": nir.Input(input_type=np.array([5])),
+                  "w1": nir.Linear(weight=grid(rng, (6, 5))), "lif1": hid,
+                  "w2": nir.Linear(weight=grid(rng, (3, 6))), "lif2": out,
+                  "output": nir.Output(output_type=np.array([3]))}, {"dt": 1e-4})
+
+
+def test_per_neuron_thresholds_fold_into_the_weights():
+    g = rockpool_net()
+    net, fit, r, out = same_spikes(g, spikes((8, 8, 5), rate=0.6))
+    row = {row["group"]: row for row in fit["groups"]}["lif1"]
+    fold = row["threshold_fold"]
+    assert fold["theta"] == 2.0 and (fold["scale_min"], fold["scale_max"]) == (1.0, 8.0)
+    assert fold["neuron_weight_rel_error_max"] == 0.0  # thresholds on a binary grid: exact
+    assert any("folded" in n for n in row["notes"])
+    assert int(r.spikes["lif1"].sum()) > 0 and int(r.spikes["lif2"].sum()) > 0
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_per_neuron_thresholds_of_a_conv_layer(per_channel):
+    """Per channel: the conv stays a conv, each output channel scaled; per position: the
+    connection becomes dense (a convolution shares its kernel across positions)."""
+    rng = np.random.default_rng(4)
+    n1 = lif((3, 6, 6), 0.5)
+    th = np.array([0.25, 0.5, 1.0]).reshape(3, 1, 1)
+    if not per_channel:
+        th = th * 2.0 ** (np.arange(36).reshape(1, 6, 6) % 2)
+    n1.v_threshold = np.broadcast_to(th, (3, 6, 6)).copy()
+    nodes = {"input": nir.Input(input_type=np.array([1, 6, 6])),
+             "conv": conv(rng, 3, 1, 3, padding=1, size=(6, 6)), "n1": n1}
+    nodes.update(head(108, rng))
+    g = chain(nodes, {"dt": 1e-4})
+    net, fit, r, out = same_spikes(g, spikes((6, 6, 1, 6, 6), rate=0.5))
+    assert net.incoming("n1")[0].kind == ("conv" if per_channel else "dense")
+    assert "threshold_fold" in fit["groups"][0] and int(r.spikes["n1"].sum()) > 0

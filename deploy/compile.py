@@ -148,28 +148,46 @@ def _gain(dt, scale, tau, name):
     return dt * scale / tau
 
 
-def neuron_params(name, node, dt):
-    """(iDecay, vDecay, input gain g, threshold theta or None, v_leak bias per step or 0)."""
-    u = lambda field_name: _uniform(getattr(node, field_name), name, field_name)  # noqa: E731
-    leak = 0.0
+def neuron_params(name, node, dt, shape):
+    """(iDecay, vDecay (int arrays of `shape`), input gain g (float array), threshold theta or
+    None, v_leak bias per step); every parameter is read per neuron (broadcast to `shape`)."""
+    def p(field_name):
+        try:
+            return np.broadcast_to(_array(getattr(node, field_name)), shape)
+        except ValueError:
+            raise CompileError(f"node {name!r}: {field_name} of shape "
+                               f"{np.shape(getattr(node, field_name))} does not fit the node's "
+                               f"shape {shape}") from None
+
+    def decay(tau, field_name):
+        return np.vectorize(lambda t: _decay(dt, t, name, field_name), otypes=[np.int64])(tau)
+
+    def gain(scale, tau):
+        return np.vectorize(lambda a, t: _gain(dt, a, t, name), otypes=[np.float64])(scale, tau)
+
+    def ratio(tau):
+        return np.where(np.isinf(tau), 0.0, dt / np.where(np.isinf(tau), 1.0, tau))
+
+    leak, unity = np.zeros(shape), np.full(shape, DECAY_UNITY, dtype=np.int64)
     if isinstance(node, (nir.CubaLIF, nir.CubaLI)):
-        tau_syn, tau_mem = u("tau_syn"), u("tau_mem")
-        i_decay, v_decay = _decay(dt, tau_syn, name, "tau_syn"), _decay(dt, tau_mem, name, "tau_mem")
-        gain = _gain(dt, u("w_in"), tau_syn, name) * _gain(dt, u("r"), tau_mem, name)
-        leak = 0.0 if np.isinf(tau_mem) else dt / tau_mem
+        tau_syn, tau_mem = p("tau_syn"), p("tau_mem")
+        i_decay, v_decay = decay(tau_syn, "tau_syn"), decay(tau_mem, "tau_mem")
+        g = gain(p("w_in"), tau_syn) * gain(p("r"), tau_mem)
+        leak = ratio(tau_mem)
     elif isinstance(node, (nir.LIF, nir.LI)):
-        tau = u("tau")
-        i_decay, v_decay, gain = DECAY_UNITY, _decay(dt, tau, name, "tau"), _gain(dt, u("r"), tau, name)
-        leak = 0.0 if np.isinf(tau) else dt / tau
+        tau = p("tau")
+        i_decay, v_decay, g = unity, decay(tau, "tau"), gain(p("r"), tau)
+        leak = ratio(tau)
     elif isinstance(node, nir.IF):
-        i_decay, v_decay, gain = DECAY_UNITY, 0, dt * u("r")
+        i_decay, v_decay, g = unity, np.zeros(shape, dtype=np.int64), dt * p("r")
     else:  # I
-        i_decay, v_decay, gain = INTEGRATOR["iDecay"], INTEGRATOR["vDecay"], dt * u("r")
-    if gain <= 0:
-        raise CompileError(f"node {name!r}: input gain {gain:g} <= 0 (check r, w_in, dt)")
-    theta = _array(node.v_threshold) if isinstance(node, SPIKING) else None  # fold_thresholds
-    v_leak = leak * _array(node.v_leak) if hasattr(node, "v_leak") else 0.0
-    return i_decay, v_decay, gain, theta, v_leak
+        i_decay = np.full(shape, INTEGRATOR["iDecay"], dtype=np.int64)
+        v_decay, g = np.full(shape, INTEGRATOR["vDecay"], dtype=np.int64), dt * p("r")
+    if np.any(g <= 0):
+        raise CompileError(f"node {name!r}: input gain {g.min():g} <= 0 (check r, w_in, dt)")
+    theta = p("v_threshold") if isinstance(node, SPIKING) else None  # fold_thresholds
+    v_leak = leak * p("v_leak") if hasattr(node, "v_leak") else 0.0
+    return i_decay, v_decay, g, theta, v_leak
 
 
 # ---- 3. connections ----------------------------------------------------------------------------
@@ -524,12 +542,21 @@ def build_net(graph, dt=None, timesteps=8):
     neurons = [n for n, node in graph.nodes.items() if isinstance(node, NEURONS)]
     sources = set(neurons) | {input_name}
     groups, synapses, report = [], [], []
+    splits = {}
     for name in neurons:
-        group, syns, row = compile_group(graph, name, dt, preds, recurrent, sources,
-                                         input_name, in_shape, timesteps)
+        group, syns, row, split = compile_group(graph, name, dt, preds, recurrent, sources,
+                                                input_name, in_shape, timesteps)
         groups.append(group)
         synapses += syns
         report.append(row)
+        if split is not None:
+            splits[name] = split
+    for name, (i_decay, v_decay) in splits.items():
+        groups, synapses, parts = split_group(graph, name, i_decay, v_decay, groups, synapses,
+                                              in_shape)
+        row = next(r for r in report if r["group"] == name)
+        row.update(decay_groups=len(parts), parts=parts)
+        row["notes"].append(f"per-neuron decays: split into {len(parts)} groups")
     if any(s.src in (BIAS_SOURCE, BIAS_LATE) for s in synapses):
         made = bias_source(in_shape, any(s.src == BIAS_LATE for s in synapses))
         groups[:0] = [group for group, _ in made]
@@ -549,19 +576,27 @@ def build_net(graph, dt=None, timesteps=8):
 
 
 def compile_group(graph, name, dt, preds, recurrent, sources, input_name, in_shape, timesteps):
-    """One neuron node -> (Neurons, incoming Synapses, fit row)."""
+    """One neuron node -> (Neurons, incoming Synapses, fit row, per-neuron (iDecay, vDecay)
+    arrays when they differ, else None: `split_groups` then splits the group)."""
     node = graph.nodes[name]
     shape = _shape(node)
-    i_decay, v_decay, gain, theta, v_leak = neuron_params(name, node, dt)
-    infos, syn_bias, late_bias = incoming_paths(graph, name, shape, gain, preds, recurrent,
-                                                sources, input_name, in_shape)
-    if np.any(syn_bias) and i_decay != DECAY_UNITY:  # NIR adds it to the decaying current
+    i_decay, v_decay, gain, theta, v_leak = neuron_params(name, node, dt, shape)
+    infos, syn_bias, late_bias = incoming_paths(graph, name, shape, preds, recurrent, sources,
+                                                input_name, in_shape)
+    if np.any(syn_bias) and np.any(i_decay != DECAY_UNITY):  # NIR adds it to the decaying current
         infos.append(dict(src=BIAS_SOURCE, ops=[], rec=False, kind="dense",
-                          w=syn_bias.reshape(-1, 1) * gain, conv={}, src_shape=(1,)))
+                          w=syn_bias.reshape(-1, 1), conv={}, src_shape=(1,)))
         syn_bias = np.zeros(shape)
     if np.any(late_bias):  # a recurrent synapse's bias: from step 1
         infos.append(dict(src=BIAS_LATE, ops=[], rec=False, kind="dense",
-                          w=late_bias.reshape(-1, 1) * gain, conv={}, src_shape=(1,)))
+                          w=late_bias.reshape(-1, 1), conv={}, src_shape=(1,)))
+    uniform_gain = np.allclose(gain, gain.flat[0], rtol=1e-9, atol=0)
+    if uniform_gain:
+        gain = float(gain.flat[0])
+        for info in infos:
+            info["w"] = info["w"] * gain
+    else:  # per-neuron input gains (time constants): each neuron's incoming weights
+        scale_rows(infos, gain, shape, name)
     bias = syn_bias * gain + np.broadcast_to(v_leak, shape)  # per step, in units of v
     if not any(np.any(i["w"]) for i in infos):
         raise CompileError(f"node {name!r}: all incoming weights are zero")
@@ -569,21 +604,69 @@ def compile_group(graph, name, dt, preds, recurrent, sources, input_name, in_sha
     if theta is not None:
         theta, bias, scale = fold_thresholds(name, theta, infos, bias, shape)
     meta_step = _metadata_step(graph, infos)
-    exact = meta_step is not None and scale is None
+    exact = meta_step is not None and scale is None and uniform_gain
     extras = [np.asarray(bias)] + ([] if theta is None else [np.asarray(theta)])
     step = meta_step * gain if exact else choose_step([i["w"] for i in infos], extras, name)
     syns, errors = integer_synapses(infos, step, name, exact)
     bias_int = integer_bias(bias, step, name, exact)
     vth, note = (NEVER_SPIKES, []) if theta is None else integer_threshold(theta, step, name)
-    group = Neurons(name=name, shape=shape, i_decay=i_decay, v_decay=v_decay, vth=vth,
-                    bias=bias_int, role="neuron" if theta is not None else "readout", nodes=[name])
+    split = None if np.all(i_decay == i_decay.flat[0]) and np.all(v_decay == v_decay.flat[0]) \
+        else (i_decay, v_decay)
+    group = Neurons(name=name, shape=shape, i_decay=int(i_decay.min()),
+                    v_decay=int(v_decay.min()), vth=vth, bias=bias_int,
+                    role="neuron" if theta is not None else "readout", nodes=[name])
     row = fit_row(group, syns, step, errors, exact, note, timesteps)
     if scale is not None:
         row["threshold_fold"] = fold_report(theta, scale, infos, syns, step, shape)
         row["notes"].append(f"per-neuron thresholds folded into the incoming weights (x"
                             f"{scale.min():.4g}..x{scale.max():.4g}); worst neuron's weight "
                             f"error {row['threshold_fold']['neuron_weight_rel_error_max']:.2%}")
-    return group, syns, row
+    return group, syns, row, split
+
+
+def split_group(graph, name, i_decay, v_decay, groups, synapses, in_shape):
+    """Group `name` with per-neuron decays -> one 1-D group per (iDecay, vDecay) value (each its
+    own Lava LIF process), "name.0", "name.1", ... in order of the values, fed by the rows of its
+    incoming connections (dense, neurons in (C, H, W) order), and a relay group `name` of the
+    node's shape that gathers their spikes in the same step (emulator time), so that what `name`
+    fed is unchanged. Returns (groups, synapses, {part name: [neuron indices]})."""
+    keys = np.stack([i_decay.reshape(-1), v_decay.reshape(-1)], 1)
+    values, which = np.unique(keys, axis=0, return_inverse=True)
+    index = {f"{name}.{k}": np.flatnonzero(which.reshape(-1) == k) for k in range(len(values))}
+    g = next(g for g in groups if g.name == name)
+    if any(s.recurrent and name in (s.src, s.dst) for s in synapses):
+        raise CompileError(f"node {name!r}: per-neuron decays in a recurrent group (its parts "
+                           f"would feed each other recurrently)")
+    if not g.spiking:
+        raise CompileError(f"node {name!r}: per-neuron decays in a non-spiking readout (Loihi "
+                           f"reads one group's state); give the readout one time constant")
+    parts = [Neurons(name=part, shape=(len(idx),), i_decay=int(values[k, 0]),
+                     v_decay=int(values[k, 1]), vth=g.vth, role=g.role, nodes=[name],
+                     bias=None if g.bias is None else g.bias.reshape(-1)[idx])
+             for k, (part, idx) in enumerate(index.items())]
+    merge = Neurons(name=name, shape=g.shape, i_decay=RELAY["iDecay"], v_decay=RELAY["vDecay"],
+                    vth=RELAY["vThMant"], role="relay", nodes=[name])
+    shapes = {"input": tuple(in_shape), **{x.name: x.shape for x in groups}}
+    out = [s for s in synapses if s.dst != name]
+    for s in synapses:
+        if s.dst != name:
+            continue
+        w = s.weight if s.kind == "dense" else \
+            np.rint(conv_dense(s.weight, vars(s), shapes[s.src], name)).astype(np.int64)
+        for part, idx in index.items():
+            if np.any(w[idx]):
+                out.append(Synapses(name=f"{s.name}.{part.rsplit('.', 1)[1]}", src=s.src,
+                                    dst=part, kind="dense", weight=w[idx], nodes=list(s.nodes)))
+    for part, idx in index.items():
+        if not any(s.dst == part for s in out):
+            raise CompileError(f"node {name!r}: neurons {idx.tolist()} have no input")
+        pick = np.zeros((g.size, len(idx)), dtype=np.int64)
+        pick[idx, np.arange(len(idx))] = 1
+        out.append(Synapses(name=f"{part}->{name}", src=part, dst=name, kind="dense",
+                            weight=pick, nodes=[]))
+    at = groups.index(g)
+    return groups[:at] + parts + [merge] + groups[at + 1:], out, \
+        {part: idx.tolist() for part, idx in index.items()}
 
 
 def fold_thresholds(name, theta, infos, bias, shape):
@@ -601,6 +684,14 @@ def fold_thresholds(name, theta, infos, bias, shape):
         raise CompileError(f"node {name!r}: per-neuron thresholds {theta.min():g}.."
                            f"{theta.max():g} must be > 0 to fold into the weights")
     c = float(theta.max()) / theta
+    scale_rows(infos, c, shape, name)
+    return float(theta.max()), np.broadcast_to(bias, shape) * c, c
+
+
+def scale_rows(infos, c, shape, name):
+    """Multiply each neuron's incoming weights by its c (shape `shape`): a conv path per output
+    channel when c is constant per channel, else as a dense matrix."""
+    c = np.broadcast_to(c, shape)
     per_channel = len(shape) == 3 and np.all(c == c[:, :1, :1])
     for info in infos:
         if info["kind"] == "conv" and per_channel:
@@ -611,7 +702,6 @@ def fold_thresholds(name, theta, infos, bias, shape):
                                                  name), "dense"
             info["conv"] = {}
         info["w"] = info["w"] * c.reshape(-1, 1)
-    return float(theta.max()), np.broadcast_to(bias, shape) * c, c
 
 
 def conv_dense(w, conv, src_shape, name):
@@ -647,8 +737,8 @@ def fold_report(theta, scale, infos, syns, step, shape):
             "worst_neuron": int(rel.argmax())}
 
 
-def incoming_paths(graph, name, shape, gain, preds, recurrent, sources, input_name, in_shape):
-    """The float weights of every path into neuron `name` (scaled by its input gain) as dicts
+def incoming_paths(graph, name, shape, preds, recurrent, sources, input_name, in_shape):
+    """The float weights of every path into neuron `name` as dicts
     (src, ops, rec, kind, w, conv), and the summed synaptic bias of those paths (shape `shape`):
     (from step 0, from step 1). A bias made before a recurrent edge comes one step late: the edge
     delivers zeros at step 0 (docs/nir.md)."""
@@ -671,7 +761,7 @@ def incoming_paths(graph, name, shape, gain, preds, recurrent, sources, input_na
         elif b is not None:
             syn_bias = syn_bias + b.reshape(shape)
         infos.append(dict(src="input" if src == input_name else src, ops=ops, rec=rec, kind=kind,
-                          w=w * gain, conv=conv, src_shape=tuple(src_shape)))
+                          w=w, conv=conv, src_shape=tuple(src_shape)))
     return infos, syn_bias, late_bias
 
 

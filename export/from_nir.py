@@ -11,6 +11,7 @@ theta = v_threshold. Our own files round-trip exactly. Foreign values that are n
 grids (weights step * int8, decays in 1/4096, thresholds on the weight grid) are rounded onto them
 with a warning naming the node.
 """
+import dataclasses
 import math
 import warnings
 from pathlib import Path
@@ -25,8 +26,8 @@ from train.models import SpikingCNN, StudentOutput, _time_batched
 from train.neurons import LoihiCUBA
 from train.quant import WEIGHT_MAX, WEIGHT_MIN
 
-from .interpreter import (NON_SPIKING, SPIKING, NIRError, check_recurrence, flatten_graph,
-                          graph_dt, node_simulator, predecessors, resolve_dt, run_graph,
+from .interpreter import (NEURONS, NON_SPIKING, SPIKING, NIRError, check_recurrence,
+                          flatten_graph, graph_dt, node_simulator, predecessors, resolve_dt, run_graph,
                           topological_order)
 
 DEFAULT_STEP = 1 / 64
@@ -34,7 +35,10 @@ GAIN_RTOL = 1e-6
 
 
 def read_graph(path) -> nir.NIRGraph:
-    """nir.read with one-line errors naming the file."""
+    """nir.read with one-line errors naming the file. A graph that fails nir's own type check
+    is read again without it and repaired where the intent is plain (`tolerate`: scalar neuron
+    parameters broadcast to the node's shape, a leading batch dim of 1 dropped from Input /
+    Output types, each with a warning naming the node); it must then pass the type check."""
     path = Path(path)
     if not path.is_file():
         raise NIRError(f"{path}: NIR file not found")
@@ -45,7 +49,102 @@ def read_graph(path) -> nir.NIRGraph:
                        ) from None
     except Exception as e:  # noqa: BLE001 - KeyError, ValueError, AssertionError ... from nir
         cause = str(e).splitlines()[0] if str(e) else ""
-        raise NIRError(f"{path}: not a valid NIR graph ({type(e).__name__}: {cause})") from None
+        error = NIRError(f"{path}: not a valid NIR graph ({type(e).__name__}: {cause})")
+    try:
+        graph = nir.read(str(path), type_check=False)
+    except Exception:  # noqa: BLE001 - nothing to repair: nir's first error stands
+        raise error from None
+    fixes = tolerate(graph)
+    if not fixes:
+        raise error from None
+    try:
+        checked(graph)
+    except Exception as e:  # noqa: BLE001
+        cause = str(e).splitlines()[0] if str(e) else ""
+        raise NIRError(f"{path}: not a valid NIR graph after {'; '.join(fixes)} "
+                       f"({type(e).__name__}: {cause})") from None
+    for fix in fixes:
+        warnings.warn(f"{path}: {fix}")
+    return graph
+
+
+def checked(graph):
+    """nir's type check of a graph (and its subgraphs): a rebuilt NIRGraph with type_check."""
+    nodes = {k: checked(n) if isinstance(n, nir.NIRGraph) else n for k, n in graph.nodes.items()}
+    return nir.NIRGraph(nodes=nodes, edges=list(graph.edges), metadata=graph.metadata,
+                        type_check=True)
+
+
+def _params(node) -> dict:
+    return {f.name: getattr(node, f.name) for f in dataclasses.fields(node)
+            if f.init and f.name != "metadata"}
+
+
+def _out_shape(node):
+    shape = (node.output_type or {}).get("output")
+    return None if shape is None or np.size(shape) == 0 else tuple(int(v) for v in
+                                                                  np.asarray(shape).reshape(-1))
+
+
+def _in_shape(node):
+    shape = (node.input_type or {}).get("input")
+    return None if shape is None or np.size(shape) == 0 else tuple(int(v) for v in
+                                                                  np.asarray(shape).reshape(-1))
+
+
+def tolerate(graph, prefix="") -> list:
+    """Repair in place what nir's type check rejects though the intent is plain; returns one line
+    per repair, naming the node:
+    - a neuron whose parameters are scalars (or size 1) beside per-neuron ones, or all scalars
+      after a node with a known output shape (sinabs): every parameter broadcast to that shape;
+    - an Input / Output type with a leading dim of 1 that its neighbour does not have (the batch
+      dim, as norse and Rockpool write it): dropped."""
+    fixes = []
+    preds = {}
+    for a, b in graph.edges:
+        preds.setdefault(b, []).append(a)
+    succs = {}
+    for a, b in graph.edges:
+        succs.setdefault(a, []).append(b)
+    for name, node in list(graph.nodes.items()):
+        where = f"node {prefix + name!r}"
+        if isinstance(node, nir.NIRGraph):
+            fixes += tolerate(node, f"{prefix}{name}.")
+        elif isinstance(node, NEURONS):
+            params = {k: np.asarray(v, dtype=np.float64) for k, v in _params(node).items()}
+            sizes = {k: v.size for k, v in params.items()}
+            big = max(params.values(), key=np.size)
+            shape = big.shape if big.size > 1 else next(
+                (s for s in (_out_shape(graph.nodes[p]) for p in preds.get(name, [])
+                             if not isinstance(graph.nodes[p], nir.NIRGraph)) if s), None)
+            if shape is None or all(v.shape == tuple(shape) for v in params.values()):
+                continue
+            small = [k for k, n in sizes.items() if n == 1]
+            if len(small) + sum(v.shape == tuple(shape) for v in params.values()) != len(params):
+                continue  # shapes that disagree otherwise: no plain reading
+            graph.nodes[name] = type(node)(**{k: np.broadcast_to(v, shape).copy()
+                                              for k, v in params.items()},
+                                           metadata=node.metadata)
+            fixes.append(f"{where}: scalar {', '.join(small)} broadcast to shape {tuple(shape)}")
+        elif isinstance(node, (nir.Input, nir.Output)):
+            inp = isinstance(node, nir.Input)
+            shape = _in_shape(node) if inp else _out_shape(node)
+            if shape is None or len(shape) < 2 or shape[0] != 1:
+                continue
+            near = [graph.nodes[n] for n in (succs if inp else preds).get(name, [])]
+            want = {(_in_shape(n) if inp else _out_shape(n)) for n in near
+                    if not isinstance(n, nir.NIRGraph)} - {None}
+            if want and want != {shape[1:]}:
+                continue
+            if not want and len(shape) not in (2, 4):
+                continue
+            new = np.array(shape[1:])
+            graph.nodes[name] = nir.Input(input_type={"input": new}, metadata=node.metadata) \
+                if inp else nir.Output(output_type={"output": new}, metadata=node.metadata)
+            fixes.append(f"{where}: leading batch dim of 1 dropped from its type {shape}")
+    if fixes:
+        graph._update_input_output_types()
+    return fixes
 
 
 # ---- one mapping per node type -----------------------------------------------------------------

@@ -291,12 +291,13 @@ def lava_cases():
     return {"conv_avgpool": (snntorch_conv_pool(), (1, 8, 8)),
             "floor_pool_dense": (floor_pool_then_conv(1), (2, 9, 9)),
             "bias_recurrent": (braille_like(), (6,)),
-            "thresholds": (rockpool_net(), (5,))}
+            "thresholds": (rockpool_net(), (5,)),
+            "decays": (spyx_net(out_betas=True), (5,))}
 
 
 @pytest.mark.skipif(not HAS_LAVA, reason="lava-nc not installed")
 @pytest.mark.parametrize("case", ["conv_avgpool", "floor_pool_dense", "bias_recurrent",
-                                  "thresholds"])
+                                  "thresholds", "decays"])
 def test_new_mappings_equal_in_lava(tmp_path, case):
     from deploy.compile import compile_graph
     from deploy.lava_run import preload, run_lava
@@ -355,3 +356,121 @@ def test_per_neuron_thresholds_of_a_conv_layer(per_channel):
     net, fit, r, out = same_spikes(g, spikes((6, 6, 1, 6, 6), rate=0.5))
     assert net.incoming("n1")[0].kind == ("conv" if per_channel else "dense")
     assert "threshold_fold" in fit["groups"][0] and int(r.spikes["n1"].sum()) > 0
+
+
+def spyx_net(seed=0, out_betas=False):
+    """spyx's LIF with per-neuron betas (dense), as NIR LIF with per-neuron tau."""
+    rng = np.random.default_rng(seed)
+    betas = np.array([0.5, 0.75, 0.5, 0.875, 0.75, 0.5, 0.0])
+    hid = lif((7,), 0.5)
+    hid.tau = 1e-4 / (1 - betas)
+    hid.r = hid.tau / 1e-4
+    out = lif((3,), 0.75, theta=0.5)
+    if out_betas:
+        out.tau = 1e-4 / (1 - np.array([0.5, 0.75, 0.75]))
+        out.r = out.tau / 1e-4
+    return chain({"input": nir.Input(input_type=np.array([5])),
+                  "w1": nir.Linear(weight=grid(rng, (7, 5))), "lif1": hid,
+                  "w2": nir.Linear(weight=grid(rng, (3, 7))), "lif2": out,
+                  "output": nir.Output(output_type=np.array([3]))}, {"dt": 1e-4})
+
+
+@pytest.mark.parametrize("out_betas", [False, True])
+def test_per_neuron_decays_split_into_groups(out_betas):
+    g = spyx_net(out_betas=out_betas)
+    net, fit, r, out = same_spikes(g, spikes((8, 8, 5), rate=0.6))
+    row = {row["group"]: row for row in fit["groups"]}["lif1"]
+    assert row["decay_groups"] == 4 and row["parts"]["lif1.3"] == [6]  # beta 0: vDecay 4096
+    assert [net.group(f"lif1.{k}").v_decay for k in range(4)] == [512, 1024, 2048, 4096]
+    assert net.group("lif1").role == "relay" and net.output == "lif2"
+    for k, idx in row["parts"].items():
+        assert torch.equal(r.spikes[k], r.spikes["lif1"][:, :, idx])
+    assert int(r.spikes["lif1"].sum()) > 0 and int(r.spikes["lif2"].sum()) > 0
+
+
+def test_per_neuron_decays_in_a_recurrent_or_state_group_are_refused():
+    g = spyx_net()
+    g.nodes["rec"] = nir.Linear(weight=np.eye(7) / 8)
+    g.edges += [("lif1", "rec"), ("rec", "lif1")]
+    with pytest.raises(CompileError, match="node 'lif1': per-neuron decays in a recurrent"):
+        build_net(g)
+
+
+BRAILLE_BIAS = Path(__file__).resolve().parents[2] / "shared" / "peer" / \
+    "braille_noDelay_bias_zero.nir"
+
+
+@pytest.mark.skipif(not (HAS_LAVA and BRAILLE_BIAS.is_file()),
+                    reason="lava-nc or ../shared/peer/braille_noDelay_bias_zero.nir missing")
+def test_nir_paper_braille_with_biases_is_bit_exact_in_lava(tmp_path):
+    """The NIR paper's Braille RNN with biases (recurrent Affine with bias, CubaLIF): compiles
+    with no flag and Lava == emulator on every spike of seeded random spikes."""
+    from deploy.compile import compile_graph
+    from deploy.lava_run import preload, run_lava
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_lava_net import assert_same
+    preload()
+    net, fit = compile_graph(BRAILLE_BIAS, tmp_path / "b.net")
+    assert fit["dt_source"].startswith("snntorch") and "bias.late" in [g.name for g in net.neurons]
+    x = spikes((3, 20, 12), seed=2, rate=0.3).numpy().astype(np.int8)
+    emu = Emulator(net).run(torch.from_numpy(x))
+    assert int(emu.spikes["lif1.lif"].sum()) > 0 and int(emu.spikes["lif2"].sum()) > 0
+    assert_same(emu, run_lava(tmp_path / "b.net", x, net, progress=False, samples_per_chunk=3),
+                "braille")
+
+
+# ---- 5. a tolerant reader ----------------------------------------------------------------------
+
+def write(tmp_path, graph, name="g.nir"):
+    nir.write(str(tmp_path / name), graph)
+    return tmp_path / name
+
+
+def sinabs_scalar_lif():
+    """sinabs writes LIF parameters as scalars (one value for the layer)."""
+    rng = np.random.default_rng(0)
+    one = lambda v: np.array([v], dtype=np.float32)  # noqa: E731
+    return chain({"input": nir.Input(input_type=np.array([6])),
+                  "fc": nir.Affine(weight=grid(rng, (4, 6)), bias=np.zeros(4)),
+                  "lif": nir.LIF(tau=one(2e-4), r=one(2.0), v_leak=one(0.0),
+                                 v_threshold=one(1.0), v_reset=one(0.0)),
+                  "output": nir.Output(output_type=np.array([4]))})
+
+
+def batch_dim_graph():
+    """norse / Rockpool keep the batch dim in the Input (and Output) type."""
+    rng = np.random.default_rng(0)
+    return chain({"input": nir.Input(input_type=np.array([1, 6])),
+                  "fc": nir.Linear(weight=grid(rng, (4, 6))),
+                  "lif": lif((4,), 0.5),
+                  "output": nir.Output(output_type=np.array([1, 4]))}, {"dt": 1e-4})
+
+
+@pytest.mark.parametrize("make, fixed", [
+    (sinabs_scalar_lif, ["node 'lif': scalar tau, r, v_leak, v_threshold, v_reset broadcast "
+                         "to shape (4,)"]),
+    (batch_dim_graph, ["node 'input': leading batch dim of 1 dropped from its type (1, 6)",
+                       "node 'output': leading batch dim of 1 dropped from its type (1, 4)"]),
+])
+def test_reader_repairs_what_the_intent_makes_plain(tmp_path, make, fixed):
+    from export.from_nir import read_graph
+    path = write(tmp_path, make())
+    with pytest.raises(Exception):
+        nir.read(str(path))  # nir's own type check refuses the file
+    with pytest.warns(UserWarning) as seen:
+        g = read_graph(path)
+    assert [str(w.message) for w in seen] == [f"{path}: {line}" for line in fixed]
+    net, _ = build_net(g)
+    assert net.readout == "spikes"
+    with pytest.warns(UserWarning):
+        same_spikes(read_graph(path), spikes((4, 6, 6), rate=0.6))
+
+
+def test_reader_keeps_a_one_line_error_for_what_no_reading_fixes(tmp_path):
+    from export.from_nir import read_graph
+    g = batch_dim_graph()
+    g.nodes["input"] = nir.Input(input_type=np.array([1, 5]))  # 5 inputs into a 6-wide layer
+    path = write(tmp_path, g)
+    with pytest.raises(NIRError, match=f"{path}: not a valid NIR graph") as e:
+        read_graph(path)
+    assert "\n" not in str(e.value)

@@ -9,9 +9,13 @@ Steps, each a function below:
        LIF, LI  iDecay = 4096 (u = a_in every step), vDecay = round(4096 dt/tau)
        IF       iDecay = 4096, vDecay = 0;     I: iDecay 0, vDecay 4096 (integrator)
    Non-spiking nodes (I, LI, CubaLI) never spike (vThMant = 1 << 17) and may only be the readout.
+   Parameters are read per neuron: per-neuron thresholds and input gains fold into each neuron's
+   incoming weights (`fold_thresholds`, `scale_rows`), per-neuron decays split the group into
+   one group per value (`split_group`).
 3. connections: each path of stateless nodes from a source (Input or a neuron) into a neuron is one
-   connection: at most one Conv2d / Affine / Linear, with SumPool2d / AvgPool2d before it fused
-   into its weights, Flatten anywhere, and no synapse at all for an identity or pooling path.
+   connection (`path_weights`): at most one Conv2d / Affine / Linear, pooling anywhere it is linear
+   (folded into one convolution, `fold_conv`, else a dense matrix, `probe_dense`), Flatten, uniform
+   Scale, and no synapse at all for an identity or pooling path.
    A node with several incoming paths sums them (fan-in); a path through a recurrent edge is a
    recurrent connection, allowed only from a group onto itself.
 4. integers: the NIR input gain g (Euler step of docs/nir.md: CubaLIF (dt w_in/tau_syn)(dt r/tau_mem),
@@ -19,7 +23,8 @@ Steps, each a function below:
    weight, the bias and the threshold into integers: k = W g / s (8 bit), bias_mant = b g / s
    (13 bit, b = synaptic bias + v_leak term), vThMant = theta / s (17 bit). s is the graph's
    `weight_step` metadata times g when present (exact), else the step that minimises the squared
-   weight error of all incoming weights (quantisation is reported per group).
+   weight error of all incoming weights (quantisation is reported per group). A threshold of 0
+   steps or a path whose weights all round to 0 is a CompileError.
 5. alignment: NIR has no synaptic delay, Lava delays every connection by one step. Relay groups
    (iDecay 4096, vDecay 4096, vThMant 0, identity weights) lengthen every shorter path into a group
    to its longest one, so all inputs of a group arrive in step (cost reported in the fit report).
@@ -27,10 +32,10 @@ Steps, each a function below:
    final state ('state').
 A synaptic bias into a neuron whose current decays (Loihi adds its bias to v, NIR to the current)
 comes from a constant source: one group that spikes at every step (`bias_source`) with the bias
-as its weights.
+as its weights. docs/nir.md "Graphs of other tools" derives each rule.
 What Loihi cannot do is refused with a CompileError naming the node: reset by subtraction, non-zero
-v_reset, per-neuron time constants or thresholds that differ within a group, Delay and other
-nodes without a mapping.
+v_reset, per-neuron decays in a recurrent group or a state readout, Delay and other nodes without
+a mapping.
 """
 import argparse
 import itertools
@@ -212,7 +217,7 @@ def paths_into(graph, name, preds, recurrent, sources):
     return found
 
 
-def path_weights(graph, dst, source_shape, ops):
+def path_weights(graph, source_shape, ops):
     """Fold one path into (kind, float weight, conv params, float bias of the output shape or
     None, output shape).
 
@@ -751,7 +756,7 @@ def incoming_paths(graph, name, shape, preds, recurrent, sources, input_name, in
             raise CompileError(f"node {name!r}: recurrence from {src!r}; only a group onto "
                                f"itself is supported")
         src_shape = in_shape if src == input_name else _shape(graph.nodes[src])
-        kind, w, conv, b, out = path_weights(graph, name, src_shape, ops)
+        kind, w, conv, b, out = path_weights(graph, src_shape, ops)
         if int(np.prod(out)) != int(np.prod(shape)):
             raise CompileError(f"node {name!r}: input of shape {out} from {src!r} does not fit "
                                f"its shape {shape}")

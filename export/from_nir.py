@@ -27,8 +27,8 @@ from train.neurons import LoihiCUBA
 from train.quant import WEIGHT_MAX, WEIGHT_MIN
 
 from .interpreter import (NEURONS, NON_SPIKING, SPIKING, NIRError, check_recurrence,
-                          flatten_graph, graph_dt, node_simulator, predecessors, resolve_dt, run_graph,
-                          topological_order)
+                          flatten_graph, graph_dt, node_simulator, predecessors, resolve_dt,
+                          run_graph, topological_order)
 
 DEFAULT_STEP = 1 / 64
 GAIN_RTOL = 1e-6

@@ -48,16 +48,13 @@ import torch
 from common.files import atomic_write
 from common.loihi import BIAS_MAX, DECAY_UNITY, STATE_MAX, VTH_MAX, WEIGHT_MAX, WEIGHT_MIN
 from export.from_nir import NIRError, read_graph
-from export.interpreter import (DtError, flatten_graph, node_simulator, recurrent_edges,
-                                resolve_dt)
+from export.interpreter import (NEURONS, SPIKING, DtError, flatten_graph, node_simulator,
+                                recurrent_edges, resolve_dt, role, types_of)
 from hwmodels.loihi import (INTEGRATOR, NEVER_SPIKES, Net, NetxError, Neurons, Synapses,
                             conv_out_size, lava_dense_weights, save_net)
 
 GRID_RTOL = 1e-4                     # how far W/s may sit from an integer and still be on the grid
-SYNAPSES = (nir.Conv2d, nir.Affine, nir.Linear)
-SHAPERS = (nir.Flatten, nir.SumPool2d, nir.AvgPool2d)
-SPIKING = (nir.CubaLIF, nir.LIF, nir.IF)
-NEURONS = SPIKING + (nir.I, nir.LI, nir.CubaLI)
+SYNAPSES = types_of("synapse")      # export.interpreter.NODE_TYPES: one entry per node type
 RELAY = {"iDecay": DECAY_UNITY, "vDecay": DECAY_UNITY, "vThMant": 0}
 BIAS_SOURCE = "bias.source"          # the group that spikes at every step (`bias_source`)
 BIAS_LATE = "bias.late"              # the one that spikes from step 1 on
@@ -124,7 +121,7 @@ def check_supported(graph):
         raise CompileError(f"graph: reset {graph.metadata['reset']!r} (Loihi resets to zero)")
     for name, node in graph.nodes.items():
         kind = type(node).__name__
-        if not isinstance(node, NEURONS + SYNAPSES + SHAPERS + (nir.Scale, nir.Input, nir.Output)):
+        if role(node) not in ("spiking", "state", "synapse", "linear", "port"):
             raise CompileError(f"node {name!r}: type {kind} has no Loihi mapping")
         meta = getattr(node, "metadata", None) or {}
         if meta.get("reset", "zero") != "zero":
@@ -244,7 +241,7 @@ def path_weights(graph, source_shape, ops):
         elif isinstance(node, nir.Flatten):
             stages.append(("flatten", op, None))
             shape = (int(np.prod(shape)),)
-        elif isinstance(node, nir.Scale):
+        elif isinstance(node, nir.Scale) and np.ptp(_array(node.scale)) == 0:
             stages.append(("scale", op, _uniform(node.scale, op, "scale")))
         elif isinstance(node, SYNAPSES):
             if synapse is not None:
@@ -253,14 +250,19 @@ def path_weights(graph, source_shape, ops):
             _synapse_check(graph, op, shape)
             synapse, shape = op, _synapse_shape(graph, op, shape)
             stages.append(("synapse", op, None))
+        elif role(node) == "linear":  # any other linear node: run it to learn its output shape
+            stages.append(("linear", op, None))
+            shape = tuple(_run_path(graph, [op], torch.zeros(1, *shape, dtype=torch.float64)
+                                    ).shape[1:])
         else:
             raise CompileError(f"node {op!r}: type {type(node).__name__} inside a synaptic path")
     bias = _path_bias(graph, ops, source_shape, shape) if synapse is not None else None
     kinds = [kind for kind, _, _ in stages]
     scale = float(np.prod([v for kind, _, v in stages if kind == "scale"]))
-    if "pool" not in kinds and synapse is None:
+    if "pool" not in kinds and "linear" not in kinds and synapse is None:
         return _identity(source_shape, shape, scale) + (None, shape)
-    if "flatten" not in kinds and (synapse is None or isinstance(graph.nodes[synapse], nir.Conv2d)):
+    if not {"flatten", "linear"} & set(kinds) and (
+            synapse is None or isinstance(graph.nodes[synapse], nir.Conv2d)):
         folded = fold_conv(graph, [st for st in stages if st[0] != "scale"], source_shape, shape)
         if folded is not None:
             w, conv = folded

@@ -31,9 +31,6 @@ DT_RTOL = 1e-4      # the r = tau/dt convention: all neurons must give the same 
 GAIN_RTOL = 1e-6    # an Euler input gain this close to 1 is float32 round-off of r = tau/dt
 GRID_RTOL = 1e-6    # a Loihi integer (decay, threshold in steps) read back from float parameters
 
-SPIKING = (nir.LIF, nir.CubaLIF, nir.IF)
-NON_SPIKING = (nir.I, nir.LI, nir.CubaLI)
-NEURONS = SPIKING + NON_SPIKING
 
 
 class NIRError(ValueError):
@@ -550,26 +547,56 @@ def _integer(name, what, values) -> torch.Tensor:
     return torch.as_tensor(k.astype(np.int64))
 
 
+# ---- one table: every NIR node type the readers here know --------------------------------------
+# type -> (role, simulator(node, dt, dtype)). Roles: "spiking" / "state" (neurons; the compiler
+# maps them in deploy.compile.neuron_params), "synapse" (weights and a bias: at most one per path
+# between neurons), "linear" (stateless and linear: the compiler folds a path through it by
+# running it, deploy.compile.probe_dense; pooling also into a convolution), "port" (Input /
+# Output), "other" (simulated here, refused by the compiler). export.from_nir.float_model reads
+# what the interpreter simulates and the compiler accepts, so a new node type is one entry here.
+NODE_TYPES = {
+    nir.LIF: ("spiking", lambda node, dt, dtype: LIFStep(node, dt)),
+    nir.CubaLIF: ("spiking", lambda node, dt, dtype: CubaLIFStep(node, dt)),
+    nir.IF: ("spiking", lambda node, dt, dtype: IntegratorStep(node, dt, spiking=True)),
+    nir.I: ("state", lambda node, dt, dtype: IntegratorStep(node, dt)),
+    nir.LI: ("state", lambda node, dt, dtype: LIFStep(node, dt, spiking=False)),
+    nir.CubaLI: ("state", lambda node, dt, dtype: CubaLIFStep(node, dt, spiking=False)),
+    nir.Affine: ("synapse", lambda node, dt, dtype: _affine(node, dtype)),
+    nir.Linear: ("synapse", lambda node, dt, dtype: _linear(node, dtype)),
+    nir.Conv2d: ("synapse", lambda node, dt, dtype: _conv2d(node, dtype)),
+    nir.SumPool2d: ("linear", lambda node, dt, dtype: _sum_pool2d(node)),
+    nir.AvgPool2d: ("linear", lambda node, dt, dtype: _avg_pool2d(node)),
+    nir.Flatten: ("linear", lambda node, dt, dtype: _flatten(node)),
+    nir.Scale: ("linear", lambda node, dt, dtype: _scale(node, dtype)),
+    nir.Threshold: ("other", lambda node, dt, dtype: _threshold(node, dtype)),
+    nir.Input: ("port", lambda node, dt, dtype: _identity(node)),
+    nir.Output: ("port", lambda node, dt, dtype: _identity(node)),
+}
+
+
+def role(node) -> str:
+    """The node's role in NODE_TYPES (its exact type), or None for a type no reader knows."""
+    entry = NODE_TYPES.get(type(node))
+    return entry[0] if entry else None
+
+
+def types_of(*roles) -> tuple:
+    return tuple(t for t, (r, _) in NODE_TYPES.items() if r in roles)
+
+
+SPIKING = types_of("spiking")
+NON_SPIKING = types_of("state")
+NEURONS = SPIKING + NON_SPIKING
+
+
 def node_simulator(name, node, dt, weight_step=None, dtype=torch.float32):
-    """The per-step simulator of one NIR node; with `weight_step`, CubaLIF / LIF run Loihi's
-    integer arithmetic (LoihiStep). Stateless nodes compute in `dtype` (deploy.compile folds a
-    synaptic path in float64 with them)."""
+    """The per-step simulator of one NIR node (NODE_TYPES); with `weight_step`, CubaLIF / LIF run
+    Loihi's integer arithmetic (LoihiStep). Stateless nodes compute in `dtype` (deploy.compile
+    folds a synaptic path in float64 with them)."""
     if weight_step is not None and isinstance(node, (nir.CubaLIF, nir.LIF)):
         return LoihiStep(name, node, dt, weight_step)
-    neurons = {nir.CubaLIF: lambda: CubaLIFStep(node, dt),
-               nir.CubaLI: lambda: CubaLIFStep(node, dt, spiking=False),
-               nir.LIF: lambda: LIFStep(node, dt),
-               nir.LI: lambda: LIFStep(node, dt, spiking=False),
-               nir.I: lambda: IntegratorStep(node, dt),
-               nir.IF: lambda: IntegratorStep(node, dt, spiking=True)}
-    synapses = {nir.Affine: _affine, nir.Linear: _linear, nir.Conv2d: _conv2d,
-                nir.Flatten: _flatten, nir.Scale: _scale, nir.Threshold: _threshold,
-                nir.SumPool2d: _sum_pool2d, nir.AvgPool2d: _avg_pool2d,
-                nir.Input: _identity, nir.Output: _identity}
-    if type(node) in neurons:
-        return neurons[type(node)]()
-    if type(node) in synapses:
-        return synapses[type(node)](node, dtype)
+    if type(node) in NODE_TYPES:
+        return NODE_TYPES[type(node)][1](node, dt, dtype)
     if isinstance(node, nir.Delay):
         raise NIRError(f"node {name!r}: Delay has no float meaning here (the float model and "
                        f"Loihi have no per-synapse delays)")

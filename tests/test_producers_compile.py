@@ -474,3 +474,29 @@ def test_reader_keeps_a_one_line_error_for_what_no_reading_fixes(tmp_path):
     with pytest.raises(NIRError, match=f"{path}: not a valid NIR graph") as e:
         read_graph(path)
     assert "\n" not in str(e.value)
+
+
+# ---- 8. one table ------------------------------------------------------------------------------
+
+def test_a_new_linear_node_type_is_one_table_entry(monkeypatch):
+    """A node type none of the readers knew: one NODE_TYPES entry, and the interpreter, the
+    float model and the compiler (a probed dense path) all run it."""
+    from dataclasses import dataclass
+    from export.interpreter import NODE_TYPES, Stateless
+
+    @dataclass(eq=False)
+    class Negate(nir.NIRNode):
+        """y = -x"""
+        def __post_init__(self):
+            self.input_type, self.output_type = {"input": None}, {"output": None}
+
+    g = spyx_net()
+    g.nodes["neg"] = Negate()
+    g.edges = [("w1", "neg") if e == ("w1", "lif1") else e for e in g.edges] + [("neg", "lif1")]
+    g.nodes["w1"].weight = -g.nodes["w1"].weight
+    with pytest.raises(NIRError, match="node 'neg'"):
+        build_net(g)
+    monkeypatch.setitem(NODE_TYPES, Negate, ("linear", lambda node, dt, dtype:
+                                             Stateless(lambda x: -x)))
+    net, fit, r, out = same_spikes(g, spikes((8, 8, 5), rate=0.6))
+    assert net.incoming("lif1.0")[0].nodes == ["w1", "neg"] and int(r.spikes["lif1"].sum()) > 0

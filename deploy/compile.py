@@ -48,8 +48,8 @@ import torch
 from common.files import atomic_write
 from common.loihi import BIAS_MAX, DECAY_UNITY, STATE_MAX, VTH_MAX, WEIGHT_MAX, WEIGHT_MIN
 from export.from_nir import NIRError, read_graph
-from export.interpreter import (NEURONS, SPIKING, DtError, flatten_graph, node_simulator,
-                                recurrent_edges, resolve_dt, role, types_of)
+from export.interpreter import (NEURONS, SPIKING, DtError, euler_gain, flatten_graph,
+                                node_simulator, recurrent_edges, resolve_dt, role, types_of)
 from hwmodels.loihi import (INTEGRATOR, NEVER_SPIKES, Net, NetxError, Neurons, Synapses,
                             conv_out_size, lava_dense_weights, save_net)
 
@@ -141,15 +141,6 @@ def _decay(dt, tau, name, field_name):
     return int(round(DECAY_UNITY * frac))
 
 
-def _gain(dt, scale, tau, name):
-    """Euler input gain dt * scale / tau; snnTorch's tau = inf goes with scale = tau/dt: gain 1."""
-    if np.isinf(tau):
-        if np.isinf(scale):
-            return 1.0
-        raise CompileError(f"node {name!r}: infinite time constant with finite r / w_in")
-    return dt * scale / tau
-
-
 def neuron_params(name, node, dt, shape):
     """(iDecay, vDecay (int arrays of `shape`), input gain g (float array), threshold theta or
     None, v_leak bias per step); every parameter is read per neuron (broadcast to `shape`)."""
@@ -164,8 +155,8 @@ def neuron_params(name, node, dt, shape):
     def decay(tau, field_name):
         return np.vectorize(lambda t: _decay(dt, t, name, field_name), otypes=[np.int64])(tau)
 
-    def gain(scale, tau):
-        return np.vectorize(lambda a, t: _gain(dt, a, t, name), otypes=[np.float64])(scale, tau)
+    def gain(scale, tau):  # the interpreter's rule: tau = scale = inf gives 1, 1 +- 1e-6 is 1
+        return np.broadcast_to(euler_gain(ratio(tau), scale), shape)
 
     def ratio(tau):
         return np.where(np.isinf(tau), 0.0, dt / np.where(np.isinf(tau), 1.0, tau))
@@ -181,12 +172,15 @@ def neuron_params(name, node, dt, shape):
         i_decay, v_decay, g = unity, decay(tau, "tau"), gain(p("r"), tau)
         leak = ratio(tau)
     elif isinstance(node, nir.IF):
-        i_decay, v_decay, g = unity, np.zeros(shape, dtype=np.int64), dt * p("r")
+        i_decay, v_decay = unity, np.zeros(shape, dtype=np.int64)
+        g = np.broadcast_to(euler_gain(np.float64(dt), p("r")), shape)
     else:  # I
         i_decay = np.full(shape, INTEGRATOR["iDecay"], dtype=np.int64)
-        v_decay, g = np.full(shape, INTEGRATOR["vDecay"], dtype=np.int64), dt * p("r")
-    if np.any(g <= 0):
-        raise CompileError(f"node {name!r}: input gain {g.min():g} <= 0 (check r, w_in, dt)")
+        v_decay = np.full(shape, INTEGRATOR["vDecay"], dtype=np.int64)
+        g = np.broadcast_to(euler_gain(np.float64(dt), p("r")), shape)
+    if not np.all(g > 0):
+        raise CompileError(f"node {name!r}: input gain {g.min():g} <= 0 (check r, w_in, dt; an "
+                           f"infinite time constant needs r / w_in = inf)")
     theta = p("v_threshold") if isinstance(node, SPIKING) else None  # fold_thresholds
     v_leak = leak * p("v_leak") if hasattr(node, "v_leak") else 0.0
     return i_decay, v_decay, g, theta, v_leak

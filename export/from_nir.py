@@ -27,11 +27,10 @@ from train.neurons import LoihiCUBA
 from train.quant import WEIGHT_MAX, WEIGHT_MIN
 
 from .interpreter import (NEURONS, NON_SPIKING, SPIKING, NIRError, check_recurrence,
-                          flatten_graph, graph_dt, node_simulator, predecessors, resolve_dt,
-                          run_graph, topological_order)
+                          euler_gain, flatten_graph, graph_dt, node_simulator, predecessors,
+                          resolve_dt, run_graph, topological_order)
 
 DEFAULT_STEP = 1 / 64
-GAIN_RTOL = 1e-6
 
 
 def read_graph(path) -> nir.NIRGraph:
@@ -208,8 +207,11 @@ def _pair(v) -> tuple:
     return tuple(int(i) for i in np.broadcast_to(np.asarray(v), (2,)))
 
 
-def _check_unit_gain(name, label, gain):
-    if not np.allclose(gain, 1.0, rtol=GAIN_RTOL, atol=0):
+def _check_unit_gain(name, label, ratio, scale):
+    """The student's neuron has input gain 1: euler_gain (the interpreter's and the compiler's
+    rule) must give exactly 1."""
+    gain = euler_gain(ratio, scale)
+    if not np.all(gain == 1.0):
         raise NIRError(f"node {name!r}: {label} = {np.min(gain):g}..{np.max(gain):g}, but the "
                        f"student's neuron needs 1 (r = tau_mem/dt, w_in = tau_syn/dt)")
 
@@ -230,12 +232,12 @@ def neuron_layer(name, node, dt, step) -> LoihiCUBA:
         raise NIRError(f"node {name!r}: v_leak and v_reset must be 0 (Loihi resets to zero)")
     if isinstance(node, nir.CubaLIF):
         tau_syn, tau_mem = _array(node.tau_syn), _array(node.tau_mem)
-        _check_unit_gain(name, "w_in dt/tau_syn", _array(node.w_in) * dt / tau_syn)
+        _check_unit_gain(name, "w_in dt/tau_syn", dt / tau_syn, node.w_in)
         alpha = 1.0 - dt / tau_syn
     else:
         tau_mem = _array(node.tau)
         alpha = np.zeros_like(tau_mem)
-    _check_unit_gain(name, "r dt/tau_mem", _array(node.r) * dt / tau_mem)
+    _check_unit_gain(name, "r dt/tau_mem", dt / tau_mem, node.r)
     shape = tuple(int(s) for s in node.output_type["output"])
     beta, theta = 1.0 - dt / tau_mem, _array(node.v_threshold)
     given = [np.broadcast_to(a, shape) for a in (alpha, beta, theta)]
@@ -264,7 +266,7 @@ def check_integrator(name, node, dt, graph):
     if not all(isinstance(graph.nodes[b], nir.Output) for a, b in graph.edges if a == name):
         raise NIRError(f"node {name!r}: an integrator is supported only as the readout "
                        f"feeding the output")
-    _check_unit_gain(name, "r dt", _array(node.r) * dt)
+    _check_unit_gain(name, "r dt", np.float64(dt), node.r)
 
 
 # ---- graph -> modules --------------------------------------------------------------------------

@@ -320,15 +320,16 @@ def _f32(values) -> torch.Tensor:
     return torch.as_tensor(np.asarray(values, dtype=np.float64)).to(torch.float32)
 
 
-def _leak(tau, dt):
+def euler_leak(tau, dt):
     """(decay, dt/tau) of the Euler step v <- decay v + (dt/tau) u for tau dv/dt = -v + u."""
     ratio = dt / _array(tau)
     return 1.0 - ratio, ratio
 
 
-def _gain(ratio, scale):
+def euler_gain(ratio, scale):
     """Euler input gain (dt/tau) * scale; tau = scale = inf (snnTorch's beta = 1) gives 1, and a
-    gain within GAIN_RTOL of 1 is taken as exactly 1."""
+    gain within GAIN_RTOL of 1 is taken as exactly 1. The one gain rule of the interpreter, the
+    compiler (deploy.compile.neuron_params) and the student reader (export.from_nir)."""
     scale = _array(scale)
     with np.errstate(invalid="ignore"):
         g = ratio * scale
@@ -377,10 +378,10 @@ class CubaLIFStep(_Membrane):
     (no threshold, output v)."""
 
     def __init__(self, node, dt, spiking=True):
-        a_syn, ratio_syn = _leak(node.tau_syn, dt)
-        a_mem, ratio_mem = _leak(node.tau_mem, dt)
-        self.a_syn, self.g_syn = _f32(a_syn), _f32(_gain(ratio_syn, node.w_in))
-        self.a_mem, self.g_mem = _f32(a_mem), _f32(_gain(ratio_mem, node.r))
+        a_syn, ratio_syn = euler_leak(node.tau_syn, dt)
+        a_mem, ratio_mem = euler_leak(node.tau_mem, dt)
+        self.a_syn, self.g_syn = _f32(a_syn), _f32(euler_gain(ratio_syn, node.w_in))
+        self.a_mem, self.g_mem = _f32(a_mem), _f32(euler_gain(ratio_mem, node.r))
         self.c_mem = _f32(ratio_mem * _array(node.v_leak))
         self.shape = _shape(node.tau_syn, node.tau_mem, node.r, node.w_in, node.v_leak)
         self._thresholds(node, spiking)
@@ -400,8 +401,8 @@ class LIFStep(_Membrane):
     Euler: v = (1 - dt/tau) v + (dt/tau)(v_leak + r x). `spiking=False` gives LI (output v)."""
 
     def __init__(self, node, dt, spiking=True):
-        a, ratio = _leak(node.tau, dt)
-        self.a, self.g = _f32(a), _f32(_gain(ratio, node.r))
+        a, ratio = euler_leak(node.tau, dt)
+        self.a, self.g = _f32(a), _f32(euler_gain(ratio, node.r))
         self.c = _f32(ratio * _array(node.v_leak))
         self.shape = _shape(node.tau, node.r, node.v_leak)
         self._thresholds(node, spiking)
@@ -419,7 +420,7 @@ class IntegratorStep(_Membrane):
     z = v > v_threshold, v <- v_reset where z, output z."""
 
     def __init__(self, node, dt, spiking=False):
-        self.g = _f32(_gain(np.float64(dt), node.r))
+        self.g = _f32(euler_gain(np.float64(dt), node.r))
         self.shape = _shape(node.r)
         self._thresholds(node, spiking)
 
@@ -506,11 +507,11 @@ class LoihiStep:
         cuba = isinstance(node, nir.CubaLIF)
         tau_mem = node.tau_mem if cuba else node.tau
         ratio_mem = dt / _array(tau_mem)
-        gains = [_gain(ratio_mem, node.r)]
+        gains = [euler_gain(ratio_mem, node.r)]
         i_decay = np.full(np.shape(ratio_mem), float(DECAY_UNITY))
         if cuba:
             ratio_syn = dt / _array(node.tau_syn)
-            gains.append(_gain(ratio_syn, node.w_in))
+            gains.append(euler_gain(ratio_syn, node.w_in))
             i_decay = DECAY_UNITY * ratio_syn
         checks = {"input gain (w_in dt / tau_syn, r dt / tau_mem)": all(np.all(g == 1.0)
                                                                        for g in gains),

@@ -48,9 +48,9 @@ import torch
 from common.files import atomic_write
 from common.loihi import BIAS_MAX, DECAY_UNITY, STATE_MAX, VTH_MAX, WEIGHT_MAX, WEIGHT_MIN
 from export.from_nir import NIRError, read_graph
-from export.interpreter import (NEURONS, SPIKING, DtError, euler_gain, flatten_graph,
+from export.interpreter import (NEURONS, SPIKING, DtError, flatten_graph, loihi_neuron,
                                 node_simulator, recurrent_edges, resolve_dt, role, types_of)
-from hwmodels.loihi import (INTEGRATOR, NEVER_SPIKES, Net, NetxError, Neurons, Synapses,
+from hwmodels.loihi import (NEVER_SPIKES, Net, NetxError, Neurons, Synapses,
                             conv_out_size, lava_dense_weights, save_net)
 
 GRID_RTOL = 1e-4                     # how far W/s may sit from an integer and still be on the grid
@@ -132,18 +132,10 @@ def check_supported(graph):
 
 # ---- 2. groups ---------------------------------------------------------------------------------
 
-def _decay(dt, tau, name, field_name):
-    """Loihi decay = round(4096 dt / tau) (fraction lost per step), tau = inf -> 0."""
-    frac = 0.0 if np.isinf(tau) else dt / tau
-    if tau <= 0 or not 0.0 <= frac <= 1.0:
-        raise CompileError(f"node {name!r}: {field_name}={tau:g} with dt={dt:g} gives decay "
-                           f"{frac:g} outside [0, 1]")
-    return int(round(DECAY_UNITY * frac))
-
-
 def neuron_params(name, node, dt, shape):
     """(iDecay, vDecay (int arrays of `shape`), input gain g (float array), threshold theta or
-    None, v_leak bias per step); every parameter is read per neuron (broadcast to `shape`)."""
+    None, v_leak bias per step) from export.interpreter.loihi_neuron, every parameter per neuron;
+    a decay dt/tau outside [0, 1] or a gain <= 0 is a CompileError."""
     def p(field_name):
         try:
             return np.broadcast_to(_array(getattr(node, field_name)), shape)
@@ -152,38 +144,28 @@ def neuron_params(name, node, dt, shape):
                                f"{np.shape(getattr(node, field_name))} does not fit the node's "
                                f"shape {shape}") from None
 
-    def decay(tau, field_name):
-        return np.vectorize(lambda t: _decay(dt, t, name, field_name), otypes=[np.int64])(tau)
-
-    def gain(scale, tau):  # the interpreter's rule: tau = scale = inf gives 1, 1 +- 1e-6 is 1
-        return np.broadcast_to(euler_gain(ratio(tau), scale), shape)
-
-    def ratio(tau):
-        return np.where(np.isinf(tau), 0.0, dt / np.where(np.isinf(tau), 1.0, tau))
-
-    leak, unity = np.zeros(shape), np.full(shape, DECAY_UNITY, dtype=np.int64)
-    if isinstance(node, (nir.CubaLIF, nir.CubaLI)):
-        tau_syn, tau_mem = p("tau_syn"), p("tau_mem")
-        i_decay, v_decay = decay(tau_syn, "tau_syn"), decay(tau_mem, "tau_mem")
-        g = gain(p("w_in"), tau_syn) * gain(p("r"), tau_mem)
-        leak = ratio(tau_mem)
-    elif isinstance(node, (nir.LIF, nir.LI)):
-        tau = p("tau")
-        i_decay, v_decay, g = unity, decay(tau, "tau"), gain(p("r"), tau)
-        leak = ratio(tau)
-    elif isinstance(node, nir.IF):
-        i_decay, v_decay = unity, np.zeros(shape, dtype=np.int64)
-        g = np.broadcast_to(euler_gain(np.float64(dt), p("r")), shape)
-    else:  # I
-        i_decay = np.full(shape, INTEGRATOR["iDecay"], dtype=np.int64)
-        v_decay = np.full(shape, INTEGRATOR["vDecay"], dtype=np.int64)
-        g = np.broadcast_to(euler_gain(np.float64(dt), p("r")), shape)
+    for field_name in ("tau", "tau_syn", "tau_mem", "r", "w_in", "v_threshold", "v_leak"):
+        if hasattr(node, field_name):
+            p(field_name)
+    m = loihi_neuron(node, dt, shape)
+    decays = []
+    for key in ("i", "v"):
+        ratio, field_name = m[key], m[f"{key}_tau"]
+        if field_name is not None:
+            tau = p(field_name)
+            bad = (tau <= 0) | (ratio < 0) | (ratio > 1)
+            if np.any(bad):
+                t, r = tau[bad].flat[0], ratio[bad].flat[0]
+                raise CompileError(f"node {name!r}: {field_name}={t:g} with dt={dt:g} gives "
+                                   f"decay {r:g} outside [0, 1]")
+        decays.append(np.rint(DECAY_UNITY * ratio).astype(np.int64))
+    g = m["gain"]
     if not np.all(g > 0):
         raise CompileError(f"node {name!r}: input gain {g.min():g} <= 0 (check r, w_in, dt; an "
                            f"infinite time constant needs r / w_in = inf)")
     theta = p("v_threshold") if isinstance(node, SPIKING) else None  # fold_thresholds
-    v_leak = leak * p("v_leak") if hasattr(node, "v_leak") else 0.0
-    return i_decay, v_decay, g, theta, v_leak
+    v_leak = m["leak"] * p("v_leak") if hasattr(node, "v_leak") else 0.0
+    return decays[0], decays[1], np.asarray(g, dtype=np.float64), theta, v_leak
 
 
 # ---- 3. connections ----------------------------------------------------------------------------

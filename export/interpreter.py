@@ -337,6 +337,45 @@ def euler_gain(ratio, scale):
     return np.where(np.abs(g - 1.0) <= GAIN_RTOL, 1.0, g)
 
 
+def loihi_neuron(node, dt, shape=None) -> dict:
+    """The one NIR -> Loihi neuron mapping (float64 per-neuron arrays, broadcast to `shape`):
+    iDecay = 4096 "i", vDecay = 4096 "v", the Euler input gain "gain" (euler_gain) that
+    multiplies the incoming weights, and "leak" = dt/tau of v (times v_leak: a bias per step);
+    "i_tau", "v_tau" name the fields the decays come from (None: fixed).
+        CubaLIF / CubaLI  dt/tau_syn, dt/tau_mem, gain (dt w_in/tau_syn)(dt r/tau_mem)
+        LIF / LI          1 (u = input every step), dt/tau, gain dt r/tau
+        IF                1, 0, gain dt r;     I: 0, 1 (the integrator v = u), gain dt r
+    tau = inf gives 0 (no decay). Used by the compiler (deploy.compile.neuron_params) and by
+    LoihiStep; export.to_nir.neuron_node writes its inverse (tau = dt / (1 - decay))."""
+    def field(name):
+        return _array(getattr(node, name))
+
+    def ratio(tau):
+        with np.errstate(divide="ignore"):
+            return np.where(np.isinf(tau), 0.0, dt / np.where(np.isinf(tau), 1.0, tau))
+
+    one = np.ones(())
+    if isinstance(node, (nir.CubaLIF, nir.CubaLI)):
+        i, v = ratio(field("tau_syn")), ratio(field("tau_mem"))
+        m = dict(i=i, v=v, i_tau="tau_syn", v_tau="tau_mem", leak=v,
+                 gain=euler_gain(i, node.w_in) * euler_gain(v, node.r))
+    elif isinstance(node, (nir.LIF, nir.LI)):
+        v = ratio(field("tau"))
+        m = dict(i=one, v=v, i_tau=None, v_tau="tau", leak=v, gain=euler_gain(v, node.r))
+    elif isinstance(node, nir.IF):
+        m = dict(i=one, v=0 * one, i_tau=None, v_tau=None, leak=0 * one,
+                 gain=euler_gain(np.float64(dt), node.r))
+    elif isinstance(node, nir.I):
+        m = dict(i=0 * one, v=one, i_tau=None, v_tau=None, leak=0 * one,
+                 gain=euler_gain(np.float64(dt), node.r))
+    else:
+        raise NIRError(f"{type(node).__name__} is not a neuron")
+    if shape is None:
+        shape = np.broadcast_shapes(*(np.shape(m[k]) for k in ("i", "v", "gain", "leak")))
+    return {k: np.broadcast_to(x, shape) if k in ("i", "v", "gain", "leak") else x
+            for k, x in m.items()}
+
+
 def _shape(*values):
     return np.broadcast_shapes(*(np.shape(_array(v)) for v in values))
 
@@ -504,27 +543,18 @@ class LoihiStep:
     otherwise."""
 
     def __init__(self, name, node, dt, step):
-        cuba = isinstance(node, nir.CubaLIF)
-        tau_mem = node.tau_mem if cuba else node.tau
-        ratio_mem = dt / _array(tau_mem)
-        gains = [euler_gain(ratio_mem, node.r)]
-        i_decay = np.full(np.shape(ratio_mem), float(DECAY_UNITY))
-        if cuba:
-            ratio_syn = dt / _array(node.tau_syn)
-            gains.append(euler_gain(ratio_syn, node.w_in))
-            i_decay = DECAY_UNITY * ratio_syn
-        checks = {"input gain (w_in dt / tau_syn, r dt / tau_mem)": all(np.all(g == 1.0)
-                                                                       for g in gains),
+        m = loihi_neuron(node, dt)
+        checks = {"input gain (w_in dt / tau_syn, r dt / tau_mem)": np.all(m["gain"] == 1.0),
                   "v_leak = 0": not np.any(_array(node.v_leak)),
                   "v_reset = 0": not np.any(_array(node.v_reset))}
-        self.i_decay = _integer(name, "iDecay = 4096 dt / tau_syn", i_decay)
-        self.v_decay = _integer(name, "vDecay = 4096 dt / tau_mem", DECAY_UNITY * ratio_mem)
+        self.i_decay = _integer(name, "iDecay = 4096 dt / tau_syn", DECAY_UNITY * m["i"])
+        self.v_decay = _integer(name, "vDecay = 4096 dt / tau_mem", DECAY_UNITY * m["v"])
         self.vth = _integer(name, "v_threshold / weight_step", _array(node.v_threshold) / step)
         for what, ok in checks.items():
             if not ok:
                 raise NIRError(f"node {name!r}: Loihi arithmetic needs {what}")
         self.step_size = step
-        self.shape = _shape(tau_mem, node.r, node.v_threshold)
+        self.shape = _shape(m["v"], node.r, node.v_threshold)
 
     def reset(self, batch):
         self.u = torch.zeros(batch, *self.shape, dtype=torch.int64)

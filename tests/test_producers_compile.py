@@ -228,14 +228,18 @@ def test_floor_mode_pooling_before_a_conv_and_a_dense(padding, kind):
     assert int(r.spikes["n1"].sum()) > 0
 
 
-@pytest.mark.parametrize("kind, k, stride", [(nir.SumPool2d, 2, None), (nir.AvgPool2d, 3, 2)])
-def test_pooling_after_a_neuron_with_odd_sizes(kind, k, stride):
+def pool_after_neuron(kind=nir.AvgPool2d, k=3, stride=2):
     rng = np.random.default_rng(2)
     nodes = {"input": nir.Input(input_type=np.array([1, 7, 7])),
              "conv": conv(rng, 3, 1, 3, padding=1, size=(7, 7)), "n1": lif((3, 7, 7), 0.5),
              "pool": pool(kind, k, stride), "n2": lif((3, 3, 3), 0.75, theta=0.25)}
     nodes.update(head(27, rng))
-    g = chain(nodes, {"dt": 1e-4})
+    return chain(nodes, {"dt": 1e-4})
+
+
+@pytest.mark.parametrize("kind, k, stride", [(nir.SumPool2d, 2, None), (nir.AvgPool2d, 3, 2)])
+def test_pooling_after_a_neuron_with_odd_sizes(kind, k, stride):
+    g = pool_after_neuron(kind, k, stride)
     net, fit, r, out = same_spikes(g, spikes((6, 6, 1, 7, 7), rate=0.5))
     syn = net.incoming("n2")[0]
     assert syn.kind == "conv" and syn.groups == 3 and syn.stride == (stride or k,) * 2
@@ -290,14 +294,15 @@ HAS_LAVA = importlib.util.find_spec("lava") is not None
 def lava_cases():
     return {"conv_avgpool": (snntorch_conv_pool(), (1, 8, 8)),
             "floor_pool_dense": (floor_pool_then_conv(1), (2, 9, 9)),
+            "pool_after_neuron": (pool_after_neuron(), (1, 7, 7)),
             "bias_recurrent": (braille_like(), (6,)),
             "thresholds": (rockpool_net(), (5,)),
             "decays": (spyx_net(out_betas=True), (5,))}
 
 
 @pytest.mark.skipif(not HAS_LAVA, reason="lava-nc not installed")
-@pytest.mark.parametrize("case", ["conv_avgpool", "floor_pool_dense", "bias_recurrent",
-                                  "thresholds", "decays"])
+@pytest.mark.parametrize("case", ["conv_avgpool", "floor_pool_dense", "pool_after_neuron",
+                                  "bias_recurrent", "thresholds", "decays"])
 def test_new_mappings_equal_in_lava(tmp_path, case):
     from deploy.compile import compile_graph
     from deploy.lava_run import preload, run_lava

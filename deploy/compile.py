@@ -9,9 +9,13 @@ Steps, each a function below:
        LIF, LI  iDecay = 4096 (u = a_in every step), vDecay = round(4096 dt/tau)
        IF       iDecay = 4096, vDecay = 0;     I: iDecay 0, vDecay 4096 (integrator)
    Non-spiking nodes (I, LI, CubaLI) never spike (vThMant = 1 << 17) and may only be the readout.
+   Parameters are read per neuron: per-neuron thresholds and input gains fold into each neuron's
+   incoming weights (`fold_thresholds`, `scale_rows`), per-neuron decays split the group into
+   one group per value (`split_group`).
 3. connections: each path of stateless nodes from a source (Input or a neuron) into a neuron is one
-   connection: at most one Conv2d / Affine / Linear, with SumPool2d / AvgPool2d before it fused
-   into its weights, Flatten anywhere, and no synapse at all for an identity or pooling path.
+   connection (`path_weights`): at most one Conv2d / Affine / Linear, pooling anywhere it is linear
+   (folded into one convolution, `fold_conv`, else a dense matrix, `probe_dense`), Flatten, uniform
+   Scale, and no synapse at all for an identity or pooling path.
    A node with several incoming paths sums them (fan-in); a path through a recurrent edge is a
    recurrent connection, allowed only from a group onto itself.
 4. integers: the NIR input gain g (Euler step of docs/nir.md: CubaLIF (dt w_in/tau_syn)(dt r/tau_mem),
@@ -19,38 +23,44 @@ Steps, each a function below:
    weight, the bias and the threshold into integers: k = W g / s (8 bit), bias_mant = b g / s
    (13 bit, b = synaptic bias + v_leak term), vThMant = theta / s (17 bit). s is the graph's
    `weight_step` metadata times g when present (exact), else the step that minimises the squared
-   weight error of all incoming weights (quantisation is reported per group).
+   weight error of all incoming weights (quantisation is reported per group). A threshold of 0
+   steps or a path whose weights all round to 0 is a CompileError.
 5. alignment: NIR has no synaptic delay, Lava delays every connection by one step. Relay groups
    (iDecay 4096, vDecay 4096, vThMant 0, identity weights) lengthen every shorter path into a group
    to its longest one, so all inputs of a group arrive in step (cost reported in the fit report).
 6. readout: a spiking output group is read as spike counts ('spikes'), a non-spiking one as its
    final state ('state').
+A synaptic bias into a neuron whose current decays (Loihi adds its bias to v, NIR to the current)
+comes from a constant source: one group that spikes at every step (`bias_source`) with the bias
+as its weights. docs/nir.md "Graphs of other tools" derives each rule.
 What Loihi cannot do is refused with a CompileError naming the node: reset by subtraction, non-zero
-v_reset, per-neuron time constants or thresholds that differ within a group, a synaptic bias into a
-neuron whose current decays (Loihi adds its bias to v), Delay and other nodes without a mapping.
+v_reset, per-neuron decays in a recurrent group or a state readout, Delay and other nodes without
+a mapping.
 """
 import argparse
+import itertools
 import sys
 
 import nir
 import numpy as np
+import torch
 
 from common.files import atomic_write
 from common.loihi import BIAS_MAX, DECAY_UNITY, STATE_MAX, VTH_MAX, WEIGHT_MAX, WEIGHT_MIN
 from export.from_nir import NIRError, read_graph
-from export.interpreter import DtError, flatten_graph, recurrent_edges, resolve_dt
-from hwmodels.loihi import (INTEGRATOR, NEVER_SPIKES, Net, NetxError, Neurons, Synapses,
+from export.interpreter import (NEURONS, SPIKING, DtError, flatten_graph, loihi_neuron,
+                                node_simulator, recurrent_edges, resolve_dt, role, types_of)
+from hwmodels.loihi import (NEVER_SPIKES, Net, NetxError, Neurons, Synapses,
                             conv_out_size, lava_dense_weights, save_net)
 
 GRID_RTOL = 1e-4                     # how far W/s may sit from an integer and still be on the grid
-SYNAPSES = (nir.Conv2d, nir.Affine, nir.Linear)
-SHAPERS = (nir.Flatten, nir.SumPool2d, nir.AvgPool2d)
-SPIKING = (nir.CubaLIF, nir.LIF, nir.IF)
-NEURONS = SPIKING + (nir.I, nir.LI, nir.CubaLI)
+SYNAPSES = types_of("synapse")      # export.interpreter.NODE_TYPES: one entry per node type
 RELAY = {"iDecay": DECAY_UNITY, "vDecay": DECAY_UNITY, "vThMant": 0}
+BIAS_SOURCE = "bias.source"          # the group that spikes at every step (`bias_source`)
+BIAS_LATE = "bias.late"              # the one that spikes from step 1 on
 
 
-class CompileError(ValueError):
+class CompileError(NIRError):
     """A graph (or node) that Loihi cannot run; the message names the node."""
 
 
@@ -111,7 +121,7 @@ def check_supported(graph):
         raise CompileError(f"graph: reset {graph.metadata['reset']!r} (Loihi resets to zero)")
     for name, node in graph.nodes.items():
         kind = type(node).__name__
-        if not isinstance(node, NEURONS + SYNAPSES + SHAPERS + (nir.Scale, nir.Input, nir.Output)):
+        if role(node) not in ("spiking", "state", "synapse", "linear", "port"):
             raise CompileError(f"node {name!r}: type {kind} has no Loihi mapping")
         meta = getattr(node, "metadata", None) or {}
         if meta.get("reset", "zero") != "zero":
@@ -122,118 +132,138 @@ def check_supported(graph):
 
 # ---- 2. groups ---------------------------------------------------------------------------------
 
-def _decay(dt, tau, name, field_name):
-    """Loihi decay = round(4096 dt / tau) (fraction lost per step), tau = inf -> 0."""
-    frac = 0.0 if np.isinf(tau) else dt / tau
-    if tau <= 0 or not 0.0 <= frac <= 1.0:
-        raise CompileError(f"node {name!r}: {field_name}={tau:g} with dt={dt:g} gives decay "
-                           f"{frac:g} outside [0, 1]")
-    return int(round(DECAY_UNITY * frac))
+def neuron_params(name, node, dt, shape):
+    """(iDecay, vDecay (int arrays of `shape`), input gain g (float array), threshold theta or
+    None, v_leak bias per step) from export.interpreter.loihi_neuron, every parameter per neuron;
+    a decay dt/tau outside [0, 1] or a gain <= 0 is a CompileError."""
+    def p(field_name):
+        try:
+            return np.broadcast_to(_array(getattr(node, field_name)), shape)
+        except ValueError:
+            raise CompileError(f"node {name!r}: {field_name} of shape "
+                               f"{np.shape(getattr(node, field_name))} does not fit the node's "
+                               f"shape {shape}") from None
 
-
-def _gain(dt, scale, tau, name):
-    """Euler input gain dt * scale / tau; snnTorch's tau = inf goes with scale = tau/dt: gain 1."""
-    if np.isinf(tau):
-        if np.isinf(scale):
-            return 1.0
-        raise CompileError(f"node {name!r}: infinite time constant with finite r / w_in")
-    return dt * scale / tau
-
-
-def neuron_params(name, node, dt):
-    """(iDecay, vDecay, input gain g, threshold theta or None, v_leak bias per step or 0)."""
-    u = lambda field_name: _uniform(getattr(node, field_name), name, field_name)  # noqa: E731
-    leak = 0.0
-    if isinstance(node, (nir.CubaLIF, nir.CubaLI)):
-        tau_syn, tau_mem = u("tau_syn"), u("tau_mem")
-        i_decay, v_decay = _decay(dt, tau_syn, name, "tau_syn"), _decay(dt, tau_mem, name, "tau_mem")
-        gain = _gain(dt, u("w_in"), tau_syn, name) * _gain(dt, u("r"), tau_mem, name)
-        leak = 0.0 if np.isinf(tau_mem) else dt / tau_mem
-    elif isinstance(node, (nir.LIF, nir.LI)):
-        tau = u("tau")
-        i_decay, v_decay, gain = DECAY_UNITY, _decay(dt, tau, name, "tau"), _gain(dt, u("r"), tau, name)
-        leak = 0.0 if np.isinf(tau) else dt / tau
-    elif isinstance(node, nir.IF):
-        i_decay, v_decay, gain = DECAY_UNITY, 0, dt * u("r")
-    else:  # I
-        i_decay, v_decay, gain = INTEGRATOR["iDecay"], INTEGRATOR["vDecay"], dt * u("r")
-    if gain <= 0:
-        raise CompileError(f"node {name!r}: input gain {gain:g} <= 0 (check r, w_in, dt)")
-    theta = u("v_threshold") if isinstance(node, SPIKING) else None
-    v_leak = leak * _array(node.v_leak) if hasattr(node, "v_leak") else 0.0
-    return i_decay, v_decay, gain, theta, v_leak
+    for field_name in ("tau", "tau_syn", "tau_mem", "r", "w_in", "v_threshold", "v_leak"):
+        if hasattr(node, field_name):
+            p(field_name)
+    m = loihi_neuron(node, dt, shape)
+    decays = []
+    for key in ("i", "v"):
+        ratio, field_name = m[key], m[f"{key}_tau"]
+        if field_name is not None:
+            tau = p(field_name)
+            bad = (tau <= 0) | (ratio < 0) | (ratio > 1)
+            if np.any(bad):
+                t, r = tau[bad].flat[0], ratio[bad].flat[0]
+                raise CompileError(f"node {name!r}: {field_name}={t:g} with dt={dt:g} gives "
+                                   f"decay {r:g} outside [0, 1]")
+        decays.append(np.rint(DECAY_UNITY * ratio).astype(np.int64))
+    g = m["gain"]
+    if not np.all(g > 0):
+        raise CompileError(f"node {name!r}: input gain {g.min():g} <= 0 (check r, w_in, dt; an "
+                           f"infinite time constant needs r / w_in = inf)")
+    theta = p("v_threshold") if isinstance(node, SPIKING) else None  # fold_thresholds
+    v_leak = m["leak"] * p("v_leak") if hasattr(node, "v_leak") else 0.0
+    return decays[0], decays[1], np.asarray(g, dtype=np.float64), theta, v_leak
 
 
 # ---- 3. connections ----------------------------------------------------------------------------
 
 def paths_into(graph, name, preds, recurrent, sources):
-    """Every path (source, [stateless nodes in order], recurrent?) ending in node `name`."""
+    """Every path (source, [stateless nodes in order], recurrent?, nodes after the recurrent
+    edge) ending in node `name`."""
     found = []
 
-    def walk(node_name, ops, rec):
+    def walk(node_name, ops, rec, after):
         for src in preds.get(node_name, []):
-            edge_rec = rec or (src, node_name) in recurrent
+            edge_rec = (src, node_name) in recurrent
+            here = after if rec or not edge_rec else len(ops)
             if src in sources:
-                found.append((src, ops, edge_rec))
+                found.append((src, ops, rec or edge_rec, here))
             elif src in ops:
                 raise CompileError(f"node {src!r}: a cycle without a neuron in it")
             else:
-                walk(src, [src, *ops], edge_rec)
+                walk(src, [src, *ops], rec or edge_rec, here)
 
-    walk(name, [], False)
+    walk(name, [], False, None)
     return found
 
 
-def path_weights(graph, dst, source_shape, ops):
-    """Fold one path into (kind, float weight, conv params, float bias per output or None).
+def path_weights(graph, source_shape, ops):
+    """Fold one path into (kind, float weight, conv params, float bias of the output shape or
+    None, output shape).
 
-    Pools before the synapse repeat its kernel taps over the pool window (conv) or its columns
-    (dense); a path without a synapse is an identity (dense eye, or depthwise conv of ones for
-    pooling). Returns the output shape as well.
+    Every node of a path is linear, so the path is y = W x + b. When its nodes are pooling and at
+    most one Conv2d (no Flatten), W is one convolution (`fold_conv`); a path of neither is an
+    identity (dense eye or depthwise 1x1 conv); anything else (Affine / Linear, Flatten, pooling
+    a convolution cannot express) is one dense matrix, probed column by column (`probe_dense`).
+    b is the path run on a zero input, biases included.
     """
-    shape, pool, synapse, scale, after = tuple(source_shape), None, None, 1.0, False
+    shape, synapse, stages = tuple(source_shape), None, []
     for op in ops:
         node = graph.nodes[op]
         if isinstance(node, (nir.SumPool2d, nir.AvgPool2d)):
-            if synapse is not None:
-                raise CompileError(f"node {op!r}: pooling after a synapse has no Loihi mapping")
+            if len(shape) != 3:
+                raise CompileError(f"node {op!r}: pooling needs a (C, H, W) input, got {shape}")
             k, s, p = (_pair(getattr(node, f), op, f) for f in ("kernel_size", "stride", "padding"))
-            if k != s or p != (0, 0) or len(shape) != 3 or shape[1] % k[0] or shape[2] % k[1]:
-                raise CompileError(f"node {op!r}: pooling needs stride == kernel_size, no padding "
-                                   f"and an input divisible by it (kernel {k}, stride {s}, pad {p}, "
-                                   f"input {shape})")
-            if pool is not None:
-                raise CompileError(f"node {op!r}: two pooling nodes in a row")
-            pool = (k, shape)
-            if isinstance(node, nir.AvgPool2d):
-                scale /= k[0] * k[1]
-            shape = (shape[0], shape[1] // k[0], shape[2] // k[1])
+            value = 1.0 / (k[0] * k[1]) if isinstance(node, nir.AvgPool2d) else 1.0
+            stages.append(("pool", op, dict(kernel=k, stride=s, padding=p, value=value,
+                                            shape=shape)))
+            shape = (shape[0], *(conv_out_size(shape[1 + a], k[a], s[a], p[a], 1) for a in (0, 1)))
+            if min(shape) <= 0:
+                raise CompileError(f"node {op!r}: pooling {k} of {stages[-1][2]['shape']} leaves "
+                                   f"no output")
         elif isinstance(node, nir.Flatten):
+            stages.append(("flatten", op, None))
             shape = (int(np.prod(shape)),)
-        elif isinstance(node, nir.Scale):
-            scale *= _uniform(node.scale, op, "scale")
-            after = after or synapse is not None
+        elif isinstance(node, nir.Scale) and np.ptp(_array(node.scale)) == 0:
+            stages.append(("scale", op, _uniform(node.scale, op, "scale")))
         elif isinstance(node, SYNAPSES):
             if synapse is not None:
                 raise CompileError(f"node {op!r}: two synapses ({synapse} and {op}) with no neuron "
                                    f"between them")
+            _synapse_check(graph, op, shape)
             synapse, shape = op, _synapse_shape(graph, op, shape)
+            stages.append(("synapse", op, None))
+        elif role(node) == "linear":  # any other linear node: run it to learn its output shape
+            stages.append(("linear", op, None))
+            shape = tuple(_run_path(graph, [op], torch.zeros(1, *shape, dtype=torch.float64)
+                                    ).shape[1:])
         else:
             raise CompileError(f"node {op!r}: type {type(node).__name__} inside a synaptic path")
-    if synapse is None:
-        return _identity(source_shape, shape, pool, scale) + (None, shape)
-    kind, w, conv = _synapse_weight(graph, synapse, source_shape, pool)
-    bias = getattr(graph.nodes[synapse], "bias", None)
-    bias = None if bias is None or not np.any(_array(bias)) else \
-        _array(bias) * (scale if after else 1.0)
-    return kind, w * scale, conv, bias, shape
+    bias = _path_bias(graph, ops, source_shape, shape) if synapse is not None else None
+    kinds = [kind for kind, _, _ in stages]
+    scale = float(np.prod([v for kind, _, v in stages if kind == "scale"]))
+    if "pool" not in kinds and "linear" not in kinds and synapse is None:
+        return _identity(source_shape, shape, scale) + (None, shape)
+    if not {"flatten", "linear"} & set(kinds) and (
+            synapse is None or isinstance(graph.nodes[synapse], nir.Conv2d)):
+        folded = fold_conv(graph, [st for st in stages if st[0] != "scale"], source_shape, shape)
+        if folded is not None:
+            w, conv = folded
+            return "conv", w * scale, conv, bias, shape
+    return "dense", probe_dense(graph, ops, source_shape, shape), {}, bias, shape
+
+
+def _synapse_check(graph, name, shape):
+    node = graph.nodes[name]
+    if isinstance(node, nir.Conv2d):
+        if len(shape) != 3 or node.weight.shape[1] * int(node.groups) != shape[0]:
+            raise CompileError(f"node {name!r}: weight {tuple(node.weight.shape)} with groups="
+                               f"{int(node.groups)} does not take input {shape}")
+        return
+    w = _array(node.weight)
+    if w.ndim != 2:
+        raise CompileError(f"node {name!r}: weight of shape {w.shape} is not 2-D")
+    if len(shape) != 1 or w.shape[1] != shape[0]:
+        raise CompileError(f"node {name!r}: weight expects {w.shape[1]} inputs, gets shape "
+                           f"{shape} (a Flatten before it?)")
 
 
 def _synapse_shape(graph, name, shape):
     node = graph.nodes[name]
     if isinstance(node, nir.Conv2d):
-        if len(shape) != 3:
-            raise CompileError(f"node {name!r}: Conv2d needs a (C, H, W) input, got {shape}")
         stride, padding, dilation = _conv_params(name, node, node.weight.shape[2:])
         return (int(node.weight.shape[0]), *(conv_out_size(shape[1 + a], node.weight.shape[2 + a],
                                                            stride[a], padding[a], dilation[a])
@@ -253,43 +283,115 @@ def _conv_params(name, node, kernel):
     return stride, _pair(node.padding, name, "padding"), dilation
 
 
-def _synapse_weight(graph, name, source_shape, pool):
-    node = graph.nodes[name]
-    w = _array(node.weight)
-    if isinstance(node, nir.Conv2d):
-        stride, padding, dilation = _conv_params(name, node, w.shape[2:])
-        groups = int(node.groups)
-        if pool is not None:  # pool(k) then conv == conv with each tap repeated over the window
-            (ph, pw), _ = pool
-            if dilation != (1, 1):
-                raise CompileError(f"node {name!r}: pooling before a dilated Conv2d")
-            w = np.repeat(np.repeat(w, ph, axis=2), pw, axis=3)
-            stride, padding = (stride[0] * ph, stride[1] * pw), (padding[0] * ph, padding[1] * pw)
-        if len(source_shape) != 3 or w.shape[1] * groups != source_shape[0]:
-            raise CompileError(f"node {name!r}: weight {w.shape} with groups={groups} does not "
-                               f"take input {tuple(source_shape)}")
-        return "conv", w, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    if w.ndim != 2:
-        raise CompileError(f"node {name!r}: weight of shape {w.shape} is not 2-D")
-    if pool is not None:  # pool then flatten then dense == dense over the unpooled input
-        (ph, pw), (c, h, wd) = pool
-        w = np.repeat(np.repeat(w.reshape(w.shape[0], c, h // ph, wd // pw), ph, axis=2), pw,
-                      axis=3).reshape(w.shape[0], -1)
-    if w.shape[1] != int(np.prod(source_shape)):
-        raise CompileError(f"node {name!r}: weight expects {w.shape[1]} inputs, gets "
-                           f"{int(np.prod(source_shape))} (shape {tuple(source_shape)})")
-    return "dense", w, {}
+# A path x -> A -> B of two convolutions along one axis, A: kernel ka, stride sa, padding pa,
+# dilation da; B: kb, sb, pb, db. B reads y[i], i = sb j + db b - pb, and y[i] reads
+# x[sa i + da a - pa], so z[j] reads x[sa sb j + sa db b + da a - (sa pb + pa)]: one convolution
+# of stride sa sb, padding sa pb + pa, dilation 1 and kernel sa db (kb - 1) + da (ka - 1) + 1,
+# whose tap c collects every (a, b) with sa db b + da a = c. It equals the path where B's zero
+# padding (y[i] for i < 0 or i >= len(y)) reads only the composite's zero padding: A = pooling
+# (ka <= sa + pa on the left; on the right pb = 0 or sa len(y) - pa >= len(x)), or B = pooling
+# with pb = 0 (B then reads only y[0 .. len(y) - 1]). docs/nir.md "Pooling".
+
+def _pool_conv(stage):
+    """A pooling stage as a depthwise convolution (weight (C, 1, kh, kw), params)."""
+    p = stage[2]
+    c = p["shape"][0]
+    w = np.full((c, 1, *p["kernel"]), p["value"])
+    return w, dict(stride=p["stride"], padding=p["padding"], dilation=(1, 1), groups=c)
 
 
-def _identity(in_shape, out_shape, pool, scale):
-    """A path without a synapse: a sum-pool conv, a depthwise 1x1 conv or a dense identity."""
-    if pool is not None:
-        if len(out_shape) != 3:
-            raise CompileError("pooling followed by Flatten into a neuron: no Loihi connection")
-        (ph, pw), (c, _, _) = pool
-        w = np.ones((c, 1, ph, pw)) * scale
-        return "conv", w, dict(stride=(ph, pw), padding=(0, 0), dilation=(1, 1), groups=c)
-    if len(out_shape) == 3:
+def _compose(wa, a, wb, b, depthwise_a):
+    """Weight and params of conv A then conv B, one of them depthwise pooling (the same taps
+    for every channel; the result has the other's channels and groups): tap
+    (sa db kb_tap + da ka_tap) of the result sums wa[ka_tap] * wb[kb_tap]."""
+    sa, da, sb, db = a["stride"], a["dilation"], b["stride"], b["dilation"]
+    (ka0, ka1), (kb0, kb1) = wa.shape[2:], wb.shape[2:]
+    size = [sa[x] * db[x] * (wb.shape[2 + x] - 1) + da[x] * (wa.shape[2 + x] - 1) + 1
+            for x in (0, 1)]
+    full = wb if depthwise_a else wa
+    out = np.zeros((*full.shape[:2], *size))
+    for a0, a1, b0, b1 in itertools.product(range(ka0), range(ka1), range(kb0), range(kb1)):
+        c0, c1 = sa[0] * db[0] * b0 + da[0] * a0, sa[1] * db[1] * b1 + da[1] * a1
+        if depthwise_a:
+            out[:, :, c0, c1] += wa[0, 0, a0, a1] * wb[:, :, b0, b1]
+        else:
+            out[:, :, c0, c1] += wa[:, :, a0, a1] * wb[0, 0, b0, b1]
+    stride = (sa[0] * sb[0], sa[1] * sb[1])
+    padding = (sa[0] * b["padding"][0] + a["padding"][0], sa[1] * b["padding"][1] + a["padding"][1])
+    return out, dict(stride=stride, padding=padding, dilation=(1, 1),
+                     groups=b["groups"] if depthwise_a else a["groups"])
+
+
+def fold_conv(graph, stages, in_shape, out_shape):
+    """(weight, params) of one convolution equal to the path's pooling / Conv2d stages, or None
+    when none is exact (the rule above; then the caller probes a dense matrix)."""
+    convs = []  # (weight, params, is_pool, input shape)
+    for kind, op, _ in stages:
+        if kind == "pool":
+            w, conv = _pool_conv((kind, op, _))
+            convs.append((w, conv, True, _["shape"]))
+        else:
+            node = graph.nodes[op]
+            w = _array(node.weight)
+            stride, padding, dilation = _conv_params(op, node, w.shape[2:])
+            convs.append((w, dict(stride=stride, padding=padding, dilation=dilation,
+                                  groups=int(node.groups)), False, None))
+    w, conv, pool, _ = convs[0]
+    shape = tuple(in_shape)
+    for wb, b, pool_b, b_in in convs[1:]:
+        if pool and pool_b:
+            return None                                   # two poolings: not one depthwise tap
+        y_len = [conv_out_size(shape[1 + x], w.shape[2 + x], conv["stride"][x],
+                               conv["padding"][x], conv["dilation"][x]) for x in (0, 1)]
+        for x in (0, 1):
+            if pool and not (w.shape[2 + x] <= conv["stride"][x] + conv["padding"][x] and (
+                    b["padding"][x] == 0 or
+                    conv["stride"][x] * y_len[x] - conv["padding"][x] >= shape[1 + x])):
+                return None
+            if pool_b and b["padding"][x] != 0:
+                return None
+        w, conv = _compose(w, conv, wb, b, depthwise_a=pool)
+        pool = False
+    got = (w.shape[0], *(conv_out_size(in_shape[1 + x], w.shape[2 + x], conv["stride"][x],
+                                       conv["padding"][x], 1) for x in (0, 1)))
+    return (w, conv) if got == tuple(out_shape) else None
+
+
+DENSE_MAX = 1 << 24  # weights of one probed dense connection
+
+
+def probe_dense(graph, ops, in_shape, out_shape):
+    """The (out, in) matrix W of a linear path, one column per unit input (float64, without
+    biases: the path at e_i minus the path at 0)."""
+    n_in, n_out = int(np.prod(in_shape)), int(np.prod(out_shape))
+    if n_in * n_out > DENSE_MAX:
+        raise CompileError(f"node {ops[-1]!r}: the path from a {tuple(in_shape)} source needs a "
+                           f"dense connection of {n_out} x {n_in} weights (more than "
+                           f"{DENSE_MAX}); no convolution equals it")
+    zero = _run_path(graph, ops, torch.zeros(1, *in_shape, dtype=torch.float64))
+    cols = []
+    for start in range(0, n_in, 1024):
+        eye = torch.eye(n_in, dtype=torch.float64)[start:start + 1024].reshape(-1, *in_shape)
+        cols.append((_run_path(graph, ops, eye) - zero).reshape(len(eye), -1))
+    return torch.cat(cols).t().numpy()
+
+
+def _path_bias(graph, ops, in_shape, out_shape):
+    """The path's output for a zero input (its biases carried through), or None when 0."""
+    b = _run_path(graph, ops, torch.zeros(1, *in_shape, dtype=torch.float64))[0].numpy()
+    return b.reshape(out_shape) if np.any(b) else None
+
+
+def _run_path(graph, ops, x):
+    """The path's stateless nodes on x (float64), with the interpreter's node functions."""
+    for op in ops:
+        x = node_simulator(op, graph.nodes[op], 1.0, dtype=torch.float64).step(x)
+    return x
+
+
+def _identity(in_shape, out_shape, scale):
+    """A path without a synapse or pooling: a depthwise 1x1 conv or a dense identity."""
+    if len(out_shape) == 3 and tuple(in_shape) == tuple(out_shape):
         return "conv", np.ones((out_shape[0], 1, 1, 1)) * scale, dict(groups=out_shape[0])
     return "dense", np.eye(int(np.prod(in_shape))) * scale, {}
 
@@ -345,12 +447,36 @@ def rel_error(w, k, s):
     return 0.0 if norm == 0 else float(np.sqrt(((w - s * k) ** 2).sum())) / norm
 
 
+def bias_source(in_shape, late=False):
+    """[(group, its input connection)] of the constant sources. BIAS_SOURCE is one neuron that
+    spikes at every step (iDecay = vDecay = 4096, vThMant 0, bias 1: v = u + 64 > 0 for any
+    non-negative input; its input connection, weight 1 from the first input, exists because
+    every group needs a feed-forward input). A synaptic bias b into a decaying current is its
+    weight b / step: u gets b at every step, as NIR's tau_syn dI/dt = -I + w_in (W x + b) does.
+    BIAS_LATE (with `late`) spikes from step 1 on: it integrates the source (iDecay 0, vDecay
+    4096: v = u = 64 (t + 1)) against vThMant 1, for the bias of a recurrent synapse, which the
+    recurrent edge delivers from step 1. Both are aligned like any group (relays)."""
+    group = Neurons(name=BIAS_SOURCE, shape=(1,), i_decay=DECAY_UNITY, v_decay=DECAY_UNITY,
+                    vth=0, bias=np.ones(1, dtype=np.int64), role="bias")
+    w = np.zeros((1, int(np.prod(in_shape))), dtype=np.int64)
+    w[0, 0] = 1
+    made = [(group, Synapses(name=f"input->{BIAS_SOURCE}", src="input", dst=BIAS_SOURCE,
+                             kind="dense", weight=w))]
+    if late:
+        group = Neurons(name=BIAS_LATE, shape=(1,), i_decay=0, v_decay=DECAY_UNITY, vth=1,
+                        role="bias")
+        made.append((group, Synapses(name=f"{BIAS_SOURCE}->{BIAS_LATE}", src=BIAS_SOURCE,
+                                     dst=BIAS_LATE, kind="dense",
+                                     weight=np.ones((1, 1), dtype=np.int64))))
+    return made
+
+
 # ---- 5. alignment ------------------------------------------------------------------------------
 
 def relay(source, shape, j):
     """Relay group j behind `source`: spikes exactly when its input spiked, one Lava step later."""
     name = f"{source}.relay{j}"
-    kind, w, conv = _identity(shape, shape, None, 1.0)
+    kind, w, conv = _identity(shape, shape, 1.0)
     group = Neurons(name=name, shape=tuple(shape), i_decay=RELAY["iDecay"],
                     v_decay=RELAY["vDecay"], vth=RELAY["vThMant"], role="relay")
     prev = source if j == 1 else f"{source}.relay{j - 1}"
@@ -399,12 +525,25 @@ def build_net(graph, dt=None, timesteps=8):
     neurons = [n for n, node in graph.nodes.items() if isinstance(node, NEURONS)]
     sources = set(neurons) | {input_name}
     groups, synapses, report = [], [], []
+    splits = {}
     for name in neurons:
-        group, syns, row = compile_group(graph, name, dt, preds, recurrent, sources,
-                                         input_name, in_shape, timesteps)
+        group, syns, row, split = compile_group(graph, name, dt, preds, recurrent, sources,
+                                                input_name, in_shape, timesteps)
         groups.append(group)
         synapses += syns
         report.append(row)
+        if split is not None:
+            splits[name] = split
+    for name, (i_decay, v_decay) in splits.items():
+        groups, synapses, parts = split_group(graph, name, i_decay, v_decay, groups, synapses,
+                                              in_shape)
+        row = next(r for r in report if r["group"] == name)
+        row.update(decay_groups=len(parts), parts=parts)
+        row["notes"].append(f"per-neuron decays: split into {len(parts)} groups")
+    if any(s.src in (BIAS_SOURCE, BIAS_LATE) for s in synapses):
+        made = bias_source(in_shape, any(s.src == BIAS_LATE for s in synapses))
+        groups[:0] = [group for group, _ in made]
+        synapses[:0] = [syn for _, syn in made]
     groups = _topological(groups, synapses)
     output, readout = output_group(graph, groups)
     groups, synapses, relays = align(groups, _unique_names(synapses), in_shape)
@@ -420,52 +559,193 @@ def build_net(graph, dt=None, timesteps=8):
 
 
 def compile_group(graph, name, dt, preds, recurrent, sources, input_name, in_shape, timesteps):
-    """One neuron node -> (Neurons, incoming Synapses, fit row)."""
+    """One neuron node -> (Neurons, incoming Synapses, fit row, per-neuron (iDecay, vDecay)
+    arrays when they differ, else None: `split_groups` then splits the group)."""
     node = graph.nodes[name]
     shape = _shape(node)
-    i_decay, v_decay, gain, theta, v_leak = neuron_params(name, node, dt)
-    infos, syn_bias = incoming_paths(graph, name, shape, gain, preds, recurrent, sources,
-                                     input_name, in_shape)
-    if np.any(syn_bias) and i_decay != DECAY_UNITY:
-        raise CompileError(f"node {name!r}: a synaptic bias into a neuron whose current decays "
-                           f"(iDecay {i_decay}); Loihi adds its bias to v, not to the current")
+    i_decay, v_decay, gain, theta, v_leak = neuron_params(name, node, dt, shape)
+    infos, syn_bias, late_bias = incoming_paths(graph, name, shape, preds, recurrent, sources,
+                                                input_name, in_shape)
+    if np.any(syn_bias) and np.any(i_decay != DECAY_UNITY):  # NIR adds it to the decaying current
+        infos.append(dict(src=BIAS_SOURCE, ops=[], rec=False, kind="dense",
+                          w=syn_bias.reshape(-1, 1), conv={}, src_shape=(1,)))
+        syn_bias = np.zeros(shape)
+    if np.any(late_bias):  # a recurrent synapse's bias: from step 1
+        infos.append(dict(src=BIAS_LATE, ops=[], rec=False, kind="dense",
+                          w=late_bias.reshape(-1, 1), conv={}, src_shape=(1,)))
+    uniform_gain = np.allclose(gain, gain.flat[0], rtol=1e-9, atol=0)
+    if uniform_gain:
+        gain = float(gain.flat[0])
+        for info in infos:
+            info["w"] = info["w"] * gain
+    else:  # per-neuron input gains (time constants): each neuron's incoming weights
+        scale_rows(infos, gain, shape, name)
     bias = syn_bias * gain + np.broadcast_to(v_leak, shape)  # per step, in units of v
     if not any(np.any(i["w"]) for i in infos):
         raise CompileError(f"node {name!r}: all incoming weights are zero")
+    scale = None
+    if theta is not None:
+        theta, bias, scale = fold_thresholds(name, theta, infos, bias, shape)
     meta_step = _metadata_step(graph, infos)
-    exact = meta_step is not None
+    exact = meta_step is not None and scale is None and uniform_gain
     extras = [np.asarray(bias)] + ([] if theta is None else [np.asarray(theta)])
     step = meta_step * gain if exact else choose_step([i["w"] for i in infos], extras, name)
     syns, errors = integer_synapses(infos, step, name, exact)
     bias_int = integer_bias(bias, step, name, exact)
     vth, note = (NEVER_SPIKES, []) if theta is None else integer_threshold(theta, step, name)
-    group = Neurons(name=name, shape=shape, i_decay=i_decay, v_decay=v_decay, vth=vth,
-                    bias=bias_int, role="neuron" if theta is not None else "readout", nodes=[name])
+    split = None if np.all(i_decay == i_decay.flat[0]) and np.all(v_decay == v_decay.flat[0]) \
+        else (i_decay, v_decay)
+    group = Neurons(name=name, shape=shape, i_decay=int(i_decay.min()),
+                    v_decay=int(v_decay.min()), vth=vth, bias=bias_int,
+                    role="neuron" if theta is not None else "readout", nodes=[name])
     row = fit_row(group, syns, step, errors, exact, note, timesteps)
-    return group, syns, row
+    if scale is not None:
+        row["threshold_fold"] = fold_report(theta, scale, infos, syns, step, shape)
+        row["notes"].append(f"per-neuron thresholds folded into the incoming weights (x"
+                            f"{scale.min():.4g}..x{scale.max():.4g}); worst neuron's weight "
+                            f"error {row['threshold_fold']['neuron_weight_rel_error_max']:.2%}")
+    return group, syns, row, split
 
 
-def incoming_paths(graph, name, shape, gain, preds, recurrent, sources, input_name, in_shape):
-    """The float weights of every path into neuron `name` (scaled by its input gain) as dicts
-    (src, ops, rec, kind, w, conv), and the summed synaptic bias of those paths (shape `shape`)."""
+def split_group(graph, name, i_decay, v_decay, groups, synapses, in_shape):
+    """Group `name` with per-neuron decays -> one 1-D group per (iDecay, vDecay) value (each its
+    own Lava LIF process), "name.0", "name.1", ... in order of the values, fed by the rows of its
+    incoming connections (dense, neurons in (C, H, W) order), and a relay group `name` of the
+    node's shape that gathers their spikes in the same step (emulator time), so that what `name`
+    fed is unchanged. Returns (groups, synapses, {part name: [neuron indices]})."""
+    keys = np.stack([i_decay.reshape(-1), v_decay.reshape(-1)], 1)
+    values, which = np.unique(keys, axis=0, return_inverse=True)
+    index = {f"{name}.{k}": np.flatnonzero(which.reshape(-1) == k) for k in range(len(values))}
+    g = next(g for g in groups if g.name == name)
+    if any(s.recurrent and name in (s.src, s.dst) for s in synapses):
+        raise CompileError(f"node {name!r}: per-neuron decays in a recurrent group (its parts "
+                           f"would feed each other recurrently)")
+    if not g.spiking:
+        raise CompileError(f"node {name!r}: per-neuron decays in a non-spiking readout (Loihi "
+                           f"reads one group's state); give the readout one time constant")
+    parts = [Neurons(name=part, shape=(len(idx),), i_decay=int(values[k, 0]),
+                     v_decay=int(values[k, 1]), vth=g.vth, role=g.role, nodes=[name],
+                     bias=None if g.bias is None else g.bias.reshape(-1)[idx])
+             for k, (part, idx) in enumerate(index.items())]
+    merge = Neurons(name=name, shape=g.shape, i_decay=RELAY["iDecay"], v_decay=RELAY["vDecay"],
+                    vth=RELAY["vThMant"], role="relay", nodes=[name])
+    shapes = {"input": tuple(in_shape), **{x.name: x.shape for x in groups}}
+    out = [s for s in synapses if s.dst != name]
+    for s in synapses:
+        if s.dst != name:
+            continue
+        w = s.weight if s.kind == "dense" else \
+            np.rint(conv_dense(s.weight, vars(s), shapes[s.src], name)).astype(np.int64)
+        for part, idx in index.items():
+            if np.any(w[idx]):
+                out.append(Synapses(name=f"{s.name}.{part.rsplit('.', 1)[1]}", src=s.src,
+                                    dst=part, kind="dense", weight=w[idx], nodes=list(s.nodes)))
+    for part, idx in index.items():
+        if not any(s.dst == part for s in out):
+            raise CompileError(f"node {name!r}: neurons {idx.tolist()} have no input")
+        pick = np.zeros((g.size, len(idx)), dtype=np.int64)
+        pick[idx, np.arange(len(idx))] = 1
+        out.append(Synapses(name=f"{part}->{name}", src=part, dst=name, kind="dense",
+                            weight=pick, nodes=[]))
+    at = groups.index(g)
+    return groups[:at] + parts + [merge] + groups[at + 1:], out, \
+        {part: idx.tolist() for part, idx in index.items()}
+
+
+def fold_thresholds(name, theta, infos, bias, shape):
+    """Per-neuron thresholds -> one (theta, bias, per-neuron scale c or None).
+
+    With reset to zero, v_i > theta_i spikes exactly when c_i v_i > c_i theta_i, and c_i v_i is
+    the neuron's state when all its incoming weights and its bias are multiplied by c_i (v is
+    linear in them, and reset to 0 stays 0). So c_i = max(theta) / theta_i gives every neuron
+    the threshold max(theta). A conv path is scaled per output channel when c is constant per
+    channel, else it becomes a dense matrix first."""
+    theta = np.broadcast_to(_array(theta), shape)
+    if np.allclose(theta, theta.flat[0], rtol=1e-6, atol=0):
+        return float(theta.flat[0]), bias, None
+    if np.any(theta <= 0):
+        raise CompileError(f"node {name!r}: per-neuron thresholds {theta.min():g}.."
+                           f"{theta.max():g} must be > 0 to fold into the weights")
+    c = float(theta.max()) / theta
+    scale_rows(infos, c, shape, name)
+    return float(theta.max()), np.broadcast_to(bias, shape) * c, c
+
+
+def scale_rows(infos, c, shape, name):
+    """Multiply each neuron's incoming weights by its c (shape `shape`): a conv path per output
+    channel when c is constant per channel, else as a dense matrix."""
+    c = np.broadcast_to(c, shape)
+    per_channel = len(shape) == 3 and np.all(c == c[:, :1, :1])
+    for info in infos:
+        if info["kind"] == "conv" and per_channel:
+            info["w"] = info["w"] * c[:, 0, 0].reshape(-1, 1, 1, 1)
+            continue
+        if info["kind"] == "conv":
+            info["w"], info["kind"] = conv_dense(info["w"], info["conv"], info["src_shape"],
+                                                 name), "dense"
+            info["conv"] = {}
+        info["w"] = info["w"] * c.reshape(-1, 1)
+
+
+def conv_dense(w, conv, src_shape, name):
+    """The (out, in) dense matrix of a convolution on a src_shape input."""
+    n_in = int(np.prod(src_shape))
+    x = torch.eye(n_in, dtype=torch.float64).reshape(n_in, *src_shape)
+    y = torch.nn.functional.conv2d(x, torch.from_numpy(np.asarray(w, dtype=np.float64)), None,
+                                   conv.get("stride", 1), conv.get("padding", 0),
+                                   conv.get("dilation", 1), conv.get("groups", 1))
+    if y[0].numel() * n_in > DENSE_MAX:
+        raise CompileError(f"node {name!r}: per-position parameters need the convolution as a "
+                           f"dense matrix of {y[0].numel()} x {n_in} weights (more than "
+                           f"{DENSE_MAX})")
+    return y.reshape(n_in, -1).t().numpy()
+
+
+def fold_report(theta, scale, infos, syns, step, shape):
+    """Quantisation cost per neuron of folded thresholds: the relative error of each neuron's
+    incoming weights (dense rows; a conv's output channel for its neurons)."""
+    num, den = np.zeros(shape), np.zeros(shape)
+    for info, syn in zip(infos, syns):
+        err, ref = (info["w"] - step * syn.weight) ** 2, info["w"] ** 2
+        if info["kind"] == "dense":
+            num += err.sum(1).reshape(shape)
+            den += ref.sum(1).reshape(shape)
+        else:
+            num += err.reshape(len(err), -1).sum(1).reshape(-1, *([1] * (len(shape) - 1)))
+            den += ref.reshape(len(ref), -1).sum(1).reshape(-1, *([1] * (len(shape) - 1)))
+    rel = np.sqrt(num / np.where(den > 0, den, 1)).reshape(-1)
+    return {"theta": float(theta), "scale_min": float(scale.min()),
+            "scale_max": float(scale.max()), "neuron_weight_rel_error_max": float(rel.max()),
+            "neuron_weight_rel_error_median": float(np.median(rel)),
+            "worst_neuron": int(rel.argmax())}
+
+
+def incoming_paths(graph, name, shape, preds, recurrent, sources, input_name, in_shape):
+    """The float weights of every path into neuron `name` as dicts
+    (src, ops, rec, kind, w, conv), and the summed synaptic bias of those paths (shape `shape`):
+    (from step 0, from step 1). A bias made before a recurrent edge comes one step late: the edge
+    delivers zeros at step 0 (docs/nir.md)."""
     found = paths_into(graph, name, preds, recurrent, sources)
     if not found:
         raise CompileError(f"node {name!r}: a neuron with no input")
-    infos, syn_bias = [], np.zeros(shape)
-    for src, ops, rec in found:
+    infos, syn_bias, late_bias = [], np.zeros(shape), np.zeros(shape)
+    for src, ops, rec, after in found:
         if rec and src != name:
             raise CompileError(f"node {name!r}: recurrence from {src!r}; only a group onto "
                                f"itself is supported")
         src_shape = in_shape if src == input_name else _shape(graph.nodes[src])
-        kind, w, conv, b, out = path_weights(graph, name, src_shape, ops)
+        kind, w, conv, b, out = path_weights(graph, src_shape, ops)
         if int(np.prod(out)) != int(np.prod(shape)):
             raise CompileError(f"node {name!r}: input of shape {out} from {src!r} does not fit "
                                f"its shape {shape}")
-        if b is not None:
-            syn_bias = syn_bias + np.broadcast_to(b.reshape(-1, *([1] * (len(shape) - 1))), shape)
+        if b is not None and rec and any(isinstance(graph.nodes[op], SYNAPSES)
+                                         for op in ops[:len(ops) - after]):
+            late_bias = late_bias + b.reshape(shape)
+        elif b is not None:
+            syn_bias = syn_bias + b.reshape(shape)
         infos.append(dict(src="input" if src == input_name else src, ops=ops, rec=rec, kind=kind,
-                          w=w * gain, conv=conv))
-    return infos, syn_bias
+                          w=w, conv=conv, src_shape=tuple(src_shape)))
+    return infos, syn_bias, late_bias
 
 
 def integer_synapses(infos, step, name, exact):
@@ -473,6 +753,10 @@ def integer_synapses(infos, step, name, exact):
     syns, errors = [], []
     for j, info in enumerate(infos):
         k, _ = to_int(info["w"], step, name, "weights", WEIGHT_MIN, WEIGHT_MAX, exact)
+        if np.any(info["w"]) and not np.any(k):
+            what = info["ops"][-1] if info["ops"] else info["src"]
+            raise CompileError(f"node {what!r}: weights into {name!r} all round to 0 on the "
+                               f"step {step:g} (max |w| {np.abs(info['w']).max():g})")
         errors.append(rel_error(info["w"], k, step))
         label = info["ops"][-1] if info["ops"] else f"{info['src']}->{name}"
         syns.append(Synapses(name=label if label not in [s.name for s in syns] else f"{label}.{j}",
@@ -498,6 +782,9 @@ def integer_threshold(theta, step, name):
     vth = int(round(q))
     note = [f"threshold {theta:g} rounded to {vth} steps"] \
         if abs(q - vth) > GRID_RTOL * max(1.0, abs(q)) else []
+    if theta > 0 and vth == 0:
+        raise CompileError(f"node {name!r}: threshold {theta:g} rounds to 0 weight steps (step "
+                           f"{step:g}): every input would spike (is dt right?)")
     if not 0 <= vth <= VTH_MAX:
         raise CompileError(f"node {name!r}: threshold {theta:g} = {vth} weight steps does not "
                            f"fit 17 bits [0, {VTH_MAX}] (step {step:g}; is dt right?)")
@@ -611,7 +898,8 @@ def write(path, net, timesteps):
     def fill(tmp):
         with h5py.File(tmp, "w") as f:
             save_net(f, net)
-            if net.chain():
+            if net.chain() and all(s.kind == "conv" or len(net.group(s.dst).shape) == 1
+                                   for s in net.synapses):  # netx: dense layers are 1-D
                 from .netx import write_layers
                 write_layers(f, net)
 

@@ -11,6 +11,7 @@ theta = v_threshold. Our own files round-trip exactly. Foreign values that are n
 grids (weights step * int8, decays in 1/4096, thresholds on the weight grid) are rounded onto them
 with a warning naming the node.
 """
+import dataclasses
 import math
 import warnings
 from pathlib import Path
@@ -25,15 +26,18 @@ from train.models import SpikingCNN, StudentOutput, _time_batched
 from train.neurons import LoihiCUBA
 from train.quant import WEIGHT_MAX, WEIGHT_MIN
 
-from .interpreter import (NON_SPIKING, SPIKING, NIRError, check_recurrence, flatten_graph,
-                          graph_dt, predecessors, resolve_dt, run_graph, topological_order)
+from .interpreter import (NEURONS, NON_SPIKING, SPIKING, NIRError, check_recurrence,
+                          euler_gain, flatten_graph, graph_dt, node_simulator, predecessors,
+                          resolve_dt, run_graph, topological_order)
 
 DEFAULT_STEP = 1 / 64
-GAIN_RTOL = 1e-6
 
 
 def read_graph(path) -> nir.NIRGraph:
-    """nir.read with one-line errors naming the file."""
+    """nir.read with one-line errors naming the file. A graph that fails nir's own type check
+    is read again without it and repaired where the intent is plain (`tolerate`: scalar neuron
+    parameters broadcast to the node's shape, a leading batch dim of 1 dropped from Input /
+    Output types, each with a warning naming the node); it must then pass the type check."""
     path = Path(path)
     if not path.is_file():
         raise NIRError(f"{path}: NIR file not found")
@@ -44,7 +48,102 @@ def read_graph(path) -> nir.NIRGraph:
                        ) from None
     except Exception as e:  # noqa: BLE001 - KeyError, ValueError, AssertionError ... from nir
         cause = str(e).splitlines()[0] if str(e) else ""
-        raise NIRError(f"{path}: not a valid NIR graph ({type(e).__name__}: {cause})") from None
+        error = NIRError(f"{path}: not a valid NIR graph ({type(e).__name__}: {cause})")
+    try:
+        graph = nir.read(str(path), type_check=False)
+    except Exception:  # noqa: BLE001 - nothing to repair: nir's first error stands
+        raise error from None
+    fixes = tolerate(graph)
+    if not fixes:
+        raise error from None
+    try:
+        checked(graph)
+    except Exception as e:  # noqa: BLE001
+        cause = str(e).splitlines()[0] if str(e) else ""
+        raise NIRError(f"{path}: not a valid NIR graph after {'; '.join(fixes)} "
+                       f"({type(e).__name__}: {cause})") from None
+    for fix in fixes:
+        warnings.warn(f"{path}: {fix}")
+    return graph
+
+
+def checked(graph):
+    """nir's type check of a graph (and its subgraphs): a rebuilt NIRGraph with type_check."""
+    nodes = {k: checked(n) if isinstance(n, nir.NIRGraph) else n for k, n in graph.nodes.items()}
+    return nir.NIRGraph(nodes=nodes, edges=list(graph.edges), metadata=graph.metadata,
+                        type_check=True)
+
+
+def _params(node) -> dict:
+    return {f.name: getattr(node, f.name) for f in dataclasses.fields(node)
+            if f.init and f.name != "metadata"}
+
+
+def _out_shape(node):
+    shape = (node.output_type or {}).get("output")
+    return None if shape is None or np.size(shape) == 0 else tuple(int(v) for v in
+                                                                  np.asarray(shape).reshape(-1))
+
+
+def _in_shape(node):
+    shape = (node.input_type or {}).get("input")
+    return None if shape is None or np.size(shape) == 0 else tuple(int(v) for v in
+                                                                  np.asarray(shape).reshape(-1))
+
+
+def tolerate(graph, prefix="") -> list:
+    """Repair in place what nir's type check rejects though the intent is plain; returns one line
+    per repair, naming the node:
+    - a neuron whose parameters are scalars (or size 1) beside per-neuron ones, or all scalars
+      after a node with a known output shape (sinabs): every parameter broadcast to that shape;
+    - an Input / Output type with a leading dim of 1 that its neighbour does not have (the batch
+      dim, as norse and Rockpool write it): dropped."""
+    fixes = []
+    preds = {}
+    for a, b in graph.edges:
+        preds.setdefault(b, []).append(a)
+    succs = {}
+    for a, b in graph.edges:
+        succs.setdefault(a, []).append(b)
+    for name, node in list(graph.nodes.items()):
+        where = f"node {prefix + name!r}"
+        if isinstance(node, nir.NIRGraph):
+            fixes += tolerate(node, f"{prefix}{name}.")
+        elif isinstance(node, NEURONS):
+            params = {k: np.asarray(v, dtype=np.float64) for k, v in _params(node).items()}
+            sizes = {k: v.size for k, v in params.items()}
+            big = max(params.values(), key=np.size)
+            shape = big.shape if big.size > 1 else next(
+                (s for s in (_out_shape(graph.nodes[p]) for p in preds.get(name, [])
+                             if not isinstance(graph.nodes[p], nir.NIRGraph)) if s), None)
+            if shape is None or all(v.shape == tuple(shape) for v in params.values()):
+                continue
+            small = [k for k, n in sizes.items() if n == 1]
+            if len(small) + sum(v.shape == tuple(shape) for v in params.values()) != len(params):
+                continue  # shapes that disagree otherwise: no plain reading
+            graph.nodes[name] = type(node)(**{k: np.broadcast_to(v, shape).copy()
+                                              for k, v in params.items()},
+                                           metadata=node.metadata)
+            fixes.append(f"{where}: scalar {', '.join(small)} broadcast to shape {tuple(shape)}")
+        elif isinstance(node, (nir.Input, nir.Output)):
+            inp = isinstance(node, nir.Input)
+            shape = _in_shape(node) if inp else _out_shape(node)
+            if shape is None or len(shape) < 2 or shape[0] != 1:
+                continue
+            near = [graph.nodes[n] for n in (succs if inp else preds).get(name, [])]
+            want = {(_in_shape(n) if inp else _out_shape(n)) for n in near
+                    if not isinstance(n, nir.NIRGraph)} - {None}
+            if want and want != {shape[1:]}:
+                continue
+            if not want and len(shape) not in (2, 4):
+                continue
+            new = np.array(shape[1:])
+            graph.nodes[name] = nir.Input(input_type={"input": new}, metadata=node.metadata) \
+                if inp else nir.Output(output_type={"output": new}, metadata=node.metadata)
+            fixes.append(f"{where}: leading batch dim of 1 dropped from its type {shape}")
+    if fixes:
+        graph._update_input_output_types()
+    return fixes
 
 
 # ---- one mapping per node type -----------------------------------------------------------------
@@ -108,8 +207,11 @@ def _pair(v) -> tuple:
     return tuple(int(i) for i in np.broadcast_to(np.asarray(v), (2,)))
 
 
-def _check_unit_gain(name, label, gain):
-    if not np.allclose(gain, 1.0, rtol=GAIN_RTOL, atol=0):
+def _check_unit_gain(name, label, ratio, scale):
+    """The student's neuron has input gain 1: euler_gain (the interpreter's and the compiler's
+    rule) must give exactly 1."""
+    gain = euler_gain(ratio, scale)
+    if not np.all(gain == 1.0):
         raise NIRError(f"node {name!r}: {label} = {np.min(gain):g}..{np.max(gain):g}, but the "
                        f"student's neuron needs 1 (r = tau_mem/dt, w_in = tau_syn/dt)")
 
@@ -130,12 +232,12 @@ def neuron_layer(name, node, dt, step) -> LoihiCUBA:
         raise NIRError(f"node {name!r}: v_leak and v_reset must be 0 (Loihi resets to zero)")
     if isinstance(node, nir.CubaLIF):
         tau_syn, tau_mem = _array(node.tau_syn), _array(node.tau_mem)
-        _check_unit_gain(name, "w_in dt/tau_syn", _array(node.w_in) * dt / tau_syn)
+        _check_unit_gain(name, "w_in dt/tau_syn", dt / tau_syn, node.w_in)
         alpha = 1.0 - dt / tau_syn
     else:
         tau_mem = _array(node.tau)
         alpha = np.zeros_like(tau_mem)
-    _check_unit_gain(name, "r dt/tau_mem", _array(node.r) * dt / tau_mem)
+    _check_unit_gain(name, "r dt/tau_mem", dt / tau_mem, node.r)
     shape = tuple(int(s) for s in node.output_type["output"])
     beta, theta = 1.0 - dt / tau_mem, _array(node.v_threshold)
     given = [np.broadcast_to(a, shape) for a in (alpha, beta, theta)]
@@ -164,7 +266,7 @@ def check_integrator(name, node, dt, graph):
     if not all(isinstance(graph.nodes[b], nir.Output) for a, b in graph.edges if a == name):
         raise NIRError(f"node {name!r}: an integrator is supported only as the readout "
                        f"feeding the output")
-    _check_unit_gain(name, "r dt", _array(node.r) * dt)
+    _check_unit_gain(name, "r dt", np.float64(dt), node.r)
 
 
 # ---- graph -> modules --------------------------------------------------------------------------
@@ -368,6 +470,8 @@ class NIRFloatModel(nn.Module):
         self.recurrent = check_recurrence(self.graph)
         self.neurons = [n for n in topological_order(self.graph, skip=self.recurrent)
                         if isinstance(self.graph.nodes[n], SPIKING)]
+        for name, node in self.graph.nodes.items():  # NIRError now for what it cannot simulate
+            node_simulator(name, node, self.dt)
 
     def forward(self, x) -> StudentOutput:
         values = run_graph(self.graph, x, self.dt)
@@ -380,7 +484,11 @@ class NIRFloatModel(nn.Module):
 def float_model(graph_or_path, dt=None) -> nn.Module:
     """The float reference of a NIR graph (eval mode): the trained student (`student_from_nir`)
     for a graph written by export.to_nir, else a NIRFloatModel running the NIR equations at
-    resolve_dt(graph, dt). NIRError (DtError for dt) naming the node for what it cannot run."""
+    resolve_dt(graph, dt). NIRError (DtError for dt) naming the node for what it cannot run; the
+    graph must compile (deploy.compile.build_net: decays outside [0, 1], thresholds or weight
+    layers that round to nothing are refused here as there), so that the float model accepts
+    exactly what the compiler accepts."""
+    from deploy.compile import build_net
     from .to_nir import PRODUCER
     graph = graph_or_path if isinstance(graph_or_path, nir.NIRGraph) else read_graph(graph_or_path)
     step, source = resolve_dt(graph, dt)
@@ -389,5 +497,8 @@ def float_model(graph_or_path, dt=None) -> nn.Module:
         if not math.isclose(step, own, rel_tol=1e-9):
             raise NIRError(f"--dt {step:g} differs from dt = {own:g} that export.to_nir wrote "
                            f"(the student's decays are fixed by it)")
-        return student_from_nir(graph)
-    return NIRFloatModel(graph, step).eval()
+        model = student_from_nir(graph)
+    else:
+        model = NIRFloatModel(graph, step).eval()
+    build_net(graph, dt)  # accept exactly what Loihi runs: CompileError (a NIRError) otherwise
+    return model

@@ -31,9 +31,6 @@ DT_RTOL = 1e-4      # the r = tau/dt convention: all neurons must give the same 
 GAIN_RTOL = 1e-6    # an Euler input gain this close to 1 is float32 round-off of r = tau/dt
 GRID_RTOL = 1e-6    # a Loihi integer (decay, threshold in steps) read back from float parameters
 
-SPIKING = (nir.LIF, nir.CubaLIF, nir.IF)
-NON_SPIKING = (nir.I, nir.LI, nir.CubaLI)
-NEURONS = SPIKING + NON_SPIKING
 
 
 class NIRError(ValueError):
@@ -245,8 +242,9 @@ def resolve_dt(graph: nir.NIRGraph, override=None) -> tuple:
     """(dt, source): the --dt override; else metadata "dt" of the graph, subgraphs and nodes (all
     equal); else the dt that snnTorch's convention r = tau_mem/dt (w_in = tau_syn/dt) pins when
     every LIF / CubaLIF gives the same one (rtol 1e-4, rounded to 6 significant digits; not when
-    r = w_in = 1 everywhere, which reads as no memory rather than as the convention); else 1 for
-    a graph without time constants (IF / I only: discrete time); else DtError."""
+    r = w_in = 1 everywhere, which reads as no memory rather than as the convention); else, for a
+    graph whose only neurons are IF / I, 1/r when they share one r != 1 (SpikingJelly's
+    r = 1/dt) and 1 when r = 1 (discrete time); else DtError."""
     if override is not None:
         dt = float(override)
         if not math.isfinite(dt) or dt <= 0:
@@ -270,7 +268,7 @@ def resolve_dt(graph: nir.NIRGraph, override=None) -> tuple:
     graph_flat = flatten_graph(graph)
     found = _convention(graph_flat)
     if not found:
-        return 1.0, "no time constants: discrete time"
+        return _integrator_dt(graph_flat)
     pinned = [(name, label, v) for name, label, v in found if v is not None]
     if not pinned:
         name, kind, _ = found[0]
@@ -294,6 +292,24 @@ def resolve_dt(graph: nir.NIRGraph, override=None) -> tuple:
     return dt, "snntorch convention r = tau/dt"
 
 
+def _integrator_dt(graph):
+    """dt of a graph whose only neurons are IF / I: r = 1 everywhere is discrete time (dt = 1);
+    one r != 1 shared by every IF / I element pins dt = 1/r (SpikingJelly writes r = 1/dt and no
+    dt); r that differs between neurons cannot be read either way: DtError."""
+    rs = [(name, _array(node.r).reshape(-1)) for name, node in graph.nodes.items()
+          if isinstance(node, (nir.IF, nir.I))]
+    every = np.concatenate([r for _, r in rs]) if rs else np.ones(1)
+    if np.all(every == 1.0):
+        return 1.0, "no time constants: discrete time"
+    for name, r in rs:
+        if not np.all(np.isfinite(r)) or np.any(r <= 0) \
+                or not np.allclose(r, every[0], rtol=DT_RTOL, atol=0):
+            raise DtError(f"node {name!r}: r = {r.min():g}..{r.max():g} differs from r = "
+                          f"{every[0]:g} of {rs[0][0]!r} (r = 1/dt pins no single dt); pass --dt")
+    dt = float(f"{1.0 / float(np.median(every)):.6g}")
+    return dt, "IF / I r = 1/dt"
+
+
 def graph_dt(graph: nir.NIRGraph) -> float:
     return resolve_dt(graph)[0]
 
@@ -304,20 +320,60 @@ def _f32(values) -> torch.Tensor:
     return torch.as_tensor(np.asarray(values, dtype=np.float64)).to(torch.float32)
 
 
-def _leak(tau, dt):
+def euler_leak(tau, dt):
     """(decay, dt/tau) of the Euler step v <- decay v + (dt/tau) u for tau dv/dt = -v + u."""
     ratio = dt / _array(tau)
     return 1.0 - ratio, ratio
 
 
-def _gain(ratio, scale):
+def euler_gain(ratio, scale):
     """Euler input gain (dt/tau) * scale; tau = scale = inf (snnTorch's beta = 1) gives 1, and a
-    gain within GAIN_RTOL of 1 is taken as exactly 1."""
+    gain within GAIN_RTOL of 1 is taken as exactly 1. The one gain rule of the interpreter, the
+    compiler (deploy.compile.neuron_params) and the student reader (export.from_nir)."""
     scale = _array(scale)
     with np.errstate(invalid="ignore"):
         g = ratio * scale
     g = np.where(np.isinf(scale) & (ratio == 0), 1.0, g)
     return np.where(np.abs(g - 1.0) <= GAIN_RTOL, 1.0, g)
+
+
+def loihi_neuron(node, dt, shape=None) -> dict:
+    """The one NIR -> Loihi neuron mapping (float64 per-neuron arrays, broadcast to `shape`):
+    iDecay = 4096 "i", vDecay = 4096 "v", the Euler input gain "gain" (euler_gain) that
+    multiplies the incoming weights, and "leak" = dt/tau of v (times v_leak: a bias per step);
+    "i_tau", "v_tau" name the fields the decays come from (None: fixed).
+        CubaLIF / CubaLI  dt/tau_syn, dt/tau_mem, gain (dt w_in/tau_syn)(dt r/tau_mem)
+        LIF / LI          1 (u = input every step), dt/tau, gain dt r/tau
+        IF                1, 0, gain dt r;     I: 0, 1 (the integrator v = u), gain dt r
+    tau = inf gives 0 (no decay). Used by the compiler (deploy.compile.neuron_params) and by
+    LoihiStep; export.to_nir.neuron_node writes its inverse (tau = dt / (1 - decay))."""
+    def field(name):
+        return _array(getattr(node, name))
+
+    def ratio(tau):
+        with np.errstate(divide="ignore"):
+            return np.where(np.isinf(tau), 0.0, dt / np.where(np.isinf(tau), 1.0, tau))
+
+    one = np.ones(())
+    if isinstance(node, (nir.CubaLIF, nir.CubaLI)):
+        i, v = ratio(field("tau_syn")), ratio(field("tau_mem"))
+        m = dict(i=i, v=v, i_tau="tau_syn", v_tau="tau_mem", leak=v,
+                 gain=euler_gain(i, node.w_in) * euler_gain(v, node.r))
+    elif isinstance(node, (nir.LIF, nir.LI)):
+        v = ratio(field("tau"))
+        m = dict(i=one, v=v, i_tau=None, v_tau="tau", leak=v, gain=euler_gain(v, node.r))
+    elif isinstance(node, nir.IF):
+        m = dict(i=one, v=0 * one, i_tau=None, v_tau=None, leak=0 * one,
+                 gain=euler_gain(np.float64(dt), node.r))
+    elif isinstance(node, nir.I):
+        m = dict(i=0 * one, v=one, i_tau=None, v_tau=None, leak=0 * one,
+                 gain=euler_gain(np.float64(dt), node.r))
+    else:
+        raise NIRError(f"{type(node).__name__} is not a neuron")
+    if shape is None:
+        shape = np.broadcast_shapes(*(np.shape(m[k]) for k in ("i", "v", "gain", "leak")))
+    return {k: np.broadcast_to(x, shape) if k in ("i", "v", "gain", "leak") else x
+            for k, x in m.items()}
 
 
 def _shape(*values):
@@ -367,10 +423,10 @@ class CubaLIFStep(_Membrane):
     (no threshold, output v)."""
 
     def __init__(self, node, dt, spiking=True):
-        a_syn, ratio_syn = _leak(node.tau_syn, dt)
-        a_mem, ratio_mem = _leak(node.tau_mem, dt)
-        self.a_syn, self.g_syn = _f32(a_syn), _f32(_gain(ratio_syn, node.w_in))
-        self.a_mem, self.g_mem = _f32(a_mem), _f32(_gain(ratio_mem, node.r))
+        a_syn, ratio_syn = euler_leak(node.tau_syn, dt)
+        a_mem, ratio_mem = euler_leak(node.tau_mem, dt)
+        self.a_syn, self.g_syn = _f32(a_syn), _f32(euler_gain(ratio_syn, node.w_in))
+        self.a_mem, self.g_mem = _f32(a_mem), _f32(euler_gain(ratio_mem, node.r))
         self.c_mem = _f32(ratio_mem * _array(node.v_leak))
         self.shape = _shape(node.tau_syn, node.tau_mem, node.r, node.w_in, node.v_leak)
         self._thresholds(node, spiking)
@@ -390,8 +446,8 @@ class LIFStep(_Membrane):
     Euler: v = (1 - dt/tau) v + (dt/tau)(v_leak + r x). `spiking=False` gives LI (output v)."""
 
     def __init__(self, node, dt, spiking=True):
-        a, ratio = _leak(node.tau, dt)
-        self.a, self.g = _f32(a), _f32(_gain(ratio, node.r))
+        a, ratio = euler_leak(node.tau, dt)
+        self.a, self.g = _f32(a), _f32(euler_gain(ratio, node.r))
         self.c = _f32(ratio * _array(node.v_leak))
         self.shape = _shape(node.tau, node.r, node.v_leak)
         self._thresholds(node, spiking)
@@ -409,7 +465,7 @@ class IntegratorStep(_Membrane):
     z = v > v_threshold, v <- v_reset where z, output z."""
 
     def __init__(self, node, dt, spiking=False):
-        self.g = _f32(_gain(np.float64(dt), node.r))
+        self.g = _f32(euler_gain(np.float64(dt), node.r))
         self.shape = _shape(node.r)
         self._thresholds(node, spiking)
 
@@ -421,15 +477,15 @@ class IntegratorStep(_Membrane):
         return self._output()
 
 
-def _affine(node):
+def _affine(node, dtype=torch.float32):
     """y = W x + b."""
-    w, b = _f32(node.weight), _f32(node.bias)
+    w, b = _f32(node.weight).to(dtype), _f32(node.bias).to(dtype)
     return Stateless(lambda x: F.linear(x, w, b))
 
 
-def _linear(node):
+def _linear(node, dtype=torch.float32):
     """y = W x."""
-    w = _f32(node.weight)
+    w = _f32(node.weight).to(dtype)
     return Stateless(lambda x: F.linear(x, w))
 
 
@@ -437,46 +493,46 @@ def _pair(v):
     return v if isinstance(v, str) else tuple(int(i) for i in np.broadcast_to(np.asarray(v), (2,)))
 
 
-def _conv2d(node):
+def _conv2d(node, dtype=torch.float32):
     """y = W * x + b (2-D cross-correlation, torch convention)."""
-    w, b = _f32(node.weight), _f32(node.bias)
+    w, b = _f32(node.weight).to(dtype), _f32(node.bias).to(dtype)
     stride, padding, dilation = _pair(node.stride), _pair(node.padding), _pair(node.dilation)
     groups = int(node.groups)
     return Stateless(lambda x: F.conv2d(x, w, b, stride, padding, dilation, groups))
 
 
-def _flatten(node):
+def _flatten(node, dtype=None):
     """Merge dims start_dim..end_dim (counted without the batch)."""
     start, end = int(node.start_dim), int(node.end_dim)
     start, end = start + 1 if start >= 0 else start, end + 1 if end >= 0 else end
     return Stateless(lambda x: torch.flatten(x, start, end))
 
 
-def _scale(node):
+def _scale(node, dtype=torch.float32):
     """y = s * x (elementwise)."""
-    s = _f32(node.scale)
+    s = _f32(node.scale).to(dtype)
     return Stateless(lambda x: s * x)
 
 
-def _threshold(node):
+def _threshold(node, dtype=torch.float32):
     """z = x > threshold."""
-    th = _f32(node.threshold)
-    return Stateless(lambda x: (x > th).to(torch.float32))
+    th = _f32(node.threshold).to(dtype)
+    return Stateless(lambda x: (x > th).to(dtype))
 
 
-def _sum_pool2d(node):
+def _sum_pool2d(node, dtype=None):
     """y = sum of x over each kernel window."""
     k, s, p = _pair(node.kernel_size), _pair(node.stride), _pair(node.padding)
     return Stateless(lambda x: F.avg_pool2d(x, k, s, p, divisor_override=1))
 
 
-def _avg_pool2d(node):
+def _avg_pool2d(node, dtype=None):
     """y = mean of x over each kernel window (zero padding counted)."""
     k, s, p = _pair(node.kernel_size), _pair(node.stride), _pair(node.padding)
     return Stateless(lambda x: F.avg_pool2d(x, k, s, p))
 
 
-def _identity(node):
+def _identity(node, dtype=None):
     return Stateless(lambda x: x)
 
 
@@ -493,27 +549,18 @@ class LoihiStep:
     otherwise."""
 
     def __init__(self, name, node, dt, step):
-        cuba = isinstance(node, nir.CubaLIF)
-        tau_mem = node.tau_mem if cuba else node.tau
-        ratio_mem = dt / _array(tau_mem)
-        gains = [_gain(ratio_mem, node.r)]
-        i_decay = np.full(np.shape(ratio_mem), float(DECAY_UNITY))
-        if cuba:
-            ratio_syn = dt / _array(node.tau_syn)
-            gains.append(_gain(ratio_syn, node.w_in))
-            i_decay = DECAY_UNITY * ratio_syn
-        checks = {"input gain (w_in dt / tau_syn, r dt / tau_mem)": all(np.all(g == 1.0)
-                                                                       for g in gains),
+        m = loihi_neuron(node, dt)
+        checks = {"input gain (w_in dt / tau_syn, r dt / tau_mem)": np.all(m["gain"] == 1.0),
                   "v_leak = 0": not np.any(_array(node.v_leak)),
                   "v_reset = 0": not np.any(_array(node.v_reset))}
-        self.i_decay = _integer(name, "iDecay = 4096 dt / tau_syn", i_decay)
-        self.v_decay = _integer(name, "vDecay = 4096 dt / tau_mem", DECAY_UNITY * ratio_mem)
+        self.i_decay = _integer(name, "iDecay = 4096 dt / tau_syn", DECAY_UNITY * m["i"])
+        self.v_decay = _integer(name, "vDecay = 4096 dt / tau_mem", DECAY_UNITY * m["v"])
         self.vth = _integer(name, "v_threshold / weight_step", _array(node.v_threshold) / step)
         for what, ok in checks.items():
             if not ok:
                 raise NIRError(f"node {name!r}: Loihi arithmetic needs {what}")
         self.step_size = step
-        self.shape = _shape(tau_mem, node.r, node.v_threshold)
+        self.shape = _shape(m["v"], node.r, node.v_threshold)
 
     def reset(self, batch):
         self.u = torch.zeros(batch, *self.shape, dtype=torch.int64)
@@ -537,25 +584,56 @@ def _integer(name, what, values) -> torch.Tensor:
     return torch.as_tensor(k.astype(np.int64))
 
 
-def node_simulator(name, node, dt, weight_step=None):
-    """The per-step simulator of one NIR node; with `weight_step`, CubaLIF / LIF run Loihi's
-    integer arithmetic (LoihiStep)."""
+# ---- one table: every NIR node type the readers here know --------------------------------------
+# type -> (role, simulator(node, dt, dtype)). Roles: "spiking" / "state" (neurons; the compiler
+# maps them in deploy.compile.neuron_params), "synapse" (weights and a bias: at most one per path
+# between neurons), "linear" (stateless and linear: the compiler folds a path through it by
+# running it, deploy.compile.probe_dense; pooling also into a convolution), "port" (Input /
+# Output), "other" (simulated here, refused by the compiler). export.from_nir.float_model reads
+# what the interpreter simulates and the compiler accepts, so a new node type is one entry here.
+NODE_TYPES = {
+    nir.LIF: ("spiking", lambda node, dt, dtype: LIFStep(node, dt)),
+    nir.CubaLIF: ("spiking", lambda node, dt, dtype: CubaLIFStep(node, dt)),
+    nir.IF: ("spiking", lambda node, dt, dtype: IntegratorStep(node, dt, spiking=True)),
+    nir.I: ("state", lambda node, dt, dtype: IntegratorStep(node, dt)),
+    nir.LI: ("state", lambda node, dt, dtype: LIFStep(node, dt, spiking=False)),
+    nir.CubaLI: ("state", lambda node, dt, dtype: CubaLIFStep(node, dt, spiking=False)),
+    nir.Affine: ("synapse", lambda node, dt, dtype: _affine(node, dtype)),
+    nir.Linear: ("synapse", lambda node, dt, dtype: _linear(node, dtype)),
+    nir.Conv2d: ("synapse", lambda node, dt, dtype: _conv2d(node, dtype)),
+    nir.SumPool2d: ("linear", lambda node, dt, dtype: _sum_pool2d(node)),
+    nir.AvgPool2d: ("linear", lambda node, dt, dtype: _avg_pool2d(node)),
+    nir.Flatten: ("linear", lambda node, dt, dtype: _flatten(node)),
+    nir.Scale: ("linear", lambda node, dt, dtype: _scale(node, dtype)),
+    nir.Threshold: ("other", lambda node, dt, dtype: _threshold(node, dtype)),
+    nir.Input: ("port", lambda node, dt, dtype: _identity(node)),
+    nir.Output: ("port", lambda node, dt, dtype: _identity(node)),
+}
+
+
+def role(node) -> str:
+    """The node's role in NODE_TYPES (its exact type), or None for a type no reader knows."""
+    entry = NODE_TYPES.get(type(node))
+    return entry[0] if entry else None
+
+
+def types_of(*roles) -> tuple:
+    return tuple(t for t, (r, _) in NODE_TYPES.items() if r in roles)
+
+
+SPIKING = types_of("spiking")
+NON_SPIKING = types_of("state")
+NEURONS = SPIKING + NON_SPIKING
+
+
+def node_simulator(name, node, dt, weight_step=None, dtype=torch.float32):
+    """The per-step simulator of one NIR node (NODE_TYPES); with `weight_step`, CubaLIF / LIF run
+    Loihi's integer arithmetic (LoihiStep). Stateless nodes compute in `dtype` (deploy.compile
+    folds a synaptic path in float64 with them)."""
     if weight_step is not None and isinstance(node, (nir.CubaLIF, nir.LIF)):
         return LoihiStep(name, node, dt, weight_step)
-    neurons = {nir.CubaLIF: lambda: CubaLIFStep(node, dt),
-               nir.CubaLI: lambda: CubaLIFStep(node, dt, spiking=False),
-               nir.LIF: lambda: LIFStep(node, dt),
-               nir.LI: lambda: LIFStep(node, dt, spiking=False),
-               nir.I: lambda: IntegratorStep(node, dt),
-               nir.IF: lambda: IntegratorStep(node, dt, spiking=True)}
-    synapses = {nir.Affine: _affine, nir.Linear: _linear, nir.Conv2d: _conv2d,
-                nir.Flatten: _flatten, nir.Scale: _scale, nir.Threshold: _threshold,
-                nir.SumPool2d: _sum_pool2d, nir.AvgPool2d: _avg_pool2d,
-                nir.Input: _identity, nir.Output: _identity}
-    if type(node) in neurons:
-        return neurons[type(node)]()
-    if type(node) in synapses:
-        return synapses[type(node)](node)
+    if type(node) in NODE_TYPES:
+        return NODE_TYPES[type(node)][1](node, dt, dtype)
     if isinstance(node, nir.Delay):
         raise NIRError(f"node {name!r}: Delay has no float meaning here (the float model and "
                        f"Loihi have no per-synapse delays)")

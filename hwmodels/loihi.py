@@ -41,7 +41,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from common.loihi import ACT_SHIFT, DECAY_UNITY, STATE_MAX, VTH_MAX, VTH_SHIFT  # noqa: F401
+from common.loihi import (ACT_SHIFT, DECAY_UNITY, STATE_MAX, VTH_MAX, VTH_SHIFT,  # noqa: F401
+                          clip24, trunc_decay, wrap24)
 
 # netx's default neuron for a dense layer without one; netx writes `1 << 18 - 1`, i.e. 1 << 17
 NEVER_SPIKES = 1 << 17       # vThMant of a group that never spikes (v < 2^23 = (1 << 17) << 6)
@@ -508,23 +509,16 @@ class Result:
     output_spikes = None      # (B, T, K) spikes of the output group when it spikes
 
 
-def _trunc_decay(x, decay):
-    """sign(x (4096 - d)) * (|x (4096 - d)| >> 12): multiply, then truncate toward zero."""
-    return torch.div(x * (DECAY_UNITY - decay), DECAY_UNITY, rounding_mode="trunc")
-
-
 def neuron_step(u, v, a, group_params, act_shift=ACT_SHIFT):
     """One Loihi CUBA step on int64 tensors; returns (u, v, spikes). group_params: (iDecay,
     vDecay, vth << 6, bias << 6 or None); the input a is added as a << act_shift (Lava's a_in
     in weight steps; act_shift 0 takes a already in state units, as for graded input)."""
     i_decay, v_decay, vth, bias = group_params
-    u = _trunc_decay(u, i_decay) + (a << act_shift)
-    u = torch.where(u > STATE_MAX, u - 2 * STATE_MAX,
-                    torch.where(u <= -STATE_MAX, u + 2 * STATE_MAX, u))
-    v = _trunc_decay(v, v_decay) + u
+    u = wrap24(trunc_decay(u, i_decay) + (a << act_shift))
+    v = trunc_decay(v, v_decay) + u
     if bias is not None:
         v = v + bias
-    v = torch.clamp(v, -STATE_MAX + 1, STATE_MAX - 1)
+    v = clip24(v)
     s = v > vth
     return u, torch.where(s, torch.zeros_like(v), v), s
 
@@ -709,13 +703,12 @@ class Emulator:
                 at = at + self._recurrent(g, s_all[t - 1]) * (1 << ACT_SHIFT)
             _decay_(u, g.i_decay).add_(at)
             if plan.wrap:  # one wrap, as Lava does (not a modulo)
-                u = torch.where(u > STATE_MAX, u - 2 * STATE_MAX,
-                                torch.where(u <= -STATE_MAX, u + 2 * STATE_MAX, u))
+                u = wrap24(u)
             _decay_(v, g.v_decay).add_(u)
             if bias is not None:
                 v.add_(bias)
             if plan.clip:
-                v.clamp_(-STATE_MAX + 1, STATE_MAX - 1)
+                v = clip24(v)
             if g.spiking:  # s = [v > vth] = clamp(v - vth, 0, 1) on integers; v = 0 where s
                 torch.sub(v, vth, out=s).clamp_(0, 1)
                 v.addcmul_(v, s, value=-1)

@@ -132,8 +132,13 @@ def test_resolve_dt_sources():
     assert resolve_dt(chain(w, lif(3, 0.5, dt=2e-4))) == (2e-4, "snntorch convention r = tau/dt")
     both = chain(w, cuba(3, 0.25, 0.9, dt=3e-4))
     assert resolve_dt(both) == (3e-4, "snntorch convention r = tau/dt")
-    ifs = chain(w, nir.IF(r=np.full(3, 2.0), v_threshold=np.ones(3)), nir.I(r=np.ones(3)))
+    ifs = chain(w, nir.IF(r=np.ones(3), v_threshold=np.ones(3)), nir.I(r=np.ones(3)))
     assert resolve_dt(ifs) == (1.0, "no time constants: discrete time")
+    ifs = chain(w, nir.IF(r=np.full(3, 2.0), v_threshold=np.ones(3)), nir.I(r=np.full(3, 2.0)))
+    assert resolve_dt(ifs) == (0.5, "IF / I r = 1/dt")  # SpikingJelly's r = 1/dt
+    ifs = chain(w, nir.IF(r=np.full(3, 2.0), v_threshold=np.ones(3)), nir.I(r=np.ones(3)))
+    with pytest.raises(DtError, match="node 'i': r = 1..1 differs from r = 2 of 'if'.*--dt"):
+        resolve_dt(ifs)
     assert resolve_dt(chain(w)) == (1.0, "no time constants: discrete time")
 
 

@@ -15,10 +15,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from deploy.netx import problem, write_layers
+from common.loihi import trunc_decay as _trunc_decay
 from hwmodels import loihi
 from hwmodels.loihi import (INTEGRATOR, NEVER_SPIKES, STATE_MAX, Emulator, Net, Neurons,
-                            Synapses, _netx_chain, _trunc_decay, lava_dense_weights, neuron_step,
-                            read_net, save_net)
+                            Synapses, _netx_chain, lava_dense_weights, neuron_step, read_net,
+                            save_net)
 
 # ---- building Nets -----------------------------------------------------------------------------
 

@@ -43,7 +43,9 @@ import snntorch as snn
 import torch
 from snntorch import surrogate
 
-from .quant import ACT_SHIFT, STATE_MAX, quantize_decay, quantize_threshold
+from common.loihi import clip24, wrap24
+
+from .quant import ACT_SHIFT, quantize_decay, quantize_threshold
 
 
 def decay_add(x, keep, add):
@@ -51,13 +53,6 @@ def decay_add(x, keep, add):
     (float64): the product has at most 36 significant bits, the int32 conversion truncates toward
     zero. The result has add's dtype."""
     return x.double().mul_(keep).to(torch.int32).to(add.dtype).add_(add)
-
-
-def wrap24(u):
-    """Lava's one wrap into 24 bits, in place: u - 2^24 where u > 2^23, u + 2^24 where
-    u <= -2^23 (as u - 2^24 ceil((u - 2^23) / 2^24), the same for |u| <= 3 * 2^23)."""
-    n = torch.mul(u, 0.5 / STATE_MAX).sub_(0.5).ceil_()
-    return u.sub_(n, alpha=2 * STATE_MAX)
 
 
 class LoihiState(torch.autograd.Function):
@@ -70,7 +65,7 @@ class LoihiState(torch.autograd.Function):
         alpha64, beta64, ctx.alpha, ctx.beta, _ = params
         ctx.inv_unit = inv_unit
         u = wrap24(decay_add(u, alpha64, torch.mul(x, inv_unit).round_()))
-        v = decay_add(v, beta64, u).clamp_(1 - STATE_MAX, STATE_MAX - 1)
+        v = clip24(decay_add(v, beta64, u))
         return u, v
 
     @staticmethod

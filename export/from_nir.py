@@ -43,8 +43,27 @@ def read_graph(path) -> nir.NIRGraph:
         raise NIRError(f"{path}: not a readable NIR (HDF5) file (truncated or corrupted?)"
                        ) from None
     except Exception as e:  # noqa: BLE001 - KeyError, ValueError, AssertionError ... from nir
-        cause = str(e).splitlines()[0] if str(e) else ""
+        cause = str(e).splitlines()[0] if str(e) else _unknown_type(path)
         raise NIRError(f"{path}: not a valid NIR graph ({type(e).__name__}: {cause})") from None
+
+
+def _unknown_type(path) -> str:
+    """'node X: unknown type Foo' for the first node whose type nir does not know, else ''
+    (nir.read fails on one with an empty AssertionError)."""
+    import h5py
+    known = {name for name in dir(nir) if isinstance(getattr(nir, name), type)}
+    try:
+        with h5py.File(path, "r") as f:
+            found = []
+            f.visititems(lambda name, obj: found.append((name, obj[()])) if
+                         name.endswith("/type") and isinstance(obj, h5py.Dataset) else None)
+    except OSError:
+        return ""
+    for name, value in found:
+        kind = value.decode() if isinstance(value, bytes) else str(value)
+        if kind not in known:
+            return f"node {name.rsplit('/', 2)[-2]!r}: unknown node type {kind!r}"
+    return ""
 
 
 # ---- one mapping per node type -----------------------------------------------------------------

@@ -17,9 +17,14 @@ lava.{accuracy,n,samples_per_s,workers}, bit_exact.{n,mismatched_samples,mismatc
 (emulator vs Lava: every spike of every group at every step and the output group's u and v),
 bit_exact.float_vs_emulator.{n,mismatched_samples,mismatched_spikes,per_layer} (groups named as
 float-model layers), agreement.{float_vs_emulator,emulator_vs_lava}, drop_points (float minus
-Loihi accuracy, in points), readout, dt, dt_source, fit, verdict, files.
-Exit status (docs in README): 0 verified; 1 Lava and the emulator differ, or float-vs-Loihi
-prediction agreement is below --min-agreement (the last line says which); 2 bad input.
+Loihi accuracy, in points), readout, dt, dt_source, fit, verdict, passed, checked, not_checked
+(what the verdict covers), thresholds (every threshold used), bit_exact.first_differences (per
+failing sample: first differing group, step, neuron, both sides), nir_version, resources (neurons,
+synapses, Loihi 2 chips, memory estimate), files.
+Exit status (docs in README): 0 verified (PASS, or PASS (partial) naming what was not checked);
+1 Lava and the emulator differ, float-vs-Loihi prediction agreement is below --min-agreement, or
+nothing was compared (the last line says which); 2 bad input (before any output is touched);
+130 interrupted.
 """
 import argparse
 import json
@@ -34,7 +39,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.cli import (CHECK_FAILED, UsageError, check_writable_dir, device_arg,
+from common.cli import (CHECK_FAILED, INTERRUPTED, UsageError, check_writable_dir, device_arg,
                         non_negative_int, positive_float, positive_int, run_guarded, unit_float)
 from common.files import Staged, folder_lock, new_folder, remove_stale_temps
 from hwmodels.loihi import Emulator, NetxError
@@ -217,7 +222,7 @@ def first_differences(emu_result, lava_result, order, output, samples, limit=20)
     earliest time step at which any group differs (the earliest group in depth order at that
     step), the first neuron (flat (C, H, W) index) that differs there, and what each side had.
     Spikes are compared for every spiking group; u and v are recorded (both sides) for the
-    output group only (docs/deploy.md), so a non-output group gives spikes alone."""
+    output group only (docs/loihi_net.md), so a non-output group gives spikes alone."""
     def state(result, key, i, t, j):
         return int(np.asarray(getattr(result, key)[i, t]).reshape(-1)[j])
 
@@ -588,9 +593,9 @@ def check_resources(net, x, args, has_float) -> dict:
     free = available_memory()
     out.update(memory_estimate_bytes=need, memory_available_bytes=free)
     if free is not None and need > free:
-        raise VerifyError(f"this run needs about {need / 2**30:.1f} GiB of memory, the machine has "
-                          f"{free / 2**30:.1f} GiB free; use fewer --lava-samples / --lava-workers, "
-                          f"a smaller --batch-size or fewer inputs")
+        raise VerifyError(f"this run needs about {need / 2**30:.1f} GiB of memory, the machine "
+                          f"has {free / 2**30:.1f} GiB free; use fewer --lava-samples / "
+                          f"--lava-workers, a smaller --batch-size or fewer inputs")
     return out
 
 
@@ -758,4 +763,13 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as e:
+        if e.code != INTERRUPTED:
+            raise
+        # all cleaned up already (Lava workers ended, temps removed); exit at once, so that a
+        # Ctrl-C that landed inside a library's exec() cannot turn 130 into death by SIGINT
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(INTERRUPTED)

@@ -115,12 +115,15 @@ def check_values(graph):
     no-leak neuron) and every time constant is > 0; CompileError naming node and field."""
     for name, node in graph.nodes.items():
         for field_name, value in vars(node).items():
-            if field_name in ("input_type", "output_type", "metadata") or isinstance(value, str):
+            if field_name in ("input_type", "output_type", "metadata") or value is None:
                 continue
             try:
-                a = np.asarray(value, dtype=np.float64)
+                a = np.asarray(value)
             except (TypeError, ValueError):
                 continue
+            if a.dtype.kind not in "biuf":  # strings ('same' padding), objects: not numbers
+                continue
+            a = a.astype(np.float64)
             if np.isnan(a).any():
                 raise CompileError(f"node {name!r}: {field_name} contains NaN")
             if np.isinf(a).any() and not (field_name in MAY_BE_INF and (a > 0).all()):

@@ -596,21 +596,25 @@ def check_resources(net, x, args, has_float) -> dict:
         raise VerifyError(f"this run needs about {need / 2**30:.1f} GiB of memory, the machine "
                           f"has {free / 2**30:.1f} GiB free; use fewer --lava-samples / "
                           f"--lava-workers, a smaller --batch-size or fewer inputs")
+    if free is not None and need > free / 2:
+        warn(f"this run needs about {need / 2**30:.1f} GiB of the {free / 2**30:.1f} GiB of memory "
+             f"free")
     return out
 
 
 def memory_estimate(net, x, args, has_float) -> int:
-    """Bytes, a rough upper estimate: the inputs (float32), the float model and the emulator on a
-    batch (state and spikes of every neuron at every step, ~16 bytes each), the emulator rerun and
-    the results of the Lava samples, and ~0.5 GiB per Lava worker (Lava's processes)."""
+    """Bytes this run holds at its peak, roughly: the inputs (float32); per batch the emulator's
+    spikes of every neuron at every step (1 byte), the float model's (4 bytes) and their
+    comparison (1 byte), and the working currents of the largest group (~16 bytes); for the Lava
+    samples both sides' spikes (2 bytes) and ~0.5 GiB per Lava worker (Lava's processes)."""
     n, steps = int(x.shape[0]), int(x.shape[1])
     neurons = sum(g.size for g in net.neurons)
+    largest = max(g.size for g in net.neurons)
     batch = min(args.batch_size, n)
     n_lava = min(args.lava_samples, n)
-    per_sample = steps * neurons
-    need = x.numel() * 4 + batch * per_sample * (16 + (16 if has_float else 0))
+    need = x.numel() * 4 + batch * steps * (neurons * (1 + (5 if has_float else 0)) + 16 * largest)
     if n_lava:
-        need += n_lava * per_sample * 18 + min(args.lava_workers, n_lava) * 2**29
+        need += n_lava * steps * neurons * 2 + min(args.lava_workers, n_lava) * 2**29
     return int(need)
 
 

@@ -369,6 +369,12 @@ def test_a_run_larger_than_free_memory_exits_2_before_allocating(src, tmp_path, 
     assert verify_exit(base(src, out)) == 2
     error_line(capsys, "GiB of memory", "free")
     assert not out.exists()
+    monkeypatch.setattr(verify, "available_memory", lambda: 2**40)
+    monkeypatch.setattr(verify, "memory_estimate", lambda *a: 2**40 - 1)  # fits, barely: a warning
+    monkeypatch.setattr(verify, "run_all", lambda *a: pytest.fail("stop here"))
+    with pytest.raises(pytest.fail.Exception):
+        verify_exit(base(src, out))
+    assert "warning: this run needs about 1024.0 GiB of the 1024.0 GiB" in capsys.readouterr().err
 
 
 # ---- issue 19: a failed proof says where ------------------------------------------------------
@@ -401,6 +407,30 @@ def test_first_differences_name_group_step_neuron_and_state():
     ok, line = verify.verdict({"bit_exact": be, "agreement": {"float_vs_emulator": None},
                                "float": {"loihi_exact": False}}, 0.99)
     assert not ok and "first at sample 1: group a step 2 neuron 5 (spikes)" in line
+
+
+def test_a_failed_proof_says_where_in_verify_json_and_md(src, tmp_path, capsys, monkeypatch):
+    """Lava stood in by the emulator with one spike of lif1 flipped (sample 1, step 3, neuron 5):
+    the verdict, verify.json and verify.md name that place and both sides."""
+    from hwmodels.loihi import Emulator
+
+    def fake_lava(net_path, net, x, workers):
+        r = Emulator(net).run(x)
+        spikes = {k: v.numpy().copy() for k, v in r.spikes.items()}
+        flat = spikes["lif1"].reshape(len(x), x.shape[1], -1)
+        flat[1, 3, 5] ^= True
+        return type(r)(spikes=spikes, readout=r.readout.numpy(), readout_u=r.readout_u.numpy(),
+                       readout_kind=r.readout_kind), 1.0
+
+    monkeypatch.setattr(verify, "run_lava", fake_lava)
+    out = tmp_path / "out"
+    assert verify_exit(base(src, out, lava_samples=3)) == 1
+    where = "sample 1: group lif1 step 3 neuron 5 (spikes)"
+    assert where in capsys.readouterr().err
+    row = report(out)["bit_exact"]["first_differences"][0]
+    assert (row["sample"], row["group"], row["step"], row["neuron"]) == (1, "lif1", 3, 5)
+    assert row["emulator"]["spike"] != row["lava"]["spike"]
+    assert where in (out / "verify.md").read_text()
 
 
 # ---- hwmodels.energy follows the same rules -----------------------------------------------------

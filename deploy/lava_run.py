@@ -482,10 +482,10 @@ def run_lava_parallel(net_path, inputs, net=None, workers=1, progress=True, star
         finally:
             if start == "fork":
                 _end_workers(procs)
-            else:
+            else:  # each worker leads its own process group (main()): end it and its Lava
                 for p in procs:
-                    if alive(p):
-                        p.kill()
+                    with _quiet():
+                        os.killpg(p.pid, signal.SIGKILL)
             bar.close()
         for i, p in enumerate(procs):
             code = p.exitcode if start == "fork" else p.wait()
@@ -521,6 +521,8 @@ def main(argv=None):
     p.add_argument("--out", required=True, help=".npz to write the Result to")
     p.add_argument("--progress", help="file to write the number of finished samples to")
     args = p.parse_args(argv)
+    os.setpgrp()  # this worker and its Lava processes: one group, ended together
+    watch_parent(os.getppid())
     try:
         net = read_net(args.net)
         inputs = np.load(args.inputs)

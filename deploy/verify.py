@@ -6,8 +6,9 @@
 Steps (one function each): read the inputs and check them against the graph; compile the graph to
 `student.net` (deploy.compile); run the float model (student.pt, else export.from_nir.float_model),
 the fixed-point emulator (hwmodels.loihi) on every sample, and Lava (deploy.lava_run) on the first
---lava-samples over --lava-workers processes; compare; write verify.json and verify.md
-(atomically) next to student.net.
+--lava-samples over --lava-workers processes; compare; write verify.json and verify.md next to
+student.net. Every input is checked before the folder is touched; the outputs go to hidden temps
+and are moved into place together at the end, under a lock on the folder (verify()).
 
 Readout (verify.json `readout`): a spiking output layer scores each sample by its spike counts, a
 non-spiking one (I, LI, CubaLI) by its final state; all three runs predict the argmax.

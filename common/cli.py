@@ -1,8 +1,9 @@
 """Conventions shared by every command line.
 
 Exit codes: 0 done; 1 the command ran but its check failed (nothing was put in place);
-2 bad input: a flag, a file, a field, the machine (no GPU) or the disk (read-only, not a directory,
-full). Errors are one line on stderr, 'error: <what>: <why>', naming the flag, file or field.
+2 bad input: a flag, a file, a field, the machine (no GPU, too little memory) or the disk
+(read-only, not a directory, full, a folder in use by another run); 130 interrupted (Ctrl-C).
+Errors are one line on stderr, 'error: <what>: <why>', naming the flag, file or field.
 
     p.add_argument("--epochs", type=positive_int)        # argparse reports bad values (exit 2)
     p.add_argument("--device", type=device_arg, default="auto", metavar="{auto,cpu,cuda}")
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from .files import describe_os_error
 
-OK, CHECK_FAILED, BAD_INPUT = 0, 1, 2
+OK, CHECK_FAILED, BAD_INPUT, INTERRUPTED = 0, 1, 2, 130
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -58,12 +59,15 @@ def fail(message, code=BAD_INPUT):
 
 def run_guarded(fn, *errors):
     """Return fn()'s exit code (0 for None); UsageError, OSError and the given error types become
-    one line on stderr and exit code 2."""
+    one line on stderr and exit code 2; Ctrl-C (KeyboardInterrupt) one line and 130."""
     try:
         code = fn()
     except (UsageError, OSError, *errors) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return BAD_INPUT
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        return INTERRUPTED
     return OK if code is None else code
 
 
@@ -87,6 +91,11 @@ def positive_float(text) -> float:
 def non_negative_float(text) -> float:
     """A finite number >= 0."""
     return _checked(float, text, lambda v: 0 <= v < float("inf"), "a number >= 0")
+
+
+def unit_float(text) -> float:
+    """A number in [0, 1] (NaN refused)."""
+    return _checked(float, text, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
 def json_object(text) -> dict:

@@ -6,6 +6,8 @@
     with new_folder(path): ...        make path (and parents); removed again if the block fails
                                       while they are still empty
     describe_os_error(e, path)        'PATH: no space left on device' and the like
+    with folder_lock(dir): ...        one run at a time per folder (FolderInUse for a second)
+    Staged(dir)                       several files written to temps, moved in place together
 """
 import errno
 import glob
@@ -140,3 +142,100 @@ def new_folder(path):
             with suppress(OSError):
                 d.rmdir()
         raise
+
+
+class FolderInUse(FileError):
+    """Another process holds the folder's lock (folder_lock)."""
+
+    def __init__(self, path):
+        super().__init__(OSError(errno.EBUSY, "in use"), path)
+        self.message = f"{path}: in use by another run (wait for it to finish)"
+
+
+@contextmanager
+def folder_lock(path):
+    """Hold an exclusive flock on folder `path` for the block (a second holder gets FolderInUse
+    at once). The lock is on the folder itself, so no lock file is left behind; the kernel
+    releases it when the process ends, however it ends."""
+    import fcntl
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise FileError(e, path) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderInUse(path) from None
+        yield path
+    finally:
+        os.close(fd)
+
+
+class Staged:
+    """Files of one run written to hidden temps ('.<name>.<random>.tmp', the names
+    remove_stale_temps knows) and moved into place together by commit(); close() without commit
+    removes the temps, so a failed or interrupted run leaves the folder's previous files as they
+    were.
+
+        with Staged(folder) as st:
+            st.write("student.net", write_net); ...; st.commit(order, first_remove=["verify.json"])
+    """
+
+    def __init__(self, folder):
+        self.folder, self.temps = Path(folder), {}
+
+    def path(self, name) -> Path:
+        """The temp file standing for folder/name (created empty)."""
+        if name not in self.temps:
+            target = self.folder / name
+            if target.exists() and not target.is_file():
+                raise FileError(OSError(errno.EEXIST, "exists and is not a regular file"), target)
+            try:
+                fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{name}.", suffix=".tmp")
+            except OSError as e:
+                raise FileError(e, target) from None
+            os.close(fd)
+            self.temps[name] = Path(tmp)
+        return self.temps[name]
+
+    def write(self, name, write_fn) -> Path:
+        """write_fn(temp of name); an OSError is raised as FileError naming folder/name."""
+        tmp = self.path(name)
+        try:
+            write_fn(tmp)
+        except FileError:
+            raise
+        except OSError as e:
+            raise FileError(e, self.folder / name) from None
+        return tmp
+
+    def commit(self, order, first_remove=()):
+        """Remove the files `first_remove` (a stale verdict), then move the temps into place in
+        `order` (names; the others after them), each fsync'ed first."""
+        for name in first_remove:
+            with suppress(FileNotFoundError):
+                (self.folder / name).unlink()
+        names = [n for n in order if n in self.temps] + [n for n in self.temps if n not in order]
+        for name in names:
+            tmp = self.temps[name]
+            try:
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, self.folder / name)
+            except OSError as e:
+                raise FileError(e, self.folder / name) from None
+            del self.temps[name]
+
+    def close(self):
+        for tmp in self.temps.values():
+            with suppress(OSError):
+                tmp.unlink()
+        self.temps = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -106,13 +106,45 @@ def load_graph(graph):
 def input_shape(graph):
     inputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
     if len(inputs) != 1:
-        raise CompileError(f"graph: expected exactly one Input node, found {len(inputs)}")
+        raise CompileError(f"graph: expected exactly one Input node, found {len(inputs)}"
+                           f"{_named(inputs)}")
     shape = _shape(graph.nodes[inputs[0]], "input")
     if len(shape) == 2 and shape[0] == 1:  # snnTorch-style (1, N)
         shape = shape[1:]
     if len(shape) not in (1, 3):
         raise CompileError(f"node {inputs[0]!r}: input shape {shape} (expected (N,) or (C, H, W))")
     return inputs[0], shape
+
+
+TIME_CONSTANTS = ("tau", "tau_syn", "tau_mem")
+MAY_BE_INF = TIME_CONSTANTS + ("r", "w_in")  # snnTorch's no-leak neuron: tau = r = inf
+
+
+def check_values(graph):
+    """Every number of every node is finite (time constants, r and w_in may be +inf: snnTorch's
+    no-leak neuron) and every time constant is > 0; CompileError naming node and field."""
+    for name, node in graph.nodes.items():
+        for field_name, value in vars(node).items():
+            if field_name in ("input_type", "output_type", "metadata") or value is None:
+                continue
+            try:
+                a = np.asarray(value)
+            except (TypeError, ValueError):
+                continue
+            if a.dtype.kind not in "biuf":  # strings ('same' padding), objects: not numbers
+                continue
+            a = a.astype(np.float64)
+            if np.isnan(a).any():
+                raise CompileError(f"node {name!r}: {field_name} contains NaN")
+            if np.isinf(a).any() and not (field_name in MAY_BE_INF and (a > 0).all()):
+                raise CompileError(f"node {name!r}: {field_name} contains an infinite value")
+            if field_name in TIME_CONSTANTS and (a <= 0).any():
+                raise CompileError(f"node {name!r}: {field_name} = {a.min():g} is not a positive "
+                                   f"time constant")
+
+
+def _named(names):
+    return f" ({', '.join(map(repr, names))})" if names else ""
 
 
 def check_supported(graph):
@@ -512,6 +544,7 @@ def align(groups, synapses, in_shape):
 def build_net(graph, dt=None, timesteps=8):
     """NIR graph -> (Net, fit report); the module docstring lists the steps."""
     graph = flatten_graph(graph)
+    check_values(graph)
     check_supported(graph)
     try:
         dt, dt_source = resolve_dt(graph, dt)
@@ -779,14 +812,14 @@ def integer_bias(bias, step, name, exact):
 def integer_threshold(theta, step, name):
     """(vThMant = theta / step rounded, notes); CompileError when it does not fit 17 bits."""
     q = theta / step
-    vth = int(round(q))
+    vth = int(round(q)) if np.isfinite(q) else -1
     note = [f"threshold {theta:g} rounded to {vth} steps"] \
         if abs(q - vth) > GRID_RTOL * max(1.0, abs(q)) else []
     if theta > 0 and vth == 0:
         raise CompileError(f"node {name!r}: threshold {theta:g} rounds to 0 weight steps (step "
                            f"{step:g}): every input would spike (is dt right?)")
     if not 0 <= vth <= VTH_MAX:
-        raise CompileError(f"node {name!r}: threshold {theta:g} = {vth} weight steps does not "
+        raise CompileError(f"node {name!r}: threshold {theta:g} = {q:.4g} weight steps does not "
                            f"fit 17 bits [0, {VTH_MAX}] (step {step:g}; is dt right?)")
     return vth, note
 
@@ -824,7 +857,8 @@ def output_group(graph, groups):
     """(output group name, 'spikes' | 'state') from the graph's single Output node."""
     outputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Output)]
     if len(outputs) != 1:
-        raise CompileError(f"graph: expected exactly one Output node, found {len(outputs)}")
+        raise CompileError(f"graph: expected exactly one Output node, found {len(outputs)}"
+                           f"{_named(outputs)}")
     srcs = [a for a, b in graph.edges if b == outputs[0]]
     names = {g.name for g in groups}
     if len(srcs) != 1 or srcs[0] not in names:
@@ -916,25 +950,36 @@ def compile_graph(graph, out_path, dt=None, timesteps=None):
 
 
 def main(argv=None):
+    from pathlib import Path
+
+    from common.cli import UsageError, check_writable_dir, positive_float, run_guarded
     p = argparse.ArgumentParser(prog="python -m deploy.compile", description=__doc__.split("\n")[0])
     p.add_argument("nir", help="NIR file (nir.write)")
     p.add_argument("out", help="network file to write (e.g. student.net)")
-    p.add_argument("--dt", type=float, default=None,
+    p.add_argument("--dt", type=positive_float, default=None,
                    help="time step (default: the graph's metadata or convention)")
     args = p.parse_args(argv)
-    try:
-        net, fit = compile_graph(args.nir, args.out, dt=args.dt)
-    except CompileError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    for row in fit["groups"]:
-        warn = "  MAY OVERFLOW 24 bit" if row["may_overflow_24bit"] else ""
-        print(f"{row['group']:12s} w {row['weight_min']}..{row['weight_max']} iDecay "
-              f"{row['iDecay']} vDecay {row['vDecay']} vTh {row['vThMant']}{warn}")
-    a = fit["alignment"]
-    print(f"dt {fit['dt']:g} ({fit['dt_source']}), readout {fit['readout']}, relays "
-          f"{a['relay_groups']} groups / {a['relay_neurons']} neurons")
-    print(f"wrote {args.out}")
+
+    def work():
+        out = Path(args.out)
+        if out.is_dir():
+            raise UsageError(f"out {out}: is a folder, not a file")
+        if out.exists() and out.resolve() == Path(args.nir).resolve():
+            raise UsageError(f"out {out}: is the input NIR file; it would be overwritten")
+        check_writable_dir(out.parent, "out", shown=out)
+        net, fit = compile_graph(args.nir, out, dt=args.dt)
+        for row in fit["groups"]:
+            warn = "  MAY OVERFLOW 24 bit" if row["may_overflow_24bit"] else ""
+            print(f"{row['group']:12s} w {row['weight_min']}..{row['weight_max']} iDecay "
+                  f"{row['iDecay']} vDecay {row['vDecay']} vTh {row['vThMant']}{warn}")
+        a = fit["alignment"]
+        print(f"dt {fit['dt']:g} ({fit['dt_source']}), readout {fit['readout']}, relays "
+              f"{a['relay_groups']} groups / {a['relay_neurons']} neurons")
+        print(f"wrote {out}")
+
+    code = run_guarded(work, CompileError, NetxError)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

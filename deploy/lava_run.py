@@ -30,9 +30,12 @@ v of the output group (RefPorts, read after each step). Group of depth d: Lava s
 """
 import argparse
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -278,7 +281,7 @@ def run_lava(net_path, inputs, net=None, progress=True, samples_per_chunk=8,
         _feed(source.s_out, flat).connect(port)
     spiking = [g for g in net.neurons if g.spiking]
     out_group = net.group(net.output)
-    with tempfile.TemporaryDirectory(prefix="lava_run_") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"lava_run_{os.getpid()}_") as tmp:
         shapes = [(g.name, _lava_shape(g.shape), np.int8) for g in spiking] + \
             [(key, _lava_shape(out_group.shape), np.int32) for key in ("u", "v")]
         paths = {name: f"{tmp}/{i}.npy" for i, (name, _, _) in enumerate(shapes)}
@@ -356,19 +359,99 @@ def _has_layers(net_path) -> bool:
 
 
 def _fork_worker(net_path, inputs, out, progress_file):
-    """One shard in a forked worker (Lava and lava-dl already imported by the parent)."""
+    """One shard in a forked worker (Lava and lava-dl already imported by the parent).
+
+    The worker leads its own process group (it and the Lava processes it forks), so a Ctrl-C at
+    the terminal reaches only the main process, which stops the worker with SIGTERM: that ends
+    run_lava through its `finally` (Lava's runtime stopped, its shared memory freed) and the
+    worker exits 130 without a traceback. A thread watches the parent: when it dies (SIGKILL),
+    the worker kills its whole group within a second."""
     import torch
     torch.set_num_threads(1)  # OpenMP pools do not survive fork; one thread per worker anyway
+    os.setpgrp()
+    watch_parent(os.getppid())
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         result = run_lava(net_path, inputs, read_net(net_path), progress=False,
                           progress_file=progress_file)
         _save(out, result)
+    except KeyboardInterrupt:
+        os._exit(130)
     except BaseException as e:  # reported by the parent, naming the worker
         Path(f"{out}.err").write_text(f"{type(e).__name__}: {e}")
         raise SystemExit(1)
 
 
-def run_lava_parallel(net_path, inputs, net=None, workers=1, progress=True, start="fork"):
+def watch_parent(parent, period=0.5):
+    """A daemon thread that SIGKILLs this process's group when `parent` is gone (re-parented)."""
+    def loop():
+        while os.getppid() == parent:
+            time.sleep(period)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=loop, daemon=True, name="watch-parent").start()
+
+
+def _end_workers(procs, grace=15.0):
+    """Stop forked workers: SIGTERM (a clean Lava stop), then after `grace` seconds SIGKILL of
+    each worker's process group (the worker and the Lava processes it forked)."""
+    for p in procs:
+        if p.is_alive():
+            with _quiet():
+                os.kill(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        with _quiet():
+            os.killpg(p.pid, signal.SIGKILL)
+        p.join(1.0)
+
+
+class _quiet:
+    """Ignore ProcessLookupError / PermissionError (a process that is already gone)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *rest):
+        return kind is not None and issubclass(kind, (ProcessLookupError, PermissionError))
+
+
+def clean_stale_worker_dirs(root=None) -> list:
+    """Remove temp folders lava_workers_<pid>_* / lava_run_<pid>_* whose owner process is gone
+    (a main process or worker that was killed). Returns the folders removed."""
+    root = Path(root or tempfile.gettempdir())
+    removed = []
+    for d in list(root.glob("lava_workers_*_*")) + list(root.glob("lava_run_*_*")):
+        try:
+            pid = int(d.name.split("_")[2])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_lava_parallel(net_path, inputs, net=None, workers=1, progress=True, start="fork",
+                      isolate=False):
     """run_lava with the samples split into `workers` contiguous shards, each run by its own
     worker process with its own Lava runtime; results merged in sample order. workers <= 1 runs
     in this process.
@@ -377,25 +460,28 @@ def run_lava_parallel(net_path, inputs, net=None, workers=1, progress=True, star
     children). start='fork': non-daemonic multiprocessing.Process forked from this process, which
     imports Lava (and netx for a netx file) once first, so a worker starts in well under a second;
     start='exec': fresh `python -m deploy.lava_run` interpreters on .npy shards (each pays ~3 s of
-    imports, ~8 s with netx)."""
+    imports, ~8 s with netx). isolate: run even one shard in a forked worker (its own process
+    group, stopped cleanly on Ctrl-C; see _fork_worker)."""
     net = net if net is not None else read_net(net_path)
     inputs = np.asarray(inputs)
     n = len(inputs)
     workers = max(1, min(int(workers), n))
     preload()
-    if workers == 1:
+    if workers == 1 and not (isolate and start == "fork"):
         return run_lava(net_path, inputs, net, progress=progress)
     if start not in ("fork", "exec"):
         raise ValueError(f"start {start!r} (expected 'fork' or 'exec')")
     check_aligned(net)
     net_path = str(Path(net_path).resolve())
     bounds = np.linspace(0, n, workers + 1).astype(int)
-    with tempfile.TemporaryDirectory(prefix="lava_workers_") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"lava_workers_{os.getpid()}_") as tmp:
         procs = []
         if start == "fork":
             import multiprocessing
             if _has_layers(net_path):
                 import lava.lib.dl.netx.hdf5  # noqa: F401  (imported once, before forking)
+            from multiprocessing import resource_tracker
+            resource_tracker.ensure_running()  # shared by the workers: frees what a kill leaks
             ctx = multiprocessing.get_context("fork")
             for i in range(workers):
                 p = ctx.Process(target=_fork_worker, daemon=False, args=(
@@ -420,9 +506,12 @@ def run_lava_parallel(net_path, inputs, net=None, workers=1, progress=True, star
                 time.sleep(0.2)
                 bar.update(sum(_count(f"{tmp}/p{i}") for i in range(workers)) - bar.n)
         finally:
-            for p in procs:
-                if alive(p):
-                    p.kill()
+            if start == "fork":
+                _end_workers(procs)
+            else:  # each worker leads its own process group (main()): end it and its Lava
+                for p in procs:
+                    with _quiet():
+                        os.killpg(p.pid, signal.SIGKILL)
             bar.close()
         for i, p in enumerate(procs):
             code = p.exitcode if start == "fork" else p.wait()
@@ -458,6 +547,8 @@ def main(argv=None):
     p.add_argument("--out", required=True, help=".npz to write the Result to")
     p.add_argument("--progress", help="file to write the number of finished samples to")
     args = p.parse_args(argv)
+    os.setpgrp()  # this worker and its Lava processes: one group, ended together
+    watch_parent(os.getppid())
     try:
         net = read_net(args.net)
         inputs = np.load(args.inputs)

@@ -6,8 +6,9 @@
 Steps (one function each): read the inputs and check them against the graph; compile the graph to
 `student.net` (deploy.compile); run the float model (student.pt, else export.from_nir.float_model),
 the fixed-point emulator (hwmodels.loihi) on every sample, and Lava (deploy.lava_run) on the first
---lava-samples over --lava-workers processes; compare; write verify.json and verify.md
-(atomically) next to student.net.
+--lava-samples over --lava-workers processes; compare; write verify.json and verify.md next to
+student.net. Every input is checked before the folder is touched; the outputs go to hidden temps
+and are moved into place together at the end, under a lock on the folder (verify()).
 
 Readout (verify.json `readout`): a spiking output layer scores each sample by its spike counts, a
 non-spiking one (I, LI, CubaLI) by its final state; all three runs predict the argmax.
@@ -17,12 +18,19 @@ lava.{accuracy,n,samples_per_s,workers}, bit_exact.{n,mismatched_samples,mismatc
 (emulator vs Lava: every spike of every group at every step and the output group's u and v),
 bit_exact.float_vs_emulator.{n,mismatched_samples,mismatched_spikes,per_layer} (groups named as
 float-model layers), agreement.{float_vs_emulator,emulator_vs_lava}, drop_points (float minus
-Loihi accuracy, in points), readout, dt, dt_source, fit, verdict, files.
-Exit status (docs in README): 0 verified; 1 Lava and the emulator differ, or float-vs-Loihi
-prediction agreement is below --min-agreement (the last line says which); 2 bad input.
+Loihi accuracy, in points), readout, dt, dt_source, fit, verdict, passed, checked, not_checked
+(what the verdict covers), thresholds (every threshold used), bit_exact.first_differences (per
+failing sample: first differing group, step, neuron, both sides), nir_version, resources (neurons,
+synapses, Loihi 2 chips, memory estimate), files.
+Exit status (docs in README): 0 verified (PASS, or PASS (partial) naming what was not checked);
+1 Lava and the emulator differ, float-vs-Loihi prediction agreement is below --min-agreement, or
+nothing was compared (the last line says which); 2 bad input (before any output is touched);
+130 interrupted.
 """
 import argparse
 import json
+import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,16 +40,25 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.cli import (CHECK_FAILED, UsageError, check_writable_dir, device_arg,
-                        non_negative_int, positive_int, run_guarded)
-from common.files import atomic_write
+from common.cli import (CHECK_FAILED, INTERRUPTED, UsageError, check_writable_dir, device_arg,
+                        non_negative_int, positive_float, positive_int, run_guarded, unit_float)
+from common.files import Staged, folder_lock, new_folder, remove_stale_temps
 from hwmodels.loihi import Emulator, NetxError
+from hwmodels.resources import LOIHI2_NEURONS_PER_CHIP, CoreLimits, map_groups
 
 from .compile import CompileError, build_net, load_graph, write
 
 
+OUTPUTS = ("student.net", "verify.json", "verify.md", "outputs.npz")
+CHIP_LIMITS = CoreLimits()
+
+
 class VerifyError(UsageError):
     """Bad input: the message names the file or option."""
+
+
+def warn(line):
+    print(f"warning: {line}", file=sys.stderr)
 
 
 def pick_device(name):
@@ -52,24 +69,54 @@ def pick_device(name):
 
 def load_npy_inputs(path, labels_path):
     """(N, T, ...) spikes from a .npy file, labels (N,) optional."""
-    try:
-        x = np.load(path)
-    except (OSError, ValueError) as e:
-        raise VerifyError(f"--inputs {path}: cannot read as .npy ({type(e).__name__})") from None
+    x = _load_npy(path, "--inputs")
     if x.ndim < 3:
         raise VerifyError(f"--inputs {path}: expected spikes of shape (N, T, ...), got {x.shape}")
+    if 0 in x.shape:
+        raise VerifyError(f"--inputs {path}: empty: shape {x.shape} (N, T and every sample "
+                          f"dimension must be >= 1)")
     if not np.isin(x, (0, 1)).all():
         raise VerifyError(f"--inputs {path}: spikes must be 0/1")
-    y = None
-    if labels_path:
-        try:
-            y = np.load(labels_path).astype(np.int64).reshape(-1)
-        except (OSError, ValueError) as e:
-            raise VerifyError(f"--labels {labels_path}: cannot read as .npy "
-                              f"({type(e).__name__})") from None
-        if len(y) != len(x):
-            raise VerifyError(f"--labels {labels_path}: {len(y)} labels for {len(x)} samples")
-    return torch.from_numpy(x.astype(np.float32)), None if y is None else torch.from_numpy(y)
+    y = load_labels(labels_path, len(x)) if labels_path else None
+    return torch.from_numpy(x.astype(np.float32)), y
+
+
+def _load_npy(path, flag):
+    """One array from a .npy file (not an .npz archive, no pickled objects)."""
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise VerifyError(f"{flag} {path}: cannot read as .npy ({type(e).__name__})") from None
+    if not isinstance(a, np.ndarray):  # np.load gives an NpzFile for an .npz archive
+        a.close()
+        raise VerifyError(f"{flag} {path}: an .npz archive; expected one .npy array")
+    return a
+
+
+def load_labels(path, n):
+    """Labels (n,) as int64: integers (integral floats allowed), checked against n samples; the
+    class range is checked once the graph's output size is known (check_labels)."""
+    y = _load_npy(path, "--labels")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.shape != (n,):
+        raise VerifyError(f"--labels {path}: shape {y.shape} for {n} samples (expected ({n},))")
+    if y.dtype.kind == "b" or y.dtype.kind not in "iuf":
+        raise VerifyError(f"--labels {path}: dtype {y.dtype} (expected integer class indices)")
+    if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.round(y)).all()):
+        bad = int(np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))[0])
+        raise VerifyError(f"--labels {path}: label {y[bad]!r} at index {bad} is not an integer")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def check_labels(y, classes, source):
+    """Every label a class index in [0, classes)."""
+    if y is None:
+        return
+    bad = np.flatnonzero((y < 0) | (y >= classes))
+    if len(bad):
+        raise VerifyError(f"{source}: label {int(y[bad[0]])} at index {int(bad[0])} is outside "
+                          f"[0, {classes}) (the graph has {classes} outputs)")
 
 
 def load_dataset_inputs(dataset, encoding, data_dir, batch_size):
@@ -83,6 +130,8 @@ def load_dataset_inputs(dataset, encoding, data_dir, batch_size):
             ys.append(y)
     except DataError as e:
         raise VerifyError(str(e)) from None
+    if not xs:
+        raise VerifyError(f"--dataset {dataset}: the test split is empty")
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -169,10 +218,67 @@ def compare_lava(emu_result, lava_result, n):
     return np.flatnonzero(bad)
 
 
+def first_differences(emu_result, lava_result, order, output, samples, limit=20):
+    """Where Lava and the emulator first part, for each of the first `limit` failing samples: the
+    earliest time step at which any group differs (the earliest group in depth order at that
+    step), the first neuron (flat (C, H, W) index) that differs there, and what each side had.
+    Spikes are compared for every spiking group; u and v are recorded (both sides) for the
+    output group only (docs/loihi_net.md), so a non-output group gives spikes alone."""
+    def state(result, key, i, t, j):
+        return int(np.asarray(getattr(result, key)[i, t]).reshape(-1)[j])
+
+    rows = []
+    for i in samples[:limit]:
+        best = None  # (step, depth index, group, neuron, kind)
+        for d, name in enumerate(order):
+            diffs = []
+            if name in lava_result.spikes:
+                e = emu_result.spikes[name][i].cpu().numpy().reshape(
+                    emu_result.spikes[name].shape[1], -1)
+                diffs.append(("spikes", e != lava_result.spikes[name][i].reshape(len(e), -1)))
+            if name == output:
+                for key, kind in (("readout_u", "u"), ("readout", "v")):
+                    e = getattr(emu_result, key)[i].cpu().numpy()
+                    diffs.append((kind, e != getattr(lava_result, key)[i]))
+            for kind, diff in diffs:
+                steps = np.flatnonzero(diff.any(1))
+                if len(steps) and (best is None or (steps[0], d) < best[:2]):
+                    t = int(steps[0])
+                    best = (t, d, name, int(np.flatnonzero(diff[t])[0]), kind)
+        if best is None:
+            continue
+        t, _, name, j, kind = best
+        row = {"sample": int(i), "group": name, "step": t, "neuron": j, "differs_in": kind}
+        for side, result in (("emulator", emu_result), ("lava", lava_result)):
+            cell = {}
+            if name in result.spikes:
+                cell["spike"] = bool(np.asarray(
+                    result.spikes[name][i, t].cpu() if torch.is_tensor(result.spikes[name])
+                    else result.spikes[name][i, t]).reshape(-1)[j])
+            if name == output:
+                cell["u"] = state(result, "readout_u", i, t, j)
+                cell["v"] = state(result, "readout", i, t, j)
+            row[side] = cell
+        rows.append(row)
+    return rows
+
+
+def _where(row) -> str:
+    """One line for a first difference: 'sample 3: group lif2 step 4 neuron 7 (spikes): emulator
+    spike 1, Lava spike 0'."""
+    sides = []
+    for side in ("emulator", "lava"):
+        cell = row[side]
+        sides.append(f"{'Lava' if side == 'lava' else side} " + ", ".join(
+            f"{k} {int(v) if isinstance(v, bool) else v}" for k, v in cell.items()))
+    return (f"sample {row['sample']}: group {row['group']} step {row['step']} neuron "
+            f"{row['neuron']} ({row['differs_in']}): {'; '.join(sides)}")
+
+
 def run_lava(net_path, net, x, workers):
     from .lava_run import run_lava_parallel
     start = time.perf_counter()
-    result = run_lava_parallel(net_path, x.numpy(), net, workers)
+    result = run_lava_parallel(net_path, x.numpy(), net, workers, isolate=True)
     return result, len(x) / (time.perf_counter() - start)
 
 
@@ -192,37 +298,62 @@ def points(a, b):
 
 
 def verdict(report, min_agreement):
-    """(ok, one line): Lava == emulator on every sample; for our own students (whose float
-    neuron computes Loihi's arithmetic) float == emulator on every spike; and float-vs-Loihi
-    prediction agreement high enough."""
+    """(ok, one line). Checks: Lava == emulator on every spike (of the Lava samples); for our own
+    students (whose float neuron computes Loihi's arithmetic) float == emulator on every spike;
+    float-vs-Loihi prediction agreement >= min_agreement. A failed check fails; PASS names only
+    checks that ran on >= 1 sample and adds 'not checked: ...' for those that did not; when none
+    ran the verdict is NOT VERIFIED (not ok)."""
     be, ag = report["bit_exact"], report["agreement"]["float_vs_emulator"]
     fe = be["float_vs_emulator"]
+    n = report.get("emulator", {}).get("n", fe and fe["n"])
     if be["mismatched_samples"]:
+        where = be.get("first_differences") or []
+        at = f"; first at {_where(where[0])}" if where else ""
         return False, (f"FAIL: {be['mismatched_samples']} of {be['n']} samples differ between "
-                       f"Lava and the emulator")
+                       f"Lava and the emulator{at}")
     if report["float"]["loihi_exact"] and fe and fe["mismatched_spikes"]:
         return False, (f"FAIL: {fe['mismatched_spikes']} spikes in {fe['mismatched_samples']} of "
                        f"{fe['n']} samples differ between the float student and the emulator "
                        f"(the student computes Loihi's arithmetic: they must be equal)")
     if ag is not None and ag < min_agreement:
         return False, (f"FAIL: float vs Loihi prediction agreement {ag:.4f} < --min-agreement "
-                       f"{min_agreement} (see verify.md for the per-layer cause)")
-    float_part = "no float model" if ag is None else f"float/Loihi agreement {ag:.4f}"
-    if report["float"]["loihi_exact"] and fe:
-        float_part += f"; float == emulator on every spike of {fe['n']} samples"
-    return True, f"PASS: Lava == emulator on {be['n']} samples; {float_part}"
+                       f"{min_agreement:g} (see verify.md for the per-layer cause)")
+    ran, missing = [], []
+    if be["n"]:
+        ran.append(f"Lava == emulator on every spike of {be['n']} samples")
+    else:
+        missing.append("Lava vs emulator (--lava-samples 0)")
+    if ag is None:
+        missing.append(f"float vs Loihi ({report['float'].get('source', 'no float model')})")
+    else:
+        ran.append(f"float/Loihi agreement {ag:.4f} >= {min_agreement:g} on {n} samples")
+        if report["float"]["loihi_exact"] and fe:
+            ran.append(f"float == emulator on every spike of {fe['n']} samples")
+    report["checked"], report["not_checked"] = ran, missing
+    if not ran:
+        return False, f"NOT VERIFIED: nothing was compared; not checked: {'; '.join(missing)}"
+    tail = f"; not checked: {'; '.join(missing)}" if missing else ""
+    return True, f"PASS{' (partial)' if missing else ''}: {'; '.join(ran)}{tail}"
 
 
-def write_reports(out_dir, report):
-    atomic_write(out_dir / "verify.json",
-                 lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
-    atomic_write(out_dir / "verify.md", lambda tmp: Path(tmp).write_text(markdown(report)))
+def write_reports(staged, report):
+    """verify.json and verify.md into the run's staged temps (moved in place by the caller)."""
+    staged.write("verify.json", lambda t: t.write_text(json.dumps(report, indent=2) + "\n"))
+    staged.write("verify.md", lambda t: t.write_text(markdown(report)))
 
 
 def _fmt(v, pct=False):
     if v is None:
         return "-"
     return f"{100 * v:.2f}%" if pct else (f"{v:.1f}" if isinstance(v, float) else str(v))
+
+
+def _resource_lines(res):
+    if not res:
+        return []
+    fits = "fits one chip" if res["fits_one_chip"] else "does NOT fit one chip"
+    return [f"Size: {res['neurons']:,} neurons, {res['synapses']:,} synapses: "
+            f"{res['loihi2_chips']} Loihi 2 chip(s) ({fits}, {res['cores_used']} cores)."]
 
 
 def _pts(v):
@@ -233,6 +364,11 @@ def markdown(r):
     lines = ["# Loihi deployment check", "",
              f"Network: `{r['files']['net']}` compiled from `{r['files']['nir']}`; dt {r['dt']:g} "
              f"({r['dt_source']}); readout: {r['readout']}.", "", f"**{r['verdict']}**", "",
+             f"Thresholds: --min-agreement {r['thresholds']['min_agreement']:g}; Lava vs emulator: "
+             f"{r['thresholds']['lava_vs_emulator']}; float vs emulator spikes: "
+             f"{r['thresholds']['float_vs_emulator_spikes']}.",
+             *([f"Not checked: {'; '.join(r['not_checked'])}."] if r.get("not_checked") else []),
+             *_resource_lines(r.get("resources")), "",
              "| run | accuracy | samples | samples/s |", "|---|---|---|---|"]
     for key in ("float", "emulator", "lava"):
         row = r[key]
@@ -250,6 +386,8 @@ def markdown(r):
     if fe:
         lines.append(f"- Float vs emulator spikes: {fe['mismatched_spikes']} spikes differ in "
                      f"{fe['mismatched_samples']}/{fe['n']} samples")
+    for row in be.get("first_differences") or []:
+        lines.append(f"- First Lava/emulator difference, {_where(row)}")
     a = r["fit"]["alignment"]
     lines += [f"- Delay alignment: {a['relay_groups']} relay groups, {a['relay_neurons']} neurons, "
               f"{a['relay_synapses']} synapses; latency {a['latency_steps']} steps "
@@ -288,17 +426,17 @@ def parse_args(argv):
     p.add_argument("--lava-samples", type=non_negative_int, default=100, help="samples run in Lava")
     p.add_argument("--lava-workers", type=positive_int, default=max(1, len(_cores())),
                    help="Lava processes running shards of the Lava samples in parallel")
-    p.add_argument("--min-agreement", type=float, default=0.99,
+    p.add_argument("--min-agreement", type=unit_float, default=0.99,
                    help="fail when float-vs-Loihi prediction agreement is below this")
     p.add_argument("--save-outputs", action="store_true",
                    help="write outputs.npz: per-step output of float, emulator and Lava")
     p.add_argument("--device", type=device_arg, default="auto", metavar="{auto,cpu,cuda}")
-    p.add_argument("--dt", type=float, default=None,
+    p.add_argument("--dt", type=positive_float, default=None,
                    help="time step (None: graph metadata, else the graph's own convention)")
     p.add_argument("--batch-size", type=positive_int, default=256)
     args = p.parse_args(argv)
-    if args.dt is not None and not args.dt > 0:
-        p.error("--dt must be > 0")
+    if args.labels and not args.inputs:
+        p.error("--labels needs --inputs (a dataset brings its own labels)")
     return args
 
 
@@ -350,31 +488,152 @@ def load_inputs(args, ckpt, meta, nir_path):
 
 def verify(args):
     """Check the inputs, compile, run float / emulator / Lava, write the reports.
-    Returns (report, output folder, passed)."""
+    Returns (report, output folder, passed).
+
+    Everything that can be checked is checked before the output folder is touched. The outputs
+    (student.net, verify.json, verify.md, outputs.npz) are written to hidden temps and moved into
+    place together at the end, the old verdict removed first, so a run that fails or is
+    interrupted leaves the previous outputs as they were; the folder is locked for the run."""
     run, nir_path, out_dir = locate(args)
-    if args.lava_samples:
-        from .lava_run import preload
-        preload()
-    device = pick_device(args.device)
     graph = load_graph(nir_path)
+    nir_version = check_nir_version(nir_path)
+    check_dt(args, graph, nir_path)
+    device = pick_device(args.device)
     model, ckpt, float_source = float_reference(args, run, graph)
     x, y = load_inputs(args, ckpt, graph.metadata or {}, nir_path)
     net, fit = build_net(graph, args.dt, int(x.shape[1]))
-    check_input_shape(x, net.in_shape, f"--inputs {args.inputs}" if args.inputs else "dataset")
-    net_path = out_dir / "student.net"
-    write(net_path, net, int(x.shape[1]))  # only once the inputs fit
-    runs = run_all(model, net, net_path, x, args, device)
-    if args.save_outputs:
-        save_outputs(out_dir / "outputs.npz", runs.steps_f, runs.steps_e, runs.lava)
-    report = build_report(runs, y, args, device, float_source, is_our_student(graph, model),
-                          net, fit, {"nir": str(nir_path), "net": str(net_path)})
-    ok, report["verdict"] = verdict(report, args.min_agreement)
-    write_reports(out_dir, report)
+    source = f"--inputs {args.inputs}" if args.inputs else "dataset"
+    check_input_shape(x, net.in_shape, source)
+    check_labels(y, net.group(net.output).size, f"--labels {args.labels}" if args.labels
+                 else source)
+    resources = check_resources(net, x, args, model is not None)
+    if args.lava_samples:
+        from .lava_run import clean_stale_worker_dirs, preload
+        preload()
+        clean_stale_worker_dirs()
+    with new_folder(out_dir), folder_lock(out_dir), Staged(out_dir) as staged:
+        for name in OUTPUTS:  # temps of a killed run (none can be in use: we hold the lock)
+            remove_stale_temps(out_dir, name)
+        net_tmp = staged.write("student.net", lambda t: write(t, net, int(x.shape[1])))
+        runs = run_all(model, net, net_tmp, x, args, device)
+        if args.save_outputs:
+            staged.write("outputs.npz", lambda t: save_outputs(t, runs.steps_f, runs.steps_e,
+                                                               runs.lava))
+        report = build_report(runs, y, args, device, float_source, is_our_student(graph, model),
+                              net, fit, {"nir": str(nir_path), "net": str(out_dir / "student.net")})
+        report.update(nir_version=nir_version, resources=resources)
+        ok, report["verdict"] = verdict(report, args.min_agreement)
+        report["passed"] = ok
+        report.setdefault("checked", None)
+        report.setdefault("not_checked", None)
+        write_reports(staged, report)
+        staged.commit(order=["outputs.npz", "student.net", "verify.md", "verify.json"],
+                      first_remove=["verify.json", "verify.md"])
     return report, out_dir, ok
 
 
+def check_nir_version(nir_path):
+    """The NIR format version the file records; a warning when it is missing or newer than the
+    installed nir package reads (its fields may then be misread)."""
+    import h5py
+    import nir
+    try:
+        with h5py.File(nir_path, "r") as f:
+            version = f["version"][()].decode("utf8") if "version" in f else None
+    except (OSError, AttributeError, TypeError):
+        version = None
+    ours = getattr(nir, "version", None) or getattr(nir, "__version__", "")
+    if version is None:
+        warn(f"{nir_path}: records no NIR version; read as NIR {ours}")
+    elif _version_tuple(version) is None or \
+            _version_tuple(version)[:2] > (_version_tuple(ours) or (0, 0))[:2]:
+        warn(f"{nir_path}: NIR version {version!r} is not one the installed nir {ours} knows; "
+             f"fields may be misread")
+    return version
+
+
+def _version_tuple(text):
+    try:
+        return tuple(int(p) for p in str(text).split(".")[:3])
+    except ValueError:
+        return None
+
+
+def check_dt(args, graph, nir_path):
+    """--dt must not contradict the dt export.to_nir recorded with the trained student (the
+    float model and the weight grid were made at that dt)."""
+    from export.to_nir import PRODUCER
+    meta = graph.metadata or {}
+    if args.dt is None or meta.get("producer") != PRODUCER or "dt" not in meta:
+        return
+    ours = float(meta["dt"])
+    if not math.isclose(args.dt, ours, rel_tol=1e-9):
+        raise VerifyError(f"--dt {args.dt:.6g} contradicts {nir_path}: export.to_nir wrote it with "
+                          f"dt {ours:.6g} (the trained student's time step); drop --dt")
+
+
+def check_resources(net, x, args, has_float) -> dict:
+    """Loihi 2 chips the net needs (hwmodels.resources; a warning when more than one) and the
+    memory this run will take, refused (exit 2) when it exceeds what the machine has free."""
+    from hwmodels.energy import fanout
+    groups = []
+    for g in net.neurons:
+        syn = sum(int(fanout(s, net.shape_of(s.src), net.shape_of(s.dst)).sum())
+                  for s in net.incoming(g.name))
+        groups.append({"name": g.name, "role": g.role, "neurons": g.size, "synapses": syn})
+    chip = map_groups(groups, CHIP_LIMITS)["chip"]
+    neurons = sum(g.size for g in net.neurons)
+    out = {"neurons": neurons, "synapses": sum(g["synapses"] for g in groups),
+           "loihi2_chips": chip["chips"], "fits_one_chip": chip["fits"],
+           "cores_used": chip["cores_used"], "neurons_per_chip": LOIHI2_NEURONS_PER_CHIP}
+    if not chip["fits"]:
+        warn(f"the network needs {chip['chips']} Loihi 2 chips ({neurons:,} neurons, "
+             f"{out['synapses']:,} synapses, {chip['cores_used']} cores of "
+             f"{chip['cores_per_chip']} per chip); it does not fit one chip")
+    need = memory_estimate(net, x, args, has_float)
+    free = available_memory()
+    out.update(memory_estimate_bytes=need, memory_available_bytes=free)
+    if free is not None and need > free:
+        raise VerifyError(f"this run needs about {need / 2**30:.1f} GiB of memory, the machine "
+                          f"has {free / 2**30:.1f} GiB free; use fewer --lava-samples / "
+                          f"--lava-workers, a smaller --batch-size or fewer inputs")
+    if free is not None and need > free / 2:
+        warn(f"this run needs about {need / 2**30:.1f} GiB of the {free / 2**30:.1f} GiB of memory "
+             f"free")
+    return out
+
+
+def memory_estimate(net, x, args, has_float) -> int:
+    """Bytes this run holds at its peak, roughly: the inputs (float32); per batch the emulator's
+    spikes of every neuron at every step (1 byte), the float model's (4 bytes) and their
+    comparison (1 byte), and the working currents of the largest group (~16 bytes); for the Lava
+    samples both sides' spikes (2 bytes) and ~0.5 GiB per Lava worker (Lava's processes)."""
+    n, steps = int(x.shape[0]), int(x.shape[1])
+    neurons = sum(g.size for g in net.neurons)
+    largest = max(g.size for g in net.neurons)
+    batch = min(args.batch_size, n)
+    n_lava = min(args.lava_samples, n)
+    need = x.numel() * 4 + batch * steps * (neurons * (1 + (5 if has_float else 0)) + 16 * largest)
+    if n_lava:
+        need += n_lava * steps * neurons * 2 + min(args.lava_workers, n_lava) * 2**29
+    return int(need)
+
+
+def available_memory():
+    """MemAvailable of /proc/meminfo in bytes (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def locate(args):
-    """(run folder, NIR file, output folder), checked before any work."""
+    """(run folder, NIR file, output folder), checked before any work: the folder writable, no
+    output name taken by a folder, no input file that an output would overwrite."""
     run = Path(args.run or "runs/default")
     nir_path = Path(args.nir) if args.nir else run / "student.nir"
     if not nir_path.is_file():
@@ -382,6 +641,14 @@ def locate(args):
         raise VerifyError(f"{nir_path}: NIR file not found{hint}")
     out_dir = nir_path.parent if args.nir and args.run is None else run
     check_writable_dir(out_dir, "--run")
+    outputs = {os.path.realpath(out_dir / name): out_dir / name for name in OUTPUTS}
+    for flag, value in (("--nir", nir_path), ("--inputs", args.inputs), ("--labels", args.labels)):
+        if value and os.path.realpath(value) in outputs:
+            raise VerifyError(f"{flag} {value}: is an output of this run ("
+                              f"{outputs[os.path.realpath(value)]}); copy it elsewhere first")
+    for path in outputs.values():
+        if path.exists() and not path.is_file():
+            raise VerifyError(f"{path}: is a folder or special file, not a file; move it away")
     return run, nir_path, out_dir
 
 
@@ -400,10 +667,12 @@ class Runs:
     lava_pred: torch.Tensor = None
     lava_rate: float = None
     lava_bad: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    first_differences: list = field(default_factory=list)
 
 
 def run_all(model, net, net_path, x, args, device) -> Runs:
-    """Float model and emulator on every sample, Lava on the first --lava-samples."""
+    """Float model and emulator on every sample, Lava on the first --lava-samples (in worker
+    processes, so that Ctrl-C and a killed main process end them cleanly)."""
     emu = Emulator(net, device=device)
     scores_f, steps_f, emu_pred, steps_e, emu_rate, rows = run_batches(
         model, emu, x, args.batch_size, device)
@@ -412,7 +681,10 @@ def run_all(model, net, net_path, x, args, device) -> Runs:
     if runs.n_lava:
         runs.lava, runs.lava_rate = run_lava(net_path, net, x[:runs.n_lava], args.lava_workers)
         runs.lava_pred = torch.as_tensor(runs.lava.predictions)
-        runs.lava_bad = compare_lava(emu.run(x[:runs.n_lava]), runs.lava, runs.n_lava)
+        emu_lava = emu.run(x[:runs.n_lava])
+        runs.lava_bad = compare_lava(emu_lava, runs.lava, runs.n_lava)
+        runs.first_differences = first_differences(
+            emu_lava, runs.lava, [g.name for g in net.neurons], net.output, runs.lava_bad)
     return runs
 
 
@@ -427,6 +699,7 @@ def build_report(r: Runs, y, args, device, float_source, loihi_exact, net, fit, 
                  "samples_per_s": r.lava_rate, "workers": args.lava_workers},
         "bit_exact": {"n": n_lava, "mismatched_samples": int(len(r.lava_bad)),
                       "mismatched_indices": r.lava_bad[:20].tolist(),
+                      "first_differences": r.first_differences,
                       "float_vs_emulator": summarize_float_vs_emulator(r.spike_rows, n)},
         "agreement": {"float_vs_emulator": agreement(fp, r.emu_pred),
                       "emulator_vs_lava": agreement(r.emu_pred[:n_lava], r.lava_pred)},
@@ -436,6 +709,11 @@ def build_report(r: Runs, y, args, device, float_source, loihi_exact, net, fit, 
             "float_vs_emulator": points(accuracy(fp, y), accuracy(r.emu_pred, y)),
             "float_vs_lava_same_samples": points(
                 accuracy(None if fp is None else fp[:n_lava], y), accuracy(r.lava_pred, y))},
+        # every threshold the verdict used, and what was asked for
+        "thresholds": {"min_agreement": args.min_agreement,
+                       "lava_vs_emulator": "every spike of every group and the output u, v",
+                       "float_vs_emulator_spikes": "every spike" if loihi_exact else "not required",
+                       "lava_samples_requested": args.lava_samples},
         "readout": net.readout, "dt": fit["dt"], "dt_source": fit["dt_source"],
         "timesteps": int(r.steps_e.shape[1]), "fit": fit, "files": files, "energy": "energy.md",
     }
@@ -448,11 +726,8 @@ def save_outputs(path, steps_f, steps_e, lava):
     if lava is not None:
         arrays["lava"] = np.asarray(readout_steps(lava))
 
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-
-    atomic_write(path, write)
+    with open(path, "wb") as f:  # a staged temp (verify())
+        np.savez_compressed(f, **arrays)
 
 
 def print_summary(report, out_dir):
@@ -493,4 +768,13 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as e:
+        if e.code != INTERRUPTED:
+            raise
+        # all cleaned up already (Lava workers ended, temps removed); exit at once, so that a
+        # Ctrl-C that landed inside a library's exec() cannot turn 130 into death by SIGINT
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(INTERRUPTED)

@@ -47,7 +47,7 @@ def read_graph(path) -> nir.NIRGraph:
         raise NIRError(f"{path}: not a readable NIR (HDF5) file (truncated or corrupted?)"
                        ) from None
     except Exception as e:  # noqa: BLE001 - KeyError, ValueError, AssertionError ... from nir
-        cause = str(e).splitlines()[0] if str(e) else ""
+        cause = str(e).splitlines()[0] if str(e) else _unknown_type(path)
         error = NIRError(f"{path}: not a valid NIR graph ({type(e).__name__}: {cause})")
     try:
         graph = nir.read(str(path), type_check=False)
@@ -144,6 +144,25 @@ def tolerate(graph, prefix="") -> list:
     if fixes:
         graph._update_input_output_types()
     return fixes
+
+
+def _unknown_type(path) -> str:
+    """'node X: unknown type Foo' for the first node whose type nir does not know, else ''
+    (nir.read fails on one with an empty AssertionError)."""
+    import h5py
+    known = {name for name in dir(nir) if isinstance(getattr(nir, name), type)}
+    try:
+        with h5py.File(path, "r") as f:
+            found = []
+            f.visititems(lambda name, obj: found.append((name, obj[()])) if
+                         name.endswith("/type") and isinstance(obj, h5py.Dataset) else None)
+    except OSError:
+        return ""
+    for name, value in found:
+        kind = value.decode() if isinstance(value, bytes) else str(value)
+        if kind not in known:
+            return f"node {name.rsplit('/', 2)[-2]!r}: unknown node type {kind!r}"
+    return ""
 
 
 # ---- one mapping per node type -----------------------------------------------------------------

@@ -348,6 +348,25 @@ def teacher_macs(run_dir, in_shape):
     return count_macs(teacher, in_shape)
 
 
+REPORT_FILES = ("energy.json", "energy.md", "energy.png")
+
+
+def check_outputs(run_dir):
+    """The report files must be files (or absent), checked before measuring."""
+    for name in REPORT_FILES:
+        path = Path(run_dir) / name
+        if path.exists() and not path.is_file():
+            raise EnergyError(f"{path}: is a folder or special file, not a file; move it away")
+
+
+def check_finite(model, path):
+    """NaN / inf in a checkpoint's parameters would price NaN activity: refused by name."""
+    for name, value in model.state_dict().items():
+        if torch.is_tensor(value) and value.is_floating_point() and \
+                not bool(torch.isfinite(value).all()):
+            raise EnergyError(f"{path}: {name} contains NaN or inf")
+
+
 def run(args) -> dict:
     """Measure, build and write the report for args (see parse_args)."""
     from train.checkpoint import load_model
@@ -356,7 +375,9 @@ def run(args) -> dict:
     run_dir = Path(args.run)
     net = read_student_net(run_dir)
     check_writable_dir(run_dir, "--run")  # before measuring
+    check_outputs(run_dir)
     model, ckpt = load_model(run_dir / "student.pt", "student")
+    check_finite(model, run_dir / "student.pt")
     analog = ckpt["encoding"]["kind"] == "direct"
     activity = pick_activity(args, analog)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \

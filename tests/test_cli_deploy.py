@@ -80,8 +80,7 @@ def test_verify_full_disk_writing_the_report(graph_and_inputs, tmp_path, capsys,
     full_disk_for(monkeypatch, "verify.json")
     assert verify_exit([*graph_and_inputs, "--run", str(out)]) == 2
     error_line(capsys, out / "verify.json", "no space left on device")
-    assert not (out / "verify.json").exists()
-    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+    assert not out.exists()  # the run made the folder; it failed, so nothing (not even it) stays
 
 
 @pytest.mark.parametrize("device", ["foo", "cuda"])

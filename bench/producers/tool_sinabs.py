@@ -8,7 +8,7 @@ import torch
 from sinabs.activation import MembraneReset, MembraneSubtract, MultiSpike, SingleSpike
 from torch import nn
 
-from common import T, accuracy, predictions, save_fixture, test_inputs
+from common import T, accuracy, distill_inputs, predictions, save_fixture, test_inputs
 from train_torch import run_eval, train_cached
 
 TAU_MEM = 10.0
@@ -36,7 +36,7 @@ def euler_decays(net):
     (1 - exp(-1/tau')) input scale are then NIR's Euler step at dt = 1 for the written tau."""
     with torch.no_grad():
         for m in net.modules():
-            if isinstance(m, sl.LIF):
+            if isinstance(m, sl.LIF) and getattr(m, "tau_mem", None) is not None:  # not IAF
                 m.tau_mem.copy_(-1.0 / torch.log(1.0 - 1.0 / m.tau_mem))
 
 
@@ -51,7 +51,7 @@ def per_step(net):
     return run
 
 
-def make_one(name, build, note, sample):
+def make_one(name, build, note, sample, distill=False):
     torch.manual_seed(0)
     net = build()
     run = per_step(net)
@@ -92,6 +92,13 @@ def make_one(name, build, note, sample):
     )
     data = dict(x=x, labels=labels, tool_out=tool_out.astype(np.uint8), tool_pred=tool_pred,
                 file_out=file_out.astype(np.uint8), file_pred=file_pred)
+    if distill:
+        xd, yd = distill_inputs()
+        data.update(x_distill=xd, labels_distill=yd,
+                    tool_out_distill=run_eval(run, xd).astype(np.uint8))
+        meta["distill_set"] = ("x_distill: the first 1000 training digits (seen in training), "
+                               "rate coded with seed 777; tool_out_distill: the tool's output "
+                               "spikes (N, T, K) on them")
     save_fixture(name, graph, data, meta)
 
 
@@ -99,7 +106,7 @@ def make():
     make_one("sinabs_if_cnn", if_cnn,
              "Conv2d(1,8,3,p1) -> IAFSqueeze -> SumPool2d(2) -> Conv2d(8,16,3,p1) -> IAFSqueeze -> "
              "SumPool2d(2) (7x7 -> 3x3, floor) -> Flatten -> Linear(144,10) -> IAFSqueeze; "
-             f"no biases, threshold 1, input (1, 14, 14), T = {T}", (1, 14, 14))
+             f"no biases, threshold 1, input (1, 14, 14), T = {T}", (1, 14, 14), distill=True)
     make_one("sinabs_lif_mlp", lif_mlp,
              f"Flatten -> Linear(196,64) -> LIFSqueeze(tau_mem={TAU_MEM}) -> Linear(64,10) -> "
              f"LIFSqueeze(tau_mem={TAU_MEM}); no biases, input (1, 14, 14), T = {T}", (1, 14, 14))

@@ -7,7 +7,7 @@ from snntorch import utils as snn_utils
 import torch
 from torch import nn
 
-from common import T, accuracy, predictions, save_fixture, test_inputs
+from common import T, accuracy, distill_inputs, predictions, save_fixture, test_inputs
 from train_torch import run_eval, train_cached
 
 BETA = 0.9
@@ -49,7 +49,7 @@ def same_weights(build, net, reset):
     return other.eval()
 
 
-def make_one(name, build, note):
+def make_one(name, build, note, distill=False):
     torch.manual_seed(0)
     net = build("subtract")
     run = per_step(net)
@@ -74,16 +74,27 @@ def make_one(name, build, note):
         file_semantics="the same trained weights in the same nn.Sequential with every "
                        "snn.Leaky(reset_mechanism='zero'), run by snnTorch itself",
         exporter_losses="reset by subtraction written as v_reset = 0 (NIR has no reset mode); "
-                        "no dt metadata (1e-4 hard-coded in tau and r)",
+                        "no dt metadata (1e-4 hard-coded in tau and r); AvgPool2d's padding "
+                        "and ceil_mode not written; a Leaky with scalar beta / threshold fails "
+                        "to export with nir 1.0.8 (type inference error), so beta and threshold "
+                        "are tensors of the layer's shape here; ignore_dims=[0] drops the "
+                        "sample's batch dim (else the Conv2d type inference fails)",
     )
     data = dict(x=x, labels=labels, tool_out=tool_out.astype(np.uint8), tool_pred=tool_pred,
                 file_out=file_out.astype(np.uint8), file_pred=file_pred)
+    if distill:
+        xd, yd = distill_inputs()
+        data.update(x_distill=xd, labels_distill=yd,
+                    tool_out_distill=run_eval(run, xd).astype(np.uint8))
+        meta["distill_set"] = ("x_distill: the first 1000 training digits (seen in training), "
+                               "rate coded with seed 777; tool_out_distill: the tool's output "
+                               "spikes (N, T, K) on them")
     save_fixture(name, graph, data, meta)
 
 
 def make():
     make_one("snntorch_cnn", cnn, "Conv2d(1,8,3,p1) -> AvgPool2d(2) -> Leaky -> Conv2d(8,16,3,p1) "
              "-> AvgPool2d(2) (7x7 -> 3x3, floor) -> Leaky -> Flatten -> Linear(144,10) -> Leaky; "
-             f"beta {BETA}, input (1, 14, 14), T = {T}")
+             f"beta {BETA}, input (1, 14, 14), T = {T}", distill=True)
     make_one("snntorch_mlp", mlp, f"Flatten -> Linear(196,64) -> Leaky -> Linear(64,10) -> Leaky; "
              f"beta {BETA}, input (1, 14, 14), T = {T}")

@@ -44,6 +44,9 @@ def train_cached(name, module, step_fn, **kw):
         module.load_state_dict(torch.load(path), strict=False)
         return
     # nn.Module's own methods: Rockpool's modules override parameters() with a dict
-    train(step_fn, list(torch.nn.Module.parameters(module)), **kw)
+    skip = kw.pop("frozen", ())
+    params = [p for k, p in torch.nn.Module.named_parameters(module)
+              if not any(f in k for f in skip)]
+    train(step_fn, params, **kw)
     CACHE.mkdir(exist_ok=True)
     torch.save({k: v.detach() for k, v in torch.nn.Module.named_parameters(module)}, path)

@@ -11,9 +11,10 @@ so that no tool pulls a CUDA torch:
     /work/toolsenv/bin/pip install -c constraints.txt sinabs rockpool spyx jax nir nirtorch mlxtend
     python3.11 -m venv /work/toolsenv_sj
     /work/toolsenv_sj/bin/pip install torch==2.13.0
-    /work/toolsenv_sj/bin/pip install -c constraints.txt "spikingjelly[nir]==2.0.0" snntorch==1.0.0 \
-        norse mlxtend
-    OMP_NUM_THREADS=1 /work/toolsenv/bin/python bench/producers/make_fixtures.py sinabs rockpool spyx
+    /work/toolsenv_sj/bin/pip install -c constraints.txt "spikingjelly[nir]==2.0.0" \
+        snntorch==1.0.0 norse mlxtend
+    OMP_NUM_THREADS=1 /work/toolsenv/bin/python bench/producers/make_fixtures.py sinabs rockpool \
+        spyx
     OMP_NUM_THREADS=1 /work/toolsenv_sj/bin/python bench/producers/make_fixtures.py snntorch norse \
         spikingjelly
 

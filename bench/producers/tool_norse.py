@@ -71,5 +71,6 @@ def make():
              "LIFCell")
     make_one("norse_lif_mlp", lifbox_mlp,
              "SequentialState(Linear(196,64), LIFBoxCell(), Linear(64,10), LIFBoxCell()); "
-             f"Linear with biases, default LIFBoxParameters, dt {DT}, input flattened (196,), T = {T}",
+             f"Linear with biases, default LIFBoxParameters, dt {DT}, "
+             f"input flattened (196,), T = {T}",
              "LIFBoxCell")

@@ -50,12 +50,14 @@ def make():
         tool="rockpool", version=rockpool.__version__,
         net=f"Sequential(LinearTorch((196,64)), LIFTorch(64), LinearTorch((64,10)), LIFTorch(10)); "
             f"tau_mem {TAU_MEM}, tau_syn {TAU_SYN} (not trained), dt {DT}, "
-            f"per-neuron threshold and bias trained (CE on spike counts / 200); input flattened (196,), T = {T}",
+            f"per-neuron threshold and bias trained (CE on spike counts / 200); "
+            f"input flattened (196,), T = {T}",
         exporter="rockpool.nn.modules.to_nir(net, torch.zeros(1, 196))",
         dt_user=DT,
         reset_training="subtract (LIFTorch always subtracts), spike_generation_fn StepPWL "
                        "(floor(v / threshold) spikes per step, Rockpool's default)",
-        readout="spike counts of the last LIFTorch over T steps; prediction = argmax (first on ties)",
+        readout="spike counts of the last LIFTorch over T steps; "
+                "prediction = argmax (first on ties)",
         tool_accuracy=accuracy(tool_pred, labels),
         tool_max_spikes_per_step=int(tool_out.max()),
         hidden_threshold_range=[float(th.min()), float(th.max())],

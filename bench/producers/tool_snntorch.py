@@ -65,8 +65,10 @@ def make_one(name, build, note, distill=False):
     graph = export_to_nir(net, torch.zeros(1, 1, 14, 14), ignore_dims=[0])
     meta = dict(
         tool="snntorch", version=snn.__version__, net=note,
-        exporter="snntorch.export_nir.export_to_nir(net, torch.zeros(1, 1, 14, 14), ignore_dims=[0])",
-        dt_user="none (snnTorch is discrete time; its exporter writes tau = 1e-4/(1-beta), r = tau/1e-4)",
+        exporter="snntorch.export_nir.export_to_nir(net, torch.zeros(1, 1, 14, 14), "
+                 "ignore_dims=[0])",
+        dt_user="none (snnTorch is discrete time; its exporter writes tau = 1e-4/(1-beta), "
+                "r = tau/1e-4)",
         reset_training="subtract (snnTorch default)",
         readout="spike counts of the last Leaky over T steps; prediction = argmax (first on ties)",
         tool_accuracy=accuracy(tool_pred, labels),

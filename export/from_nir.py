@@ -133,14 +133,19 @@ def tolerate(graph, prefix="") -> list:
             near = [graph.nodes[n] for n in (succs if inp else preds).get(name, [])]
             want = {(_in_shape(n) if inp else _out_shape(n)) for n in near
                     if not isinstance(n, nir.NIRGraph)} - {None}
-            if want and want != {shape[1:]}:
+            lead = 1  # Rockpool writes (1, 1, K): every leading 1 the neighbour lacks
+            while want and lead < len(shape) - 1 and shape[lead] == 1 and \
+                    want != {shape[lead:]}:
+                lead += 1
+            if want and want != {shape[lead:]}:
                 continue
             if not want and len(shape) not in (2, 4):
                 continue
-            new = np.array(shape[1:])
+            new = np.array(shape[lead:])
             graph.nodes[name] = nir.Input(input_type={"input": new}, metadata=node.metadata) \
                 if inp else nir.Output(output_type={"output": new}, metadata=node.metadata)
-            fixes.append(f"{where}: leading batch dim of 1 dropped from its type {shape}")
+            fixes.append(f"{where}: leading batch dim{'s' if lead > 1 else ''} of 1 dropped "
+                         f"from its type {shape}")
     if fixes:
         graph._update_input_output_types()
     return fixes

@@ -113,3 +113,19 @@ def accuracy(pred, labels):
 def predictions(counts):
     """argmax over the last axis of per-sample scores (first index on ties, as numpy)."""
     return np.asarray(counts).argmax(-1)
+
+
+def save_with_file_run(name, graph, meta, x, labels, tool_out, tool_pred, file_out, file_pred,
+                       run_eval=None, run=None, distill=False):
+    """save_fixture with the tool's run and its run under the file's semantics; with `distill`,
+    also the first 1000 training digits and the tool's output spikes on them (issue 21)."""
+    data = dict(x=x, labels=labels, tool_out=tool_out.astype(np.uint8), tool_pred=tool_pred,
+                file_out=file_out.astype(np.uint8), file_pred=file_pred)
+    if distill:
+        xd, yd = distill_inputs()
+        data.update(x_distill=xd, labels_distill=yd,
+                    tool_out_distill=run_eval(run, xd).astype(np.uint8))
+        meta["distill_set"] = ("x_distill: the first 1000 training digits (seen in training), "
+                               "rate coded with seed 777; tool_out_distill: the tool's output "
+                               "spikes (N, T, K) on them")
+    save_fixture(name, graph, data, meta)

@@ -8,7 +8,7 @@ import torch
 from sinabs.activation import MembraneReset, MembraneSubtract, MultiSpike, SingleSpike
 from torch import nn
 
-from common import T, accuracy, distill_inputs, predictions, save_fixture, test_inputs
+from common import T, accuracy, predictions, save_with_file_run, test_inputs
 from train_torch import run_eval, train_cached
 
 TAU_MEM = 10.0
@@ -90,16 +90,8 @@ def make_one(name, build, note, sample, distill=False):
                         "input scaled by 1 - exp(-1/tau_mem)), NIR's Euler step at dt = 1 by "
                         "1 - 1/tau",
     )
-    data = dict(x=x, labels=labels, tool_out=tool_out.astype(np.uint8), tool_pred=tool_pred,
-                file_out=file_out.astype(np.uint8), file_pred=file_pred)
-    if distill:
-        xd, yd = distill_inputs()
-        data.update(x_distill=xd, labels_distill=yd,
-                    tool_out_distill=run_eval(run, xd).astype(np.uint8))
-        meta["distill_set"] = ("x_distill: the first 1000 training digits (seen in training), "
-                               "rate coded with seed 777; tool_out_distill: the tool's output "
-                               "spikes (N, T, K) on them")
-    save_fixture(name, graph, data, meta)
+    save_with_file_run(name, graph, meta, x, labels, tool_out, tool_pred, file_out, file_pred,
+                       run_eval, run, distill)
 
 
 def make():

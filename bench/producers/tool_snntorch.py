@@ -7,7 +7,7 @@ from snntorch import utils as snn_utils
 import torch
 from torch import nn
 
-from common import T, accuracy, distill_inputs, predictions, save_fixture, test_inputs
+from common import T, accuracy, predictions, save_with_file_run, test_inputs
 from train_torch import run_eval, train_cached
 
 BETA = 0.9
@@ -82,16 +82,8 @@ def make_one(name, build, note, distill=False):
                         "are tensors of the layer's shape here; ignore_dims=[0] drops the "
                         "sample's batch dim (else the Conv2d type inference fails)",
     )
-    data = dict(x=x, labels=labels, tool_out=tool_out.astype(np.uint8), tool_pred=tool_pred,
-                file_out=file_out.astype(np.uint8), file_pred=file_pred)
-    if distill:
-        xd, yd = distill_inputs()
-        data.update(x_distill=xd, labels_distill=yd,
-                    tool_out_distill=run_eval(run, xd).astype(np.uint8))
-        meta["distill_set"] = ("x_distill: the first 1000 training digits (seen in training), "
-                               "rate coded with seed 777; tool_out_distill: the tool's output "
-                               "spikes (N, T, K) on them")
-    save_fixture(name, graph, data, meta)
+    save_with_file_run(name, graph, meta, x, labels, tool_out, tool_pred, file_out, file_pred,
+                       run_eval, run, distill)
 
 
 def make():

@@ -275,6 +275,10 @@ def path_weights(graph, source_shape, ops):
         if folded is not None:
             w, conv = folded
             return "conv", w * scale, conv, bias, shape
+    if synapse is not None and set(kinds) <= {"flatten", "scale", "synapse"}:
+        # Flatten (row-major, the (C, H, W) order of a dense source) and an Affine / Linear:
+        # the synapse's own matrix, with no probing
+        return "dense", _array(graph.nodes[synapse].weight) * scale, {}, bias, shape
     return "dense", probe_dense(graph, ops, source_shape, shape), {}, bias, shape
 
 
@@ -403,8 +407,11 @@ def probe_dense(graph, ops, in_shape, out_shape):
     zero = _run_path(graph, ops, torch.zeros(1, *in_shape, dtype=torch.float64))
     cols = []
     for start in range(0, n_in, 1024):
-        eye = torch.eye(n_in, dtype=torch.float64)[start:start + 1024].reshape(-1, *in_shape)
-        cols.append((_run_path(graph, ops, eye) - zero).reshape(len(eye), -1))
+        rows = torch.arange(start, min(start + 1024, n_in))
+        eye = torch.zeros(len(rows), n_in, dtype=torch.float64)
+        eye[torch.arange(len(rows)), rows] = 1.0  # rows start.. of the identity, not all of it
+        cols.append((_run_path(graph, ops, eye.reshape(-1, *in_shape)) - zero).reshape(
+            len(rows), -1))
     return torch.cat(cols).t().numpy()
 
 

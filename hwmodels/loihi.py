@@ -131,7 +131,7 @@ class Neurons:
     v_decay: int              # vDecay: voltage lost per step, out of 4096
     vth: int                  # vThMant; NEVER_SPIKES for a readout that only integrates
     bias: np.ndarray = None   # bias_mant per neuron (int64, shape), bias_exp 6: v += bias << 6
-    role: str = "neuron"      # 'neuron' | 'relay' (delay alignment) | 'readout'
+    role: str = "neuron"      # 'neuron' | 'relay' | 'bias' | 'readout' (docs/loihi_net.md)
     nodes: list = field(default_factory=list)  # NIR nodes it came from
 
     @property

@@ -77,6 +77,29 @@ def _missing_dirs(d: Path) -> list:
     return missing
 
 
+def _check_replaceable(path):
+    """Never replace a folder, a device, a pipe...: FileError unless path is absent or a file."""
+    if path.exists() and not path.is_file():
+        raise FileError(OSError(errno.EEXIST, "exists and is not a regular file"), path)
+
+
+def _new_temp(path) -> Path:
+    """An empty hidden temp '.<name>.<random>.tmp' next to path (the names remove_stale_temps
+    knows)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
+def _move_into_place(tmp, path):
+    """fsync tmp (on disk before the rename, so a crash cannot leave it empty), make it 0644
+    (mkstemp creates 0600) and rename it onto path."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
 def atomic_write(path, write_fn):
     """Call write_fn(tmp) on a hidden temp file next to path, fsync it and rename it onto path.
 
@@ -84,19 +107,14 @@ def atomic_write(path, write_fn):
     made for it are removed and the previous file at path is left as it was. OS errors are raised
     as FileError naming path; other exceptions (a failed check in write_fn, ...) pass unchanged."""
     path = Path(path)
-    if path.exists() and not path.is_file():  # never replace a folder, a device, a pipe...
-        raise FileError(OSError(errno.EEXIST, "exists and is not a regular file"), path)
+    _check_replaceable(path)
     made = _missing_dirs(path.parent)
     tmp, done = None, False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        write_fn(tmp)
-        with open(tmp, "rb") as f:  # on disk before the rename, so a crash cannot leave it empty
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
+        tmp = _new_temp(path)
+        write_fn(str(tmp))
+        _move_into_place(tmp, path)
         done = True
     except OSError as e:
         raise FileError(e, path) from None
@@ -189,14 +207,11 @@ class Staged:
         """The temp file standing for folder/name (created empty)."""
         if name not in self.temps:
             target = self.folder / name
-            if target.exists() and not target.is_file():
-                raise FileError(OSError(errno.EEXIST, "exists and is not a regular file"), target)
+            _check_replaceable(target)
             try:
-                fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{name}.", suffix=".tmp")
+                self.temps[name] = _new_temp(target)
             except OSError as e:
                 raise FileError(e, target) from None
-            os.close(fd)
-            self.temps[name] = Path(tmp)
         return self.temps[name]
 
     def write(self, name, write_fn) -> Path:
@@ -218,12 +233,8 @@ class Staged:
                 (self.folder / name).unlink()
         names = [n for n in order if n in self.temps] + [n for n in self.temps if n not in order]
         for name in names:
-            tmp = self.temps[name]
             try:
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, self.folder / name)
+                _move_into_place(self.temps[name], self.folder / name)
             except OSError as e:
                 raise FileError(e, self.folder / name) from None
             del self.temps[name]

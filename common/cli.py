@@ -157,3 +157,17 @@ def _read_only_fs(p) -> bool:
         return bool(os.statvfs(p).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+def load_npy(path, flag, error=UsageError):
+    """One array from the .npy file given by `flag` (not an .npz archive, no pickled objects);
+    `error` (a UsageError) with one line naming flag and file otherwise."""
+    import numpy as np
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise error(f"{flag} {path}: cannot read as .npy ({type(e).__name__})") from None
+    if not isinstance(a, np.ndarray):  # np.load gives an NpzFile for an .npz archive
+        a.close()
+        raise error(f"{flag} {path}: an .npz archive; expected one .npy array")
+    return a

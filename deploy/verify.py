@@ -41,7 +41,8 @@ import torch
 from tqdm import tqdm
 
 from common.cli import (CHECK_FAILED, INTERRUPTED, UsageError, check_writable_dir, device_arg,
-                        non_negative_int, positive_float, positive_int, run_guarded, unit_float)
+                        load_npy, non_negative_int, positive_float, positive_int, run_guarded,
+                        unit_float)
 from common.files import Staged, folder_lock, new_folder, remove_stale_temps
 from hwmodels.loihi import Emulator, NetxError
 from hwmodels.resources import LOIHI2_NEURONS_PER_CHIP, CoreLimits, map_groups
@@ -69,7 +70,7 @@ def pick_device(name):
 
 def load_npy_inputs(path, labels_path):
     """(N, T, ...) spikes from a .npy file, labels (N,) optional."""
-    x = _load_npy(path, "--inputs")
+    x = load_npy(path, "--inputs", VerifyError)
     if x.ndim < 3:
         raise VerifyError(f"--inputs {path}: expected spikes of shape (N, T, ...), got {x.shape}")
     if 0 in x.shape:
@@ -81,22 +82,10 @@ def load_npy_inputs(path, labels_path):
     return torch.from_numpy(x.astype(np.float32)), y
 
 
-def _load_npy(path, flag):
-    """One array from a .npy file (not an .npz archive, no pickled objects)."""
-    try:
-        a = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise VerifyError(f"{flag} {path}: cannot read as .npy ({type(e).__name__})") from None
-    if not isinstance(a, np.ndarray):  # np.load gives an NpzFile for an .npz archive
-        a.close()
-        raise VerifyError(f"{flag} {path}: an .npz archive; expected one .npy array")
-    return a
-
-
 def load_labels(path, n):
     """Labels (n,) as int64: integers (integral floats allowed), checked against n samples; the
     class range is checked once the graph's output size is known (check_labels)."""
-    y = _load_npy(path, "--labels")
+    y = load_npy(path, "--labels", VerifyError)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.shape != (n,):

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 import nir
-from common.cli import UsageError, check_writable_dir
+from common.cli import UsageError, check_writable_dir, load_npy
 from common.files import atomic_write, new_folder
 
 from .data import DataError, DatasetInfo
@@ -145,16 +145,9 @@ def graph_shapes(graph):
 
 # ---- data --------------------------------------------------------------------------------------
 
-def _load_npy(path, flag):
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise FromNIRError(f"{flag} {path}: cannot read as .npy ({type(e).__name__})") from None
-
-
 def load_data(args, in_shape, k):
     """(x (N, T, ...) float32 0/1, labels (N,) int64 or None, scores (N, K) float32 or None)."""
-    x = _load_npy(args.inputs, "--inputs")
+    x = load_npy(args.inputs, "--inputs", FromNIRError)
     if x.ndim < 3 or tuple(x.shape[2:]) != in_shape:
         raise FromNIRError(f"--inputs {args.inputs}: shape {x.shape}, the graph takes "
                            f"(N, T, {', '.join(map(str, in_shape))})")
@@ -163,14 +156,14 @@ def load_data(args, in_shape, k):
     n = len(x)
     y = scores = None
     if args.labels:
-        y = _load_npy(args.labels, "--labels")
+        y = load_npy(args.labels, "--labels", FromNIRError)
         if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer) or y.min() < 0 \
                 or y.max() >= k:
             raise FromNIRError(f"--labels {args.labels}: need {n} integer labels in [0, {k}), got "
                                f"shape {y.shape} {y.dtype}")
         y = torch.from_numpy(y.astype(np.int64))
     if args.teacher_scores:
-        s = _load_npy(args.teacher_scores, "--teacher-scores")
+        s = load_npy(args.teacher_scores, "--teacher-scores", FromNIRError)
         if s.ndim not in (2, 3) or s.shape[0] != n or s.shape[-1] != k \
                 or (s.ndim == 3 and s.shape[1] != x.shape[1]):
             raise FromNIRError(f"--teacher-scores {args.teacher_scores}: shape {s.shape}, need "

@@ -6,8 +6,8 @@ import norse.torch as nt
 import torch
 from torch import nn
 
-from common import T, accuracy, predictions, save_fixture, test_inputs
-from train_torch import run_eval, train_cached
+from common import T, accuracy, save_fixture
+from train_torch import train_and_test
 
 DT = 1e-3
 
@@ -39,11 +39,7 @@ def make_one(name, build, note, cell):
     torch.manual_seed(0)
     net = build()
     run = per_step(net)
-    train_cached(name, net, lambda x: run(x).sum(1), steps=300, lr=5e-3)
-    net.eval()
-    x, labels = test_inputs()
-    tool_out = run_eval(run, x)
-    tool_pred = predictions(tool_out.sum(1))
+    x, labels, tool_out, tool_pred = train_and_test(name, net, run, steps=300, lr=5e-3)
     graph = norse.torch.to_nir(net, torch.zeros(1, 196), dt=DT)
     tau_inv = float(net[1].p.tau_mem_inv)
     meta = dict(

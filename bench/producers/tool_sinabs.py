@@ -8,8 +8,8 @@ import torch
 from sinabs.activation import MembraneReset, MembraneSubtract, MultiSpike, SingleSpike
 from torch import nn
 
-from common import T, accuracy, predictions, save_with_file_run, test_inputs
-from train_torch import run_eval, train_cached
+from common import T, accuracy, predictions, save_with_file_run
+from train_torch import run_eval, train_and_test
 
 TAU_MEM = 10.0
 
@@ -55,11 +55,7 @@ def make_one(name, build, note, sample, distill=False):
     torch.manual_seed(0)
     net = build()
     run = per_step(net)
-    train_cached(name, net, lambda x: run(x).sum(1), steps=300)
-    net.eval()
-    x, labels = test_inputs()
-    tool_out = run_eval(run, x)
-    tool_pred = predictions(tool_out.sum(1))
+    x, labels, tool_out, tool_pred = train_and_test(name, net, run, steps=300)
     one = build(SingleSpike, MembraneReset())
     one.load_state_dict({k: v for k, v in net.named_parameters()}, strict=False)
     euler_decays(one)

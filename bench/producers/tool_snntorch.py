@@ -7,8 +7,8 @@ from snntorch import utils as snn_utils
 import torch
 from torch import nn
 
-from common import T, accuracy, predictions, save_with_file_run, test_inputs
-from train_torch import run_eval, train_cached
+from common import T, accuracy, predictions, save_with_file_run
+from train_torch import run_eval, train_and_test
 
 BETA = 0.9
 
@@ -53,11 +53,7 @@ def make_one(name, build, note, distill=False):
     torch.manual_seed(0)
     net = build("subtract")
     run = per_step(net)
-    train_cached(name, net, lambda x: run(x).sum(1), steps=300)
-    net.eval()
-    x, labels = test_inputs()
-    tool_out = run_eval(run, x)
-    tool_pred = predictions(tool_out.sum(1))
+    x, labels, tool_out, tool_pred = train_and_test(name, net, run, steps=300)
     zero = per_step(same_weights(build, net, "zero"))
     file_out = run_eval(zero, x)
     file_pred = predictions(file_out.sum(1))

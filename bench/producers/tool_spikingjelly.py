@@ -6,8 +6,8 @@ import spikingjelly
 import torch
 from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
-from common import T, accuracy, predictions, save_fixture, test_inputs
-from train_torch import run_eval, train_cached
+from common import T, accuracy, save_fixture
+from train_torch import train_and_test
 
 DT = 1e-4
 
@@ -34,11 +34,7 @@ def make():
     torch.manual_seed(0)
     net = cnn()
     run = per_step(net)
-    train_cached("spikingjelly_if_cnn", net, lambda x: run(x).sum(1), steps=300)
-    net.eval()
-    x, labels = test_inputs()
-    tool_out = run_eval(run, x)
-    tool_pred = predictions(tool_out.sum(1))
+    x, labels, tool_out, tool_pred = train_and_test("spikingjelly_if_cnn", net, run, steps=300)
     from spikingjelly.activation_based.nir_exchange import export_to_nir
     functional.reset_net(net)
     graph = export_to_nir(net, torch.zeros(T, 1, 1, 14, 14), dt=DT)

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import batches, digits
+from common import batches, digits, predictions, test_inputs
 
 
 def train(step_fn, params, steps=300, batch=64, lr=2e-3, seed=1, flat=False):
@@ -50,3 +50,13 @@ def train_cached(name, module, step_fn, **kw):
     train(step_fn, params, **kw)
     CACHE.mkdir(exist_ok=True)
     torch.save({k: v.detach() for k, v in torch.nn.Module.named_parameters(module)}, path)
+
+
+def train_and_test(name, net, run, **kw):
+    """train_cached on spike counts of run (spikes (B, T, ...) -> per-step outputs), then the
+    tool's own run on the held-out digits: (x, labels, tool_out (N, T, K), tool_pred)."""
+    train_cached(name, net, lambda x: run(x).sum(1), **kw)
+    net.eval()
+    x, labels = test_inputs()
+    tool_out = run_eval(run, x)
+    return x, labels, tool_out, predictions(tool_out.sum(1))

@@ -52,15 +52,15 @@ def resnet_student(widths, blocks, seed=0):
 
 def float_rate(model, x, threads, batch, repeats):
     """The float student over x (N, T, ...) in batches, as deploy.verify.run_batches runs it."""
-    def run():
+    def run(x):
         with torch.no_grad():
             for i in range(0, len(x), batch):
                 model(x[i:i + batch].float().transpose(0, 1))
-    with_threads(threads, lambda: run() if len(x) <= batch else None)
+    with_threads(threads, lambda: run(x[:batch]))  # warm-up: one batch
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        with_threads(threads, run)
+        with_threads(threads, lambda: run(x))
         best = min(best, time.perf_counter() - start)
     return len(x) / best
 

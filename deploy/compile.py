@@ -437,20 +437,23 @@ def _identity(in_shape, out_shape, scale):
 
 # ---- 4. integers -------------------------------------------------------------------------------
 
-def choose_step(weights, extras, name):
+def choose_step(weights, extras, name, weight_max=WEIGHT_MAX):
     """The step s minimising the squared rounding error of all incoming weights (clipped to
-    8 bits) plus that of the threshold and bias (`extras`). Candidates: max |W| / 127, a few
-    quantiles of |W| / 127 (rare outliers may then clip) and the finest power of two that keeps
-    max |W| / s within 127 (exact for weights on a binary grid, as many exporters write)."""
+    8 bits: [-128, 127]) plus that of the threshold and bias (`extras`). Candidates: max |W| /
+    127, a few quantiles of |W| / 127 (rare outliers may then clip) and the finest power of two
+    that keeps max |W| / s within 127 (exact for weights on a binary grid, as many exporters
+    write). `weight_max` (2^(b-1) - 1) applies the same rule to b-bit weights, for studies of
+    the quantisation (bench/producers_gap.py); Loihi's is 127."""
+    lo = -weight_max - 1
     flat = np.concatenate([np.abs(w).reshape(-1) for w in weights])
     peak = float(flat.max(initial=0))
-    candidates = [float(np.percentile(flat, q)) / WEIGHT_MAX for q in (100, 99.99, 99.9, 99.5)]
-    candidates.append(2.0 ** np.ceil(np.log2(peak / WEIGHT_MAX)) if peak else 0.0)
+    candidates = [float(np.percentile(flat, q)) / weight_max for q in (100, 99.99, 99.9, 99.5)]
+    candidates.append(2.0 ** np.ceil(np.log2(peak / weight_max)) if peak else 0.0)
     best = None
     for s in candidates:
         if s <= 0:
             continue
-        err = sum(float(((w - s * np.clip(np.rint(w / s), WEIGHT_MIN, WEIGHT_MAX)) ** 2).sum())
+        err = sum(float(((w - s * np.clip(np.rint(w / s), lo, weight_max)) ** 2).sum())
                   for w in weights)
         err += sum(float(((e - s * np.rint(e / s)) ** 2).sum()) for e in extras)
         if best is None or err < best[0] * (1 - 1e-9):

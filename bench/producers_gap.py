@@ -16,7 +16,8 @@ on alone:
 With all off it must give the float model's spike counts, with all on the emulator's (both
 checked on every sample; the run stops otherwise). Then the weights alone at b bits (the
 compiler's step rule, `choose_step(weight_max=2^(b-1) - 1)`), with one step per output channel,
-and with random noise of the rounding's size instead of rounding; and how far apart the two
+on the 8-bit step of least squared error from a fine scan, and with random noise of the
+rounding's size instead of rounding; and how far apart the two
 models' spike counts are where their predictions differ. Inputs: the fixture's held-out digits
 `x` and, when present, `x_distill`. Only graphs whose neurons take their input each step
 (iDecay 4096: LIF, IF) and whose net has no relay or bias-source groups.
@@ -159,6 +160,20 @@ def quantised(floats, bits, per_channel=False):
     return out
 
 
+def best_mse(floats, candidates=2000):
+    """{group: [weights]} on the 8-bit step of least squared weight error over a fine scan of
+    [0.5, 1.05] max |W| / 127 (the compiler tries 5 candidates; weights only, no extras)."""
+    out = {}
+    for name, f in floats.items():
+        peak = max(float(np.abs(w).max()) for w in f["w"])
+        scan = peak / WEIGHT_MAX * np.linspace(0.5, 1.05, candidates)
+        err = [sum(float(((w - s * np.clip(np.rint(w / s), -WEIGHT_MAX - 1, WEIGHT_MAX)) ** 2)
+                         .sum()) for w in f["w"]) for s in scan]
+        s = scan[int(np.argmin(err))]
+        out[name] = [s * np.clip(np.rint(w / s), -WEIGHT_MAX - 1, WEIGHT_MAX) for w in f["w"]]
+    return out
+
+
 def margins(ref, other):
     """Where argmaxes differ: how many spikes `ref` counts more for its own pick than for
     other's pick (0: a tie that argmax broke by class order)."""
@@ -193,6 +208,7 @@ def study(graph, dt, net, floats, x, labels=None):
     for bits in (8, 10):
         res["weight_bits_per_channel"][bits] = agreement(
             run(net, floats, x, quantised(floats, bits, per_channel=True)), fp)
+    res["weights_best_mse_step"] = agreement(run(net, floats, x, best_mse(floats)), fp)
     rng = np.random.default_rng(0)
     res["weights_noise_half_step"] = [
         agreement(run(net, floats, x, {n: [w + f["step"] * rng.uniform(-.5, .5, w.shape)

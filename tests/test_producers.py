@@ -33,9 +33,9 @@ SNNTORCH_CNN_GAP = (
     "float vs Loihi 0.875 on the 200 digits (0.886 on the 1000 x_distill digits), issue 20 asks "
     "0.95; measured cause (bench/producers_gap.py, results/producers_gap_snntorch_cnn.json): the "
     "8-bit weights, rounding them alone gives 0.870 (0.888), random noise of the same size "
-    "0.87-0.91, and the weights need 11 bits for 0.975 (0.966); the decay, threshold and bias "
-    "grids alone give 0.99, 0.97, 0.915 (0.973, 0.989, 0.919); 16 of the 25 disagreements are "
-    "ties of the float model's spike counts (8 more differ by one spike)")
+    "0.87-0.91, and the weights need 11 bits for 0.975 (0.966); the truncated decay, threshold "
+    "and bias grids alone give 0.99, 0.97, 0.915 (0.973, 0.989, 0.919); 16 of the 25 "
+    "disagreements are ties of the float model's spike counts (8 more differ by one spike)")
 
 
 def _norse_w_in(graph):

@@ -231,9 +231,15 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="JSON file for the results")
     args = p.parse_args(argv)
     folder = ROOT / args.fixture
+    if not (folder / "data.npz").is_file() or not (folder / "graph.nir").is_file():
+        p.error(f"{folder}: no data.npz and graph.nir (fixtures: "
+                f"{', '.join(sorted(d.name for d in ROOT.iterdir() if d.is_dir()))})")
     data = np.load(folder / "data.npz")
     graph = read_graph(folder / "graph.nir")
-    net, fit, floats = compile_with_floats(graph, args.dt, int(data["x"].shape[1]))
+    try:
+        net, fit, floats = compile_with_floats(graph, args.dt, int(data["x"].shape[1]))
+    except (ValueError, SystemExit) as e:  # CompileError, NIRError, an unsupported net
+        p.error(f"{folder / 'graph.nir'}: {e}")
     result = {"fixture": args.fixture, "dt": fit["dt"], "timesteps": int(data["x"].shape[1]),
               "groups": {r["group"]: {k: r[k] for k in ("step", "weight_rel_error", "vThMant",
                                                          "vDecay")} for r in fit["groups"]},

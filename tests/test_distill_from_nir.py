@@ -131,19 +131,103 @@ def test_subtract_reset_teacher_and_resume(tool, tmp_path, capsys):
     assert "--lr" in capsys.readouterr().err
 
 
-def test_per_step_teacher_scores_are_summed(tool, tmp_path):
-    """(N, T, K) scores give the teacher of their sum over T; heldout.npz keeps the held-out
-    spikes and the teacher's predictions (labels too, without --labels)."""
-    run = tmp_path / "run"
-    assert distill.main(distill_args(tool, run, "--teacher-scores", str(tool / "s_t.npy"),
-                                     "--epochs", "1")) == 0
+def test_per_step_scores_kd_sums_tser_steps_and_the_run_folder_moves(tool, tmp_path, capsys):
+    """(N, T, K) scores: kd trains on their sum over T (the same run as with the (N, K) sums),
+    tser on each step (another run; with (N, K) scores it says that every step gets the sum).
+    heldout.npz keeps the held-out spikes and the teacher's predictions (labels too, without
+    --labels); the checkpoint names it relative to the run folder, which can then be moved."""
+    from train.checkpoint import load_checkpoint
+    from train.data import test_batches
     from train.from_nir import split
+
+    def first_loss(name, scores, method):
+        run = tmp_path / name
+        assert distill.main(distill_args(tool, run, "--teacher-scores", str(tool / scores),
+                                         "--method", method, "--epochs", "1")) == 0
+        return json.loads((run / "train_metrics.json").read_text())["history"][0]["loss"]
+    assert first_loss("kd_t", "s_t.npy", "kd") == first_loss("kd", "s.npy", "kd")
+    capsys.readouterr()
+    tser_sum = first_loss("tser", "s.npy", "tser")
+    assert "every step's target is that score" in capsys.readouterr().out
+    assert first_loss("tser_t", "s_t.npy", "tser") != tser_sum
     x, s = np.load(tool / "x.npy"), np.load(tool / "s.npy")
     _, test = split(len(x), 0.3)
-    with np.load(run / "heldout.npz") as f:
+    with np.load(tmp_path / "kd_t" / "heldout.npz") as f:
         assert np.array_equal(f["inputs"], x[test])
         assert np.array_equal(f["teacher_predictions"], s[test].argmax(1))
         assert np.array_equal(f["labels"], f["teacher_predictions"]) and f["labels_are_teacher"]
+    raw = torch.load(tmp_path / "kd_t" / "student.pt", weights_only=False)
+    assert raw["encoding"]["file"] == "heldout.npz"
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    (tmp_path / "kd_t").rename(moved)
+    ckpt = load_checkpoint(moved / "student.pt", "student")
+    assert ckpt["encoding"]["file"] == str(moved.absolute() / "heldout.npz")
+    n, _, batches = test_batches("npy", ckpt["encoding"], samples=None, batch_size=1000)
+    assert n == len(test)
+    assert np.array_equal(next(iter(batches))[0].transpose(0, 1).numpy(), x[test])
+
+
+def test_tser_per_step_targets_by_hand():
+    """tser with a per-step teacher: each step of the student meets the same step of the teacher,
+    both in units of T * the step's part of the score; by hand on T = 2, one sample, 2 classes."""
+    from train.from_nir import teacher_output
+    from train.losses import TSER
+    from train.models import StudentOutput
+    parts = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])        # teacher (N=1, T=2, K=2): spikes
+    z = torch.tensor([[[0.5, -0.5]], [[2.0, 1.0]]])           # student T * z_t, (T=2, B=1, K=2)
+    y = torch.tensor([1])
+    t_out = teacher_output(parts.sum(1), parts, torch.tensor([0]))
+    assert torch.equal(t_out.logits_t, torch.tensor([[[2.0, 0.0]], [[0.0, 2.0]]]))
+    loss, _ = TSER(alpha=1.0, gamma=0.1, tau=4.0)(StudentOutput(logits_t=z), y, t_out)
+
+    def softmax(v):
+        e = np.exp(np.asarray(v, dtype=float) - max(v))
+        return e / e.sum()
+    want = 0.0
+    for p_t, z_t in (([2.0, 0.0], [0.5, -0.5]), ([0.0, 2.0], [2.0, 1.0])):
+        ce = -np.log(softmax(z_t)[1])
+        p, q = softmax(np.array(p_t) / 4), softmax(np.array(z_t) / 4)
+        kl = 16 * float((p * np.log(p / q)).sum())
+        ent = -float((q * np.log(q)).sum())
+        want += (ce + kl - 0.1 * ent) / 2
+    assert float(loss) == pytest.approx(want, rel=1e-6)
+    summed, _ = TSER(alpha=1.0, gamma=0.1, tau=4.0)(
+        StudentOutput(logits_t=z), y, teacher_output(parts.sum(1), None, torch.tensor([0])))
+    assert float(summed) != pytest.approx(want, rel=1e-3)  # the sum (1, 1) at both steps
+
+
+def test_subtract_reset_teacher_gives_per_step_parts(tool):
+    """graph_outputs: the subtract-reset model's per-step parts sum to its scores (spikes), and a
+    state readout's parts are the state's changes (their sum is the final state)."""
+    from train.from_nir import graph_outputs, load_graph
+    _, _, _, floating = load_graph(tool / "g.nir")
+    x = torch.from_numpy(np.load(tool / "x.npy").astype(np.float32))[:50]
+    scores, parts = graph_outputs(floating, x, "subtract")
+    assert parts.shape == (50, STEPS, 10) and torch.equal(parts.sum(1), scores)
+    assert set(parts.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_tolerant_reader_and_wrong_steps(tool, tmp_path, capsys):
+    """--from-nir reads a graph as export.from_nir.read_graph does (here: an Input type with a
+    leading batch dim of 1, as norse and Rockpool write it), and so does the checkpoint's copy;
+    (N, T', K) scores with T' != the inputs' T: one line naming both."""
+    from train.from_nir import load_graph, student_from_bytes
+    g = nir.read(str(tool / "g.nir"))
+    g.nodes["input"] = nir.Input(np.array([1, 64]))
+    nir.write(str(tmp_path / "batched.nir"), g)
+    with pytest.raises(Exception):
+        nir.read(str(tmp_path / "batched.nir"))
+    data, graph, student, _ = load_graph(tmp_path / "batched.nir")
+    assert "batch" in capsys.readouterr().out
+    assert tuple(graph.nodes["input"].output_type["output"]) == (64,)
+    assert type(student_from_bytes(data)) is type(student)
+    np.save(tmp_path / "s_short.npy", np.load(tool / "s_t.npy")[:, :STEPS - 1])
+    code = main_code(distill_args(tool, tmp_path / "run", "--teacher-scores",
+                                  str(tmp_path / "s_short.npy"), "--method", "tser"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and f"{STEPS - 1} steps" in err[-1] and f"T = {STEPS}" in err[-1], err
+    assert not (tmp_path / "run").exists()
 
 
 def test_nir_subtract_reset_by_hand_and_against_snntorch(tool):

@@ -280,3 +280,49 @@ def test_bad_input_is_one_line_exit_2(tool, tmp_path, capsys, extra, needles):
 def test_inputs_without_from_nir(tmp_path, capsys):
     assert distill.main(["--inputs", "x.npy", "--run", str(tmp_path / "run")]) == 2
     assert "--inputs needs --from-nir" in capsys.readouterr().err
+
+
+def test_bench_from_nir_fixtures(tool, tmp_path):
+    """bench.from_nir_fixtures on a small fixture made from the tool (per-step outputs, labels)
+    and on random spikes with the subtract-reset teacher: the summary's rows are the exported
+    graphs on the emulator (= the float student, bit-exact), the paired differences by seed."""
+    import shutil
+    from bench.from_nir_fixtures import main as bench_main
+    from train.checkpoint import load_model
+    from train.from_nir import student_scores
+    fixture = tmp_path / "fixture"
+    fixture.mkdir()
+    shutil.copy(tool / "g.nir", fixture / "graph.nir")
+    x, y, s_t = np.load(tool / "x.npy"), np.load(tool / "y.npy"), np.load(tool / "s_t.npy")
+    held = slice(1700, 1760)
+    tool_pred = s_t[held].sum(1).argmax(1)
+    np.savez(fixture / "data.npz", x_distill=x[:300], labels_distill=y[:300],
+             tool_out_distill=s_t[:300], x=x[held], labels=y[held], tool_pred=tool_pred)
+    (fixture / "meta.json").write_text(json.dumps({"tool": "snntorch", "tool_accuracy": 0.5}))
+    out = tmp_path / "out"
+    argv = [str(out), "--fixture", str(fixture), "--methods", "kd,none", "--seeds", "0,1",
+            "--epochs", "1", "--export-samples", "4"]
+    assert bench_main(argv) == 0
+    rep = json.loads((out / "summary.json").read_text())
+    assert rep["tool"]["accuracy"] == pytest.approx((tool_pred == y[held]).mean())
+    assert rep["heldout"] == 60 and rep["steps"] == STEPS
+    model, _ = load_model(out / "runs" / "kd_1" / "student.pt", "student")
+    float_pred = student_scores(model, torch.from_numpy(x[held].astype(np.float32)),
+                                "cpu").argmax(1).numpy()
+    kd, none = rep["per_method"]["kd"], rep["per_method"]["none"]
+    assert kd["agreement"]["per_seed"][1] == pytest.approx((float_pred == tool_pred).mean())
+    assert kd["accuracy"]["per_seed"][1] == pytest.approx((float_pred == y[held]).mean())
+    d = rep["paired"]["kd - none"]["agreement"]
+    assert d["n"] == 2 and d["diffs"] == pytest.approx(
+        np.subtract(kd["agreement"]["per_seed"], none["agreement"]["per_seed"]).tolist())
+    assert "| `--method kd` |" in (out / "summary.md").read_text()
+    assert bench_main(argv) == 0  # every run reused from its eval.json
+    assert json.loads((out / "summary.json").read_text())["per_method"]["kd"] == kd
+    out = tmp_path / "random"
+    assert bench_main([str(out), "--graph", str(tool / "g.nir"), "--random-spikes", "--steps",
+                       "8", "--distill-samples", "100", "--heldout-samples", "30", "--methods",
+                       "tser", "--seeds", "0", "--epochs", "1", "--export-samples", "4"]) == 0
+    rep = json.loads((out / "summary.json").read_text())
+    assert rep["tool"]["accuracy"] is None and rep["as_is"]["accuracy"] is None
+    assert 0 <= rep["per_method"]["tser"]["agreement"]["mean"] <= 1
+    assert np.load(out / "data" / "x_distill.npy").shape == (100, 8, 64)

@@ -306,6 +306,7 @@ def test_bench_from_nir_fixtures(tool, tmp_path):
     rep = json.loads((out / "summary.json").read_text())
     assert rep["tool"]["accuracy"] == pytest.approx((tool_pred == y[held]).mean())
     assert rep["heldout"] == 60 and rep["steps"] == STEPS
+    assert rep["tool"]["predicted_classes"] == np.bincount(tool_pred, minlength=10).tolist()
     model, _ = load_model(out / "runs" / "kd_1" / "student.pt", "student")
     float_pred = student_scores(model, torch.from_numpy(x[held].astype(np.float32)),
                                 "cpu").argmax(1).numpy()

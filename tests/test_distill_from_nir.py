@@ -206,6 +206,23 @@ def test_subtract_reset_teacher_gives_per_step_parts(tool):
     scores, parts = graph_outputs(floating, x, "subtract")
     assert parts.shape == (50, STEPS, 10) and torch.equal(parts.sum(1), scores)
     assert set(parts.unique().tolist()) <= {0.0, 1.0}
+    from export.from_nir import NIRFloatModel
+    w = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32) * 2
+    g = nir.NIRGraph(nodes={
+        "input": nir.Input(np.array([3])), "fc": nir.Linear(w),
+        "lif": nir.LIF(tau=np.full(4, 2e-4), r=np.full(4, 2.0), v_leak=np.zeros(4),
+                       v_threshold=np.ones(4), v_reset=np.zeros(4)),
+        "fc2": nir.Linear(np.random.default_rng(1).normal(size=(2, 4)).astype(np.float32)),
+        "i": nir.I(r=np.full(2, 1e4)),
+        "output": nir.Output(np.array([2]))},
+        edges=[("input", "fc"), ("fc", "lif"), ("lif", "fc2"), ("fc2", "i"), ("i", "output")],
+        metadata={"dt": 1e-4})
+    floating = NIRFloatModel(g, 1e-4).eval()
+    x = (torch.rand(5, 6, 3, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    scores, parts = graph_outputs(floating, x, "subtract")
+    state = run_graph(g, x.transpose(0, 1), 1e-4, reset="subtract")["output"].transpose(0, 1)
+    assert floating.readout == "state" and state.abs().sum() > 0
+    assert torch.allclose(parts.cumsum(1), state) and torch.allclose(scores, state[:, -1])
 
 
 def test_tolerant_reader_and_wrong_steps(tool, tmp_path, capsys):

@@ -166,6 +166,9 @@ def test_per_step_scores_kd_sums_tser_steps_and_the_run_folder_moves(tool, tmp_p
     n, _, batches = test_batches("npy", ckpt["encoding"], samples=None, batch_size=1000)
     assert n == len(test)
     assert np.array_equal(next(iter(batches))[0].transpose(0, 1).numpy(), x[test])
+    from export.to_nir import main as export_main
+    export_main(["--run", str(moved), "--samples", "4"])  # reads the moved held-out samples
+    assert (moved / "student.nir").is_file()
 
 
 def test_tser_per_step_targets_by_hand():

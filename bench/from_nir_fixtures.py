@@ -24,11 +24,12 @@ The tool's predictions per class are reported too: random inputs can drive a net
 samples; at rate 0.05 all 7 classes), and then agreement says little.
 Target (issue 21): accuracy within 1 point of the tool's and >= 97 % agreement with it.
 Writes OUT/summary.json and OUT/summary.md (atomic) and prints the table. A run whose
-OUT/runs/<method>_<seed>/eval.json holds the same command is reused (an interrupted bench
-resumes; train.distill --resume continues a half-trained run).
+OUT/runs/<method>_<seed>/eval.json holds the same command and data digest is reused, so an
+interrupted bench resumes (train.distill --resume continues a half-trained run).
 """
 import argparse
 import contextlib
+import hashlib
 import json
 import statistics
 import sys
@@ -109,8 +110,9 @@ def prepare(args, data):
                  str(data / "labels_distill.npy"), "--teacher-scores",
                  str(data / "tool_out_distill.npy")]
         labels, tool_pred = d["labels"], d["tool_pred"]
-        return {"classes": int(d["tool_out_distill"].shape[-1]),"graph": fixture / "graph.nir", "flags": flags, "x": d["x"], "labels": labels,
-                "tool_pred": tool_pred, "tool_accuracy": float((tool_pred == labels).mean()),
+        return {"graph": fixture / "graph.nir", "flags": flags, "x": d["x"], "labels": labels,
+                "classes": int(d["tool_out_distill"].shape[-1]), "tool_pred": tool_pred,
+                "tool_accuracy": float((tool_pred == labels).mean()),
                 "source": f"fixture {fixture.name} ({meta.get('tool')} {meta.get('version')}): "
                           f"{len(d['x_distill'])} distillation digits with the tool's per-step "
                           f"outputs, {len(labels)} held out", "meta_tool_accuracy":
@@ -160,6 +162,18 @@ def _exit_code(fn, argv):
         return e.code if isinstance(e.code, int) else 1
 
 
+def data_key(setting):
+    """Digest of what a run's row depends on besides its command: the graph, the files given to
+    train.distill, the held-out inputs and the tool's predictions."""
+    h = hashlib.sha256(Path(setting["graph"]).read_bytes())
+    for flag, value in zip(setting["flags"], setting["flags"][1:]):
+        if flag in ("--inputs", "--labels", "--teacher-scores"):
+            h.update(Path(value).read_bytes())
+    h.update(np.ascontiguousarray(setting["x"]).tobytes())
+    h.update(np.ascontiguousarray(setting["tool_pred"]).tobytes())
+    return h.hexdigest()[:16]
+
+
 def distil(args, setting, method, seed, out):
     """One seed of one method: train.distill --from-nir, export.to_nir, the exported graph on the
     emulator; returns its row (reused from eval.json when the command is the same)."""
@@ -170,10 +184,11 @@ def distil(args, setting, method, seed, out):
             "--epochs", str(args.epochs), "--lr", args.lr, "--batch-size", args.batch_size,
             "--holdout", str(args.holdout), "--seed", str(seed), "--device", args.device,
             "--run", str(run), "--resume", "--quiet"]
+    key = data_key(setting)
     done = run / "eval.json"
     if done.is_file():
         row = json.loads(done.read_text())
-        if row.get("argv") == argv:
+        if row.get("argv") == argv and row.get("data") == key:
             return row
     log = out / "logs" / f"{method}_{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -192,14 +207,15 @@ def distil(args, setting, method, seed, out):
     row = {"method": method, "seed": seed, **rates(pred, setting),
            "distill_split_agreement": metrics["student_agreement"],
            "train_time_s": metrics["train_time_s"], "epochs": len(metrics["history"]),
-           "time_s": time.time() - t0, "export_time_s": time.time() - t1, "argv": argv}
+           "time_s": time.time() - t0, "export_and_emulate_s": time.time() - t1, "argv": argv,
+           "data": key}
     atomic_write(done, lambda tmp: Path(tmp).write_text(json.dumps(row, indent=2)))
     return row
 
 
 def summarize(args, setting, as_is, rows):
     from train.ablate import paired
-    counts = np.bincount(setting["tool_pred"], minlength=setting["classes"])  # a constant guess agrees on counts.max() / N
+    counts = np.bincount(setting["tool_pred"], minlength=setting["classes"])
     report = {"source": setting["source"], "graph": str(setting["graph"]),
               "heldout": len(setting["x"]), "steps": int(setting["x"].shape[1]),
               "seeds": args.seeds, "epochs": args.epochs, "lr": args.lr,

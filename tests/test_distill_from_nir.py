@@ -131,19 +131,123 @@ def test_subtract_reset_teacher_and_resume(tool, tmp_path, capsys):
     assert "--lr" in capsys.readouterr().err
 
 
-def test_per_step_teacher_scores_are_summed(tool, tmp_path):
-    """(N, T, K) scores give the teacher of their sum over T; heldout.npz keeps the held-out
-    spikes and the teacher's predictions (labels too, without --labels)."""
-    run = tmp_path / "run"
-    assert distill.main(distill_args(tool, run, "--teacher-scores", str(tool / "s_t.npy"),
-                                     "--epochs", "1")) == 0
+def test_per_step_scores_kd_sums_tser_steps_and_the_run_folder_moves(tool, tmp_path, capsys):
+    """(N, T, K) scores: kd trains on their sum over T (the same run as with the (N, K) sums),
+    tser on each step (another run; with (N, K) scores it says that every step gets the sum).
+    heldout.npz keeps the held-out spikes and the teacher's predictions (labels too, without
+    --labels); the checkpoint names it relative to the run folder, which can then be moved."""
+    from train.checkpoint import load_checkpoint
+    from train.data import test_batches
     from train.from_nir import split
+
+    def first_loss(name, scores, method):
+        run = tmp_path / name
+        assert distill.main(distill_args(tool, run, "--teacher-scores", str(tool / scores),
+                                         "--method", method, "--epochs", "1")) == 0
+        return json.loads((run / "train_metrics.json").read_text())["history"][0]["loss"]
+    assert first_loss("kd_t", "s_t.npy", "kd") == first_loss("kd", "s.npy", "kd")
+    capsys.readouterr()
+    tser_sum = first_loss("tser", "s.npy", "tser")
+    assert "every step's target is that score" in capsys.readouterr().out
+    assert first_loss("tser_t", "s_t.npy", "tser") != tser_sum
     x, s = np.load(tool / "x.npy"), np.load(tool / "s.npy")
     _, test = split(len(x), 0.3)
-    with np.load(run / "heldout.npz") as f:
+    with np.load(tmp_path / "kd_t" / "heldout.npz") as f:
         assert np.array_equal(f["inputs"], x[test])
         assert np.array_equal(f["teacher_predictions"], s[test].argmax(1))
         assert np.array_equal(f["labels"], f["teacher_predictions"]) and f["labels_are_teacher"]
+    raw = torch.load(tmp_path / "kd_t" / "student.pt", weights_only=False)
+    assert raw["encoding"]["file"] == "heldout.npz"
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    (tmp_path / "kd_t").rename(moved)
+    ckpt = load_checkpoint(moved / "student.pt", "student")
+    assert ckpt["encoding"]["file"] == str(moved.absolute() / "heldout.npz")
+    n, _, batches = test_batches("npy", ckpt["encoding"], samples=None, batch_size=1000)
+    assert n == len(test)
+    assert np.array_equal(next(iter(batches))[0].transpose(0, 1).numpy(), x[test])
+    from export.to_nir import main as export_main
+    export_main(["--run", str(moved), "--samples", "4"])  # reads the moved held-out samples
+    assert (moved / "student.nir").is_file()
+
+
+def test_tser_per_step_targets_by_hand():
+    """tser with a per-step teacher: each step of the student meets the same step of the teacher,
+    both in units of T * the step's part of the score; by hand on T = 2, one sample, 2 classes."""
+    from train.from_nir import teacher_output
+    from train.losses import TSER
+    from train.models import StudentOutput
+    parts = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])        # teacher (N=1, T=2, K=2): spikes
+    z = torch.tensor([[[0.5, -0.5]], [[2.0, 1.0]]])           # student T * z_t, (T=2, B=1, K=2)
+    y = torch.tensor([1])
+    t_out = teacher_output(parts.sum(1), parts, torch.tensor([0]))
+    assert torch.equal(t_out.logits_t, torch.tensor([[[2.0, 0.0]], [[0.0, 2.0]]]))
+    loss, _ = TSER(alpha=1.0, gamma=0.1, tau=4.0)(StudentOutput(logits_t=z), y, t_out)
+
+    def softmax(v):
+        e = np.exp(np.asarray(v, dtype=float) - max(v))
+        return e / e.sum()
+    want = 0.0
+    for p_t, z_t in (([2.0, 0.0], [0.5, -0.5]), ([0.0, 2.0], [2.0, 1.0])):
+        ce = -np.log(softmax(z_t)[1])
+        p, q = softmax(np.array(p_t) / 4), softmax(np.array(z_t) / 4)
+        kl = 16 * float((p * np.log(p / q)).sum())
+        ent = -float((q * np.log(q)).sum())
+        want += (ce + kl - 0.1 * ent) / 2
+    assert float(loss) == pytest.approx(want, rel=1e-6)
+    summed, _ = TSER(alpha=1.0, gamma=0.1, tau=4.0)(
+        StudentOutput(logits_t=z), y, teacher_output(parts.sum(1), None, torch.tensor([0])))
+    assert float(summed) != pytest.approx(want, rel=1e-3)  # the sum (1, 1) at both steps
+
+
+def test_subtract_reset_teacher_gives_per_step_parts(tool):
+    """graph_outputs: the subtract-reset model's per-step parts sum to its scores (spikes), and a
+    state readout's parts are the state's changes (their sum is the final state)."""
+    from train.from_nir import graph_outputs, load_graph
+    _, _, _, floating = load_graph(tool / "g.nir")
+    x = torch.from_numpy(np.load(tool / "x.npy").astype(np.float32))[:50]
+    scores, parts = graph_outputs(floating, x, "subtract")
+    assert parts.shape == (50, STEPS, 10) and torch.equal(parts.sum(1), scores)
+    assert set(parts.unique().tolist()) <= {0.0, 1.0}
+    from export.from_nir import NIRFloatModel
+    w = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32) * 2
+    g = nir.NIRGraph(nodes={
+        "input": nir.Input(np.array([3])), "fc": nir.Linear(w),
+        "lif": nir.LIF(tau=np.full(4, 2e-4), r=np.full(4, 2.0), v_leak=np.zeros(4),
+                       v_threshold=np.ones(4), v_reset=np.zeros(4)),
+        "fc2": nir.Linear(np.random.default_rng(1).normal(size=(2, 4)).astype(np.float32)),
+        "i": nir.I(r=np.full(2, 1e4)),
+        "output": nir.Output(np.array([2]))},
+        edges=[("input", "fc"), ("fc", "lif"), ("lif", "fc2"), ("fc2", "i"), ("i", "output")],
+        metadata={"dt": 1e-4})
+    floating = NIRFloatModel(g, 1e-4).eval()
+    x = (torch.rand(5, 6, 3, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    scores, parts = graph_outputs(floating, x, "subtract")
+    state = run_graph(g, x.transpose(0, 1), 1e-4, reset="subtract")["output"].transpose(0, 1)
+    assert floating.readout == "state" and state.abs().sum() > 0
+    assert torch.allclose(parts.cumsum(1), state) and torch.allclose(scores, state[:, -1])
+
+
+def test_tolerant_reader_and_wrong_steps(tool, tmp_path, capsys):
+    """--from-nir reads a graph as export.from_nir.read_graph does (here: an Input type with a
+    leading batch dim of 1, as norse and Rockpool write it), and so does the checkpoint's copy;
+    (N, T', K) scores with T' != the inputs' T: one line naming both."""
+    from train.from_nir import load_graph, student_from_bytes
+    g = nir.read(str(tool / "g.nir"))
+    g.nodes["input"] = nir.Input(np.array([1, 64]))
+    nir.write(str(tmp_path / "batched.nir"), g)
+    with pytest.raises(Exception):
+        nir.read(str(tmp_path / "batched.nir"))
+    data, graph, student, _ = load_graph(tmp_path / "batched.nir")
+    assert "batch" in capsys.readouterr().out
+    assert tuple(graph.nodes["input"].output_type["output"]) == (64,)
+    assert type(student_from_bytes(data)) is type(student)
+    np.save(tmp_path / "s_short.npy", np.load(tool / "s_t.npy")[:, :STEPS - 1])
+    code = main_code(distill_args(tool, tmp_path / "run", "--teacher-scores",
+                                  str(tmp_path / "s_short.npy"), "--method", "tser"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and f"{STEPS - 1} steps" in err[-1] and f"T = {STEPS}" in err[-1], err
+    assert not (tmp_path / "run").exists()
 
 
 def test_nir_subtract_reset_by_hand_and_against_snntorch(tool):
@@ -196,3 +300,50 @@ def test_bad_input_is_one_line_exit_2(tool, tmp_path, capsys, extra, needles):
 def test_inputs_without_from_nir(tmp_path, capsys):
     assert distill.main(["--inputs", "x.npy", "--run", str(tmp_path / "run")]) == 2
     assert "--inputs needs --from-nir" in capsys.readouterr().err
+
+
+def test_bench_from_nir_fixtures(tool, tmp_path):
+    """bench.from_nir_fixtures on a small fixture made from the tool (per-step outputs, labels)
+    and on random spikes with the subtract-reset teacher: the summary's rows are the exported
+    graphs on the emulator (= the float student, bit-exact), the paired differences by seed."""
+    import shutil
+    from bench.from_nir_fixtures import main as bench_main
+    from train.checkpoint import load_model
+    from train.from_nir import student_scores
+    fixture = tmp_path / "fixture"
+    fixture.mkdir()
+    shutil.copy(tool / "g.nir", fixture / "graph.nir")
+    x, y, s_t = np.load(tool / "x.npy"), np.load(tool / "y.npy"), np.load(tool / "s_t.npy")
+    held = slice(1700, 1760)
+    tool_pred = s_t[held].sum(1).argmax(1)
+    np.savez(fixture / "data.npz", x_distill=x[:300], labels_distill=y[:300],
+             tool_out_distill=s_t[:300], x=x[held], labels=y[held], tool_pred=tool_pred)
+    (fixture / "meta.json").write_text(json.dumps({"tool": "snntorch", "tool_accuracy": 0.5}))
+    out = tmp_path / "out"
+    argv = [str(out), "--fixture", str(fixture), "--methods", "kd,none", "--seeds", "0,1",
+            "--epochs", "1", "--export-samples", "4"]
+    assert bench_main(argv) == 0
+    rep = json.loads((out / "summary.json").read_text())
+    assert rep["tool"]["accuracy"] == pytest.approx((tool_pred == y[held]).mean())
+    assert rep["heldout"] == 60 and rep["steps"] == STEPS
+    assert rep["tool"]["predicted_classes"] == np.bincount(tool_pred, minlength=10).tolist()
+    model, _ = load_model(out / "runs" / "kd_1" / "student.pt", "student")
+    float_pred = student_scores(model, torch.from_numpy(x[held].astype(np.float32)),
+                                "cpu").argmax(1).numpy()
+    kd, none = rep["per_method"]["kd"], rep["per_method"]["none"]
+    assert kd["agreement"]["per_seed"][1] == pytest.approx((float_pred == tool_pred).mean())
+    assert kd["accuracy"]["per_seed"][1] == pytest.approx((float_pred == y[held]).mean())
+    d = rep["paired"]["kd - none"]["agreement"]
+    assert d["n"] == 2 and d["diffs"] == pytest.approx(
+        np.subtract(kd["agreement"]["per_seed"], none["agreement"]["per_seed"]).tolist())
+    assert "| `--method kd` |" in (out / "summary.md").read_text()
+    assert bench_main(argv) == 0  # every run reused from its eval.json
+    assert json.loads((out / "summary.json").read_text())["per_method"]["kd"] == kd
+    out = tmp_path / "random"
+    assert bench_main([str(out), "--graph", str(tool / "g.nir"), "--random-spikes", "--steps",
+                       "8", "--distill-samples", "100", "--heldout-samples", "30", "--methods",
+                       "tser", "--seeds", "0", "--epochs", "1", "--export-samples", "4"]) == 0
+    rep = json.loads((out / "summary.json").read_text())
+    assert rep["tool"]["accuracy"] is None and rep["as_is"]["accuracy"] is None
+    assert 0 <= rep["per_method"]["tser"]["agreement"]["mean"] <= 1
+    assert np.load(out / "data" / "x_distill.npy").shape == (100, 8, 64)

@@ -7,6 +7,8 @@ A checkpoint is a dict saved with torch.save:
     state_dict, dataset, encoding {'kind', 'timesteps', 'seed'}, epoch, epochs, complete,
     optimizer, scheduler, history, args, settings {flag: value} (what --resume must match)
 Writes go through common.files.atomic_write: a failed write keeps the previous checkpoint.
+Encoding 'spikes' (train.from_nir) names its held-out file relative to the checkpoint's folder;
+load_checkpoint makes it absolute, so a moved run folder still works.
 """
 import json
 from pathlib import Path
@@ -106,6 +108,11 @@ def load_checkpoint(path, kind=None) -> dict:
     for key in ("arch", "state_dict"):
         if key not in ckpt:
             raise CheckpointError(f"{path}: missing field {key!r}")
+    encoding = ckpt.get("encoding")
+    if isinstance(encoding, dict) and encoding.get("kind") == "spikes" \
+            and not Path(encoding.get("file", "")).is_absolute():
+        # train.from_nir names its held-out samples relative to the run folder (movable)
+        ckpt["encoding"] = {**encoding, "file": str(path.parent.absolute() / encoding["file"])}
     return ckpt
 
 

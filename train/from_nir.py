@@ -6,19 +6,22 @@ from your own network').
 
 Student: export.from_nir.student_from_nir(G), G's weights as the start (Loihi's neuron: reset to
 zero, weights and thresholds on the 8-bit grids). Teacher: scores that the user's tool wrote,
-(N, K) or (N, T, K) (summed over T), or G run by NIR's float equations with reset by subtraction
+(N, K) or (N, T, K) per step, or G run by NIR's float equations with reset by subtraction
 (export.interpreter.run_graph(reset="subtract")), snnTorch's and sinabs' default. Both give one
 score per class and sample; a score is the spike count of a spiking readout or the final state of
 a non-spiking one, and the student's score is the same sum over its T steps (logits_t.sum(0)), so
-the losses compare like with like. Labels: --labels, else the teacher's predictions.
+the losses compare like with like. Per-step teachers (an (N, T, K) file, or the subtract-reset
+model) also give each step's part of the score; `tser` compares step with step, `kd` the sums.
+Labels: --labels, else the teacher's predictions.
 
 A seeded split (seed 0, whatever --seed) holds out --holdout of the samples; agreement with the
 teacher and accuracy are measured there. RUN/heldout.npz keeps the held-out spikes and labels so
-that export.to_nir, deploy.verify and hwmodels.energy read them as a dataset (encoding 'spikes').
+that export.to_nir, deploy.verify and hwmodels.energy read them as a dataset (encoding 'spikes',
+its file named relative to the run folder: train.checkpoint.load_checkpoint resolves it).
 """
 import hashlib
-import io
 import json
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -53,7 +56,8 @@ def add_args(p):
     g.add_argument("--inputs", metavar="X.npy", help="--from-nir: input spikes (N, T, ...), 0/1")
     g.add_argument("--labels", metavar="y.npy", help="--from-nir: labels (N,); optional")
     g.add_argument("--teacher-scores", metavar="S.npy",
-                   help="--from-nir: the tool's own scores (N, K), or (N, T, K) summed over T")
+                   help="--from-nir: the tool's own scores (N, K), or (N, T, K) per step (kd: "
+                        "summed over T; tser: step by step)")
     g.add_argument("--teacher-reset", choices=("subtract",), default=None,
                    help="--from-nir: the teacher is G's float model with reset by subtraction")
     g.add_argument("--holdout", type=_fraction, default=0.2, metavar="F",
@@ -94,7 +98,14 @@ def check_args(args):
 # ---- the graph ---------------------------------------------------------------------------------
 
 def read_graph_bytes(data: bytes) -> nir.NIRGraph:
-    return nir.read(io.BytesIO(data))
+    """The graph of a checkpoint's NIR bytes, read as --from-nir reads it (with
+    export.from_nir.read_graph's repairs, reported at training: not repeated here)."""
+    from export.from_nir import read_graph
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = Path(tmp) / "g.nir"
+        path.write_bytes(data)
+        return read_graph(path)
 
 
 def student_from_bytes(data: bytes):
@@ -115,20 +126,20 @@ def _read(path, flag) -> bytes:
 
 def load_graph(path):
     """(bytes, graph, student, float model with reset to zero) of --from-nir."""
-    from export.from_nir import NIRFloatModel, student_from_nir
+    from export.from_nir import NIRFloatModel, read_graph, student_from_nir
     from export.interpreter import NIRError, resolve_dt
     data = _read(path, "--from-nir")
     try:
-        graph = read_graph_bytes(data)
-    except Exception as e:  # noqa: BLE001 - h5py / nir errors of a foreign file
-        raise FromNIRError(f"--from-nir {path}: not a readable NIR graph "
-                           f"({type(e).__name__})") from None
-    try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            try:
+                graph = read_graph(path)  # the tolerant reader of export.from_nir / deploy
+            except NIRError as e:
+                raise FromNIRError(f"--from-nir {str(e).splitlines()[0]}") from None
             student = student_from_nir(graph)
-        for w in caught:
-            print(f"--from-nir {path}: {w.message}")
+        for w in caught:  # read_graph's repairs name the file already
+            text = str(w.message)
+            print(f"--from-nir {text if text.startswith(str(path)) else f'{path}: {text}'}")
         floating = NIRFloatModel(graph, resolve_dt(graph)[0]).eval()
     except NIRError as e:
         raise FromNIRError(f"--from-nir {path}: {str(e).splitlines()[0]}") from None
@@ -146,7 +157,9 @@ def graph_shapes(graph):
 # ---- data --------------------------------------------------------------------------------------
 
 def load_data(args, in_shape, k):
-    """(x (N, T, ...) float32 0/1, labels (N,) int64 or None, scores (N, K) float32 or None)."""
+    """(x (N, T, ...) float32 0/1, labels (N,) int64 or None, scores (N, K) float32 or None,
+    per-step scores (N, T, K) float32 or None): an (N, T, K) file's steps are the parts of the
+    score (output spikes per step for a spiking readout), and its sum over T is the score."""
     x = load_npy(args.inputs, "--inputs", FromNIRError)
     if x.ndim < 3 or tuple(x.shape[2:]) != in_shape:
         raise FromNIRError(f"--inputs {args.inputs}: shape {x.shape}, the graph takes "
@@ -164,14 +177,18 @@ def load_data(args, in_shape, k):
         y = torch.from_numpy(y.astype(np.int64))
     if args.teacher_scores:
         s = load_npy(args.teacher_scores, "--teacher-scores", FromNIRError)
-        if s.ndim not in (2, 3) or s.shape[0] != n or s.shape[-1] != k \
-                or (s.ndim == 3 and s.shape[1] != x.shape[1]):
+        if s.ndim not in (2, 3) or s.shape[0] != n or s.shape[-1] != k:
             raise FromNIRError(f"--teacher-scores {args.teacher_scores}: shape {s.shape}, need "
                                f"({n}, {k}) or ({n}, {x.shape[1]}, {k})")
+        if s.ndim == 3 and s.shape[1] != x.shape[1]:
+            raise FromNIRError(f"--teacher-scores {args.teacher_scores}: {s.shape[1]} steps, "
+                               f"--inputs {args.inputs} has T = {x.shape[1]}")
         if not np.isfinite(s).all():
             raise FromNIRError(f"--teacher-scores {args.teacher_scores}: not all finite")
-        scores = torch.from_numpy((s.sum(1) if s.ndim == 3 else s).astype(np.float32))
-    return torch.from_numpy(x.astype(np.float32)), y, scores
+        s = torch.from_numpy(s.astype(np.float32))
+        scores, steps = (s.sum(1), s) if s.ndim == 3 else (s, None)
+        return torch.from_numpy(x.astype(np.float32)), y, scores, steps
+    return torch.from_numpy(x.astype(np.float32)), y, None, None
 
 
 def split(n, fraction):
@@ -185,17 +202,29 @@ def split(n, fraction):
 
 
 @torch.no_grad()
-def graph_scores(floating, x, reset, batch_size=256):
-    """Scores (N, K) of G's float model (NIR equations) on x (N, T, ...) with reset 'zero' or
-    'subtract': spike counts of a spiking readout, final state of a non-spiking one."""
+def graph_outputs(floating, x, reset, batch_size=256):
+    """(scores (N, K), per-step parts (N, T, K)) of G's float model (NIR equations) on x
+    (N, T, ...) with reset 'zero' or 'subtract'. Score: the spike count of a spiking readout, the
+    final state of a non-spiking one; parts: the spikes of each step, or the state's change
+    v[t] - v[t-1] (the student's logits_t are the same parts)."""
     from export.interpreter import run_graph
-    out = []
+    scores, parts = [], []
     for i in range(0, len(x), batch_size):
         values = run_graph(floating.graph, x[i:i + batch_size].transpose(0, 1), floating.dt,
                            reset=reset)
-        y = values[floating.output_name]
-        out.append(y.sum(0) if floating.readout == "spikes" else y[-1])
-    return torch.cat(out).flatten(1)
+        y = values[floating.output_name].flatten(2)  # (T, B, K)
+        if floating.readout == "spikes":
+            scores.append(y.sum(0))
+            parts.append(y.transpose(0, 1))
+        else:
+            scores.append(y[-1])
+            parts.append(torch.diff(y, dim=0, prepend=torch.zeros_like(y[:1])).transpose(0, 1))
+    return torch.cat(scores), torch.cat(parts)
+
+
+def graph_scores(floating, x, reset, batch_size=256):
+    """Scores (N, K) of graph_outputs."""
+    return graph_outputs(floating, x, reset, batch_size)[0]
 
 
 @torch.no_grad()
@@ -203,6 +232,15 @@ def student_scores(student, x, device, batch_size=256):
     student.eval()
     return torch.cat([student(x[i:i + batch_size].to(device).transpose(0, 1)).logits_t.sum(0)
                       .cpu() for i in range(0, len(x), batch_size)])
+
+
+def teacher_output(scores, scores_t, idx):
+    """The teacher of samples idx for the losses, in the units of the student's T * z_t (whose
+    mean over T is the score): logits = the scores (N, K)[idx]; logits_t = T * the per-step parts
+    (N, T, K)[idx] as (T, B, K), or None (tser then takes the score at every step)."""
+    if scores_t is None:
+        return TeacherOutput(scores[idx], [], None)
+    return TeacherOutput(scores[idx], [], None, scores_t[idx].transpose(0, 1) * scores_t.shape[1])
 
 
 class Samples(Dataset):
@@ -227,7 +265,8 @@ def write_heldout(path, x, y, teacher_pred, labelled):
 
 
 def heldout_batches(encoding, samples=None, batch_size=64):
-    """train.data.test_batches for encoding {'kind': 'spikes', 'file': RUN/heldout.npz}:
+    """train.data.test_batches for encoding {'kind': 'spikes', 'file': RUN/heldout.npz} (as
+    train.checkpoint.load_checkpoint resolves the stored name heldout.npz):
     (n, info, batches of ((T, B, ...) spikes, labels))."""
     path = Path(encoding["file"])
     try:
@@ -235,7 +274,7 @@ def heldout_batches(encoding, samples=None, batch_size=64):
             x, y = torch.from_numpy(f["inputs"].astype(np.float32)), torch.from_numpy(f["labels"])
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"{path}: cannot read the held-out samples of a --from-nir run "
-                        f"({type(e).__name__}); was the run folder moved?") from None
+                        f"({type(e).__name__})") from None
     n = len(x) if samples is None else min(samples, len(x))
     info = DatasetInfo("npy", tuple(x.shape[2:]), int(encoding["num_classes"]), frames=True)
     batches = ((x[i:min(i + batch_size, n)].transpose(0, 1), y[i:min(i + batch_size, n)])
@@ -278,7 +317,7 @@ def run(args):
     check_writable_dir(run_dir, "--run")
     data, graph, student, floating = load_graph(args.from_nir)
     in_shape, k = graph_shapes(graph)
-    x, labels, scores = load_data(args, in_shape, k)
+    x, labels, scores, scores_t = load_data(args, in_shape, k)
     train_idx, test_idx = split(len(x), args.holdout)
     device, _, world = setup(args)
     if world > 1:
@@ -286,7 +325,12 @@ def run(args):
     args.shift = 0
     steps = int(x.shape[1])
     if scores is None:
-        scores = graph_scores(floating, x, "subtract")
+        scores, scores_t = graph_outputs(floating, x, "subtract")
+    if args.method != "tser":
+        scores_t = None
+    elif scores_t is None:
+        print(f"--method tser: --teacher-scores {args.teacher_scores} has one score per sample "
+              f"(N, K); every step's target is that score (give (N, T, K) for per-step targets)")
     teacher_pred = scores.argmax(1)
     y = labels if labels is not None else teacher_pred
     settings = settings_of(args, _digest(data), _digest(x.numpy().tobytes()))
@@ -299,9 +343,9 @@ def run(args):
     from export.from_nir import NIRStudent
     if isinstance(student, NIRStudent):
         arch = {"name": "nir", "config": {"nir": data}}
-    heldout = (run_dir / HELDOUT).resolve()
-    encoding = {"kind": "spikes", "timesteps": steps, "seed": SPLIT_SEED, "file": str(heldout),
-                "num_classes": k}
+    heldout = run_dir / HELDOUT
+    encoding = {"kind": "spikes", "timesteps": steps, "seed": SPLIT_SEED, "file": HELDOUT,
+                "num_classes": k}  # file: relative to the run folder
     student = student.to(device)
     t_test, y_test = teacher_pred[test_idx], y[test_idx]
     start = {"teacher_accuracy": _rates(teacher_pred[test_idx], labels[test_idx])
@@ -327,12 +371,13 @@ def run(args):
         first, history = ckpt["epoch"] + 1, ckpt["history"]
         print(f"student: resuming {path} after epoch {first}/{args.epochs}")
     scores_dev = scores.to(device)
+    scores_t_dev = None if scores_t is None else scores_t.to(device)
 
     def distill_loss(xb, yb, idx):
         out = student(xb.transpose(0, 1))
         score_t = StudentOutput(logits_t=out.logits_t * xb.shape[1], spikes=out.spikes,
                                 features=out.features)  # score_t.logits = the score (sum over T)
-        t_out = TeacherOutput(scores_dev[idx.to(device)], [], None)
+        t_out = teacher_output(scores_dev, scores_t_dev, idx.to(device))
         loss, parts = loss_fn(score_t, yb, t_out)
         return loss, score_t.logits, parts
 
@@ -340,7 +385,7 @@ def run(args):
         print(f"--from-nir {args.from_nir}: {len(train_idx)} train / {len(test_idx)} held out, "
               f"T={steps}, {k} classes, student {type(student).__name__}, teacher "
               f"{'--teacher-scores' if args.teacher_scores else 'reset by subtraction'}, method "
-              f"{args.method}, {device}")
+              f"{args.method}{' (per-step teacher)' if scores_t is not None else ''}, {device}")
         print("held out, as written (no training): float NIR (reset to zero) agreement "
               f"{start['as_is_float_agreement']:.4f}, Loihi-exact student agreement "
               f"{start['as_is_loihi_agreement']:.4f}")

@@ -25,6 +25,7 @@ class TeacherOutput:
     logits: torch.Tensor        # (B, K)
     features: list              # per-stage feature maps (B, C, H, W)
     fc_weight: torch.Tensor     # (K, C_last): the classifier after global pooling, for CAMs
+    logits_t: torch.Tensor = None  # (T, B, K) per-step logits, when the teacher has them (tser)
 
 
 METHODS = {"none": CrossEntropy, "kd": LogitKD, "fkd": FeatureKD, "ckd": CKDSNN, "tser": TSER,

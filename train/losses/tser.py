@@ -14,10 +14,12 @@ def entropy(logits, tau):
 
 
 class TSER(DistillLoss):
-    """L = mean_t CE(z_t, y) + a * mean_t tau^2 KL(softmax(p/tau) || softmax(z_t/tau))
+    """L = mean_t CE(z_t, y) + a * mean_t tau^2 KL(softmax(p_t/tau) || softmax(z_t/tau))
          - g * mean_t H(softmax(z_t/tau))
 
     No time averaging before the losses: every step's logits z_t meet the label and the teacher.
+    p_t is the teacher's step t when it has per-step logits (teacher_out.logits_t, an SNN teacher
+    of train.from_nir), else its one output p at every step (an ANN teacher, as in the paper).
     The paper calls the term a regulariser that stabilises training; its sign is not confirmed
     (SPEC.md). We read it as a confidence penalty: g >= 0, so the loss rewards high-entropy (less
     over-confident) per-step outputs, and g = 0 turns it off. Entropy minimisation (g < 0) is
@@ -43,9 +45,13 @@ class TSER(DistillLoss):
     def forward(self, out, y, teacher_out):
         z_t = out.logits_t                                    # (T, B, K)
         steps = z_t.shape[0]
-        p = teacher_out.logits.detach()
+        per_step = teacher_out.logits_t
+        if per_step is not None and per_step.shape != z_t.shape:
+            raise ValueError(f"tser: teacher per-step logits {tuple(per_step.shape)}, student "
+                             f"{tuple(z_t.shape)}")
+        p_t = [teacher_out.logits.detach()] * steps if per_step is None else per_step.detach()
         ce = sum(F.cross_entropy(z, y) for z in z_t) / steps
-        kd = sum(kl_div_tau(p, z, self.tau) for z in z_t) / steps
+        kd = sum(kl_div_tau(p, z, self.tau) for p, z in zip(p_t, z_t)) / steps
         ent = sum(entropy(z, self.tau) for z in z_t) / steps
         loss = ce + self.alpha * kd - self.gamma * ent
         return loss, {"ce": ce.item(), "kd": kd.item(), "entropy": ent.item()}

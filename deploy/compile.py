@@ -48,6 +48,7 @@ import torch
 from common.files import atomic_write
 from common.loihi import BIAS_MAX, DECAY_UNITY, STATE_MAX, VTH_MAX, WEIGHT_MAX, WEIGHT_MIN
 from export.from_nir import NIRError, read_graph
+from export.readout import integrator_readout
 from export.interpreter import (NEURONS, SPIKING, DtError, flatten_graph, loihi_neuron,
                                 node_simulator, recurrent_edges, resolve_dt, role, types_of)
 from hwmodels.loihi import (NEVER_SPIKES, Net, NetxError, Neurons, Synapses,
@@ -550,7 +551,7 @@ def align(groups, synapses, in_shape):
 
 def build_net(graph, dt=None, timesteps=8):
     """NIR graph -> (Net, fit report); the module docstring lists the steps."""
-    graph = flatten_graph(graph)
+    graph = integrator_readout(flatten_graph(graph))
     check_values(graph)
     check_supported(graph)
     try:

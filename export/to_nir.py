@@ -1,6 +1,7 @@
 """Export a trained student to NIR (docs/nir.md) and prove the file faithful.
 
     python -m export.to_nir --run runs/default      # student.pt -> student.nir, checked
+    python -m export.to_nir --run runs/default --readout portable   # no I node (export.readout)
 
 Every student layer becomes one NIR node with the parameters the student computes with; the file is
 read back and simulated by `export.interpreter`, whose per-step spikes of every neuron layer must
@@ -25,7 +26,9 @@ from train.models import SpikingCNN, SpikingResNet
 from train.neurons import LoihiCUBA
 
 from .checked import run_export, write_checked
+from .from_nir import read_graph
 from .interpreter import DEFAULT_DT, run_graph
+from .readout import INTEGRATOR, MARKER, READOUTS, portable_readout
 
 PRODUCER = "snn-kd-loihi export.to_nir"
 READOUT_RTOL, READOUT_ATOL = 1e-5, 1e-6
@@ -168,10 +171,18 @@ def _meta(ckpt):
     return meta
 
 
-def student_to_nir(model, ckpt=None, dt=DEFAULT_DT) -> nir.NIRGraph:
+def student_to_nir(model, ckpt=None, dt=DEFAULT_DT, readout="integrator") -> nir.NIRGraph:
     """Map a SpikingCNN / SpikingResNet student to a type-checked NIR graph (docs/nir.md); a
     student rebuilt from the user's NIR file (checkpoint arch 'nir', train.from_nir) maps back onto
-    that graph (export.nir_student)."""
+    that graph (export.nir_student). readout "portable": the integrator I left out, its Affine
+    marked (export.readout.portable_readout), for other tools' importers."""
+    if readout not in READOUTS:
+        raise ExportError(f"readout {readout!r}: expected one of {', '.join(READOUTS)}")
+    graph = _student_graph(model, ckpt, dt)
+    return portable_readout(graph) if readout == "portable" else graph
+
+
+def _student_graph(model, ckpt, dt):
     if ckpt is not None and ckpt.get("arch", {}).get("name") == "nir":
         from train.from_nir import read_graph_bytes
         from .nir_student import nir_student_graph
@@ -228,8 +239,9 @@ def graph_readout(graph) -> tuple:
 
 
 def check_file(path, model, batches) -> dict:
-    """Read `path` back with nir.read and compare it with the student on every (T, B, ...) batch."""
-    graph = nir.read(str(path))
+    """Read `path` back with our reader (export.from_nir.read_graph: nir.read, and the portable
+    readout's integrator put back) and compare it with the student on every (T, B, ...) batch."""
+    graph = read_graph(path)
     total = {"spikes": {}, "spike_total": 0, "readout_max_abs": 0.0, "logits_max_abs": 0.0,
              "ok": True, "samples": 0}
     with torch.no_grad():
@@ -265,6 +277,8 @@ def _params(node) -> str:
         if isinstance(node, nir.Conv2d):
             text += f" stride {tuple(int(s) for s in node.stride)} " \
                     f"pad {tuple(int(p) for p in node.padding)}"
+        if node.metadata.get(MARKER) == INTEGRATOR:
+            text += " (portable readout: summed over steps)"
         return text
     if isinstance(node, (nir.CubaLIF, nir.LIF)):
         dt = node.metadata["dt"]
@@ -297,10 +311,11 @@ def write_nir(path, graph):
     Path(path).write_bytes(buf.getvalue())
 
 
-def export(checkpoint, out, dt=DEFAULT_DT, samples=64, data_dir="data", log=print):
+def export(checkpoint, out, dt=DEFAULT_DT, samples=64, data_dir="data", log=print,
+           readout="integrator"):
     """student.pt -> student.nir; the file is put in place only when the check passes."""
     model, ckpt = load_model(checkpoint, "student")
-    graph = student_to_nir(model, ckpt, dt)
+    graph = student_to_nir(model, ckpt, dt, readout)
     log(node_table(graph))
 
     def check(tmp):
@@ -332,12 +347,17 @@ def main(argv=None):
     p.add_argument("--samples", type=positive_int, default=64,
                    help="test samples for the faithfulness check (default: 64)")
     p.add_argument("--data-dir", default="data", help="dataset folder (default: data)")
+    p.add_argument("--readout", choices=READOUTS, default="integrator",
+                   help="integrator: Affine -> I -> Output (default); portable: Affine -> Output "
+                        "with metadata readout = 'integrator', which snnTorch's, SpikingJelly's "
+                        "and norse's importers accept (docs/nir.md)")
     args = p.parse_args(argv)
     run = Path(args.run)
     checkpoint = Path(args.checkpoint or run / "student.pt")
     out = Path(args.out or run / "student.nir")
     run_export(out, "--out" if args.out else "--run",
-               lambda: export(checkpoint, out, args.dt, args.samples, args.data_dir),
+               lambda: export(checkpoint, out, args.dt, args.samples, args.data_dir,
+                              readout=args.readout),
                (ExportError,))
 
 

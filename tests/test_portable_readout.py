@@ -18,9 +18,9 @@ from train.models import SpikingCNN
 ENCODING = {"kind": "rate", "timesteps": 8, "seed": 0}
 
 
-def student(**config):
+def student(in_shape=(1, 12, 12), **config):
     torch.manual_seed(0)
-    model = SpikingCNN(in_shape=(1, 12, 12), channels=(4, 8), hidden=(16,), **config)
+    model = SpikingCNN(in_shape=in_shape, channels=(4, 8), hidden=(16,), **config)
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(4.0)  # every layer spikes (checked below)
@@ -157,3 +157,15 @@ def test_portable_of_a_spiking_readout_is_unchanged():
     nodes["output"] = nir.Output(output_type={"output": np.array([16])})
     spiking = nir.NIRGraph(nodes=nodes, edges=edges, metadata=graph.metadata)
     assert portable_readout(spiking) is spiking
+
+
+def test_cli_readout_portable(tmp_path, capsys):
+    from export.to_nir import main
+    from train.checkpoint import save_checkpoint
+    save_checkpoint(tmp_path / "student.pt", student((1, 28, 28)), "student", encoding=ENCODING,
+                    dataset="mnist5k")
+    main(["--run", str(tmp_path), "--samples", "4", "--readout", "portable"])
+    text = capsys.readouterr().out
+    assert "PASS" in text and "portable readout: summed over steps" in text
+    raw = nir.read(str(tmp_path / "student.nir"))
+    assert "integrator" not in raw.nodes and ("readout", "output") in raw.edges

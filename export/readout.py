@@ -16,7 +16,7 @@ import dataclasses
 import nir
 import numpy as np
 
-from .interpreter import DtError, NIRError, euler_gain, predecessors, resolve_dt
+from .interpreter import DtError, NIRError, euler_gain, nir_neuron, predecessors, resolve_dt
 
 MARKER = "readout"          # node metadata key on the Affine / Linear that feeds the Output
 INTEGRATOR = "integrator"   # its value: "the Output's per-step value is an integrator's input"
@@ -89,7 +89,7 @@ def integrator_readout(graph: nir.NIRGraph) -> nir.NIRGraph:
     nodes = {}
     for key, node in graph.nodes.items():
         if key == out:
-            nodes[name] = nir.I(r=np.full(n, 1.0 / dt))
+            nodes[name] = nir_neuron(np.zeros(n), np.ones(n), None, dt)  # the integrator
         nodes[key] = node
     meta = {k: v for k, v in graph.nodes[source].metadata.items() if k != MARKER}
     nodes[source] = dataclasses.replace(graph.nodes[source], metadata=meta)

@@ -27,7 +27,7 @@ from train.neurons import LoihiCUBA
 
 from .checked import run_export, write_checked
 from .from_nir import read_graph
-from .interpreter import DEFAULT_DT, run_graph
+from .interpreter import DEFAULT_DT, NIRError, nir_neuron, run_graph
 from .readout import INTEGRATOR, MARKER, READOUTS, portable_readout
 
 PRODUCER = "snn-kd-loihi export.to_nir"
@@ -75,30 +75,19 @@ def dense_node(name, layer, in_shape):
 
 
 def neuron_node(name, layer, shape, dt):
-    """LoihiCUBA -> CubaLIF (LIF when alpha = 0 everywhere), per neuron of `shape`.
-
-    Discrete step I = alpha I + x; V = beta V + I; S = V > theta; V <- 0 where S equals the Euler
-    step of tau_syn dI/dt = -I + w_in x, tau_mem dv/dt = -v + r I with tau_syn = dt/(1-alpha),
-    w_in = tau_syn/dt, tau_mem = dt/(1-beta), r = tau_mem/dt, v_threshold = theta, v_reset = 0.
-    """
+    """LoihiCUBA -> CubaLIF (LIF when alpha = 0 everywhere), per neuron of `shape`: the inverse
+    of export.interpreter.loihi_neuron (`nir_neuron`) at i = 1 - alpha, v = 1 - beta, with the
+    layer's quantised alpha, beta, theta; v_reset = 0, metadata reset "zero" and dt."""
     if getattr(layer, "reset_mechanism", None) != "zero":
         raise ExportError(f"layer {name!r}: reset mechanism {layer.reset_mechanism!r} "
                           f"(NIR and Loihi reset to zero)")
     alpha, beta, theta = (np.broadcast_to(p.detach().double().numpy(), shape).copy()
                           for p in layer.quantized())
-    for label, keep in (("alpha", alpha), ("beta", beta)):
-        if np.any(keep >= 1.0) or np.any(keep < 0.0):
-            raise ExportError(f"layer {name!r}: {label} must lie in [0, 1) for a finite NIR "
-                              f"time constant (got {keep.min():g}..{keep.max():g})")
-    tau_mem = dt / (1.0 - beta)
-    zero = np.zeros(shape)
-    meta = {"reset": "zero", "dt": float(dt)}
-    if np.all(alpha == 0.0):
-        return nir.LIF(tau=tau_mem, r=tau_mem / dt, v_leak=zero, v_threshold=theta,
-                       v_reset=zero, metadata=meta)
-    tau_syn = dt / (1.0 - alpha)
-    return nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau_mem, r=tau_mem / dt, v_leak=zero,
-                       v_threshold=theta, v_reset=zero.copy(), w_in=tau_syn / dt, metadata=meta)
+    try:  # alpha, beta in [0, 1): a finite time constant
+        return nir_neuron(1.0 - alpha, 1.0 - beta, theta, dt, {"reset": "zero", "dt": float(dt)})
+    except NIRError as e:
+        raise ExportError(f"layer {name!r}: {e} (alpha = 1 - dt/tau_syn, beta = 1 - "
+                          f"dt/tau_mem)") from None
 
 
 def flatten_node(shape):
@@ -107,8 +96,9 @@ def flatten_node(shape):
 
 
 def integrator_node(n, dt):
-    """I: dv/dt = r x with r = 1/dt, i.e. v[t] = v[t-1] + x[t]; logits = v[T] / T."""
-    return nir.I(r=np.full(n, 1.0 / dt))
+    """I: dv/dt = r x with r = 1/dt, i.e. v[t] = v[t-1] + x[t]; logits = v[T] / T (nir_neuron of
+    Loihi's integrator iDecay 0, vDecay 4096)."""
+    return nir_neuron(np.zeros(n), np.ones(n), None, dt)
 
 
 # ---- graph builders ----------------------------------------------------------------------------

@@ -51,6 +51,8 @@ def test_portable_form_has_no_integrator_and_reads_back_as_the_default(tmp_path)
         assert type(back.nodes[name]) is type(node), name
         assert back.nodes[name].metadata == node.metadata, name
     assert np.array_equal(back.nodes["integrator"].r, default.nodes["integrator"].r)
+    from train.from_nir import read_graph_bytes  # a checkpoint's copy of the user's file
+    assert isinstance(read_graph_bytes(path.read_bytes()).nodes["integrator"], nir.I)
     # our reader's round trip: the rebuilt student and the compiled net are the default file's
     x = inputs()
     with torch.no_grad():

@@ -94,7 +94,9 @@ def check_args(args):
 # ---- the graph ---------------------------------------------------------------------------------
 
 def read_graph_bytes(data: bytes) -> nir.NIRGraph:
-    return nir.read(io.BytesIO(data))
+    """nir.read of a file's bytes, our portable readout's integrator put back (export.readout)."""
+    from export.readout import integrator_readout
+    return integrator_readout(nir.read(io.BytesIO(data)))
 
 
 def student_from_bytes(data: bytes):

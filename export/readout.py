@@ -64,8 +64,9 @@ def integrator_readout(graph: nir.NIRGraph) -> nir.NIRGraph:
     with metadata readout = "integrator" that feeds the Output gets back its integrator I
     (r = 1/dt at the graph's dt) between it and the Output, named "integrator" (or
     "<source>.integrator" when that name is taken), and the marker is dropped: the result is the
-    integrator form node for node. Any other graph comes back unchanged (the same object). NIRError naming the node when the marked node is not the Output's only source,
-    or the graph gives no dt."""
+    integrator form node for node. Any other graph comes back unchanged (the same object).
+    NIRError naming the node when the marked node is not the Output's only source, or the graph
+    gives no dt."""
     marked = [n for n, node in graph.nodes.items()
               if (getattr(node, "metadata", None) or {}).get(MARKER) == INTEGRATOR]
     if not marked:

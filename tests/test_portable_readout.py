@@ -128,7 +128,6 @@ def test_snntorch_imports_our_portable_file_exactly(tmp_path, config, kinds):
     agree wherever Loihi's truncated decays lose nothing, which this input reaches (asserted:
     the interpreter's float and Loihi readings of the file give the same spikes). There every
     spike of every layer and every per-step readout value of snnTorch's import equals ours."""
-    pytest.importorskip("snntorch")
     model = student(**config)
     path = portable_file(model, tmp_path / "p.nir")
     x = inputs()

@@ -1,4 +1,4 @@
-"""Our own student.nir read by other tools' NIR importers (issue 20, deliverable 7). By hand, not CI.
+"""Our own student.nir read by other tools' NIR importers (issue 20, deliverable 7), by hand.
 
 Three steps, two environments (docs/producers.md "Our files in other tools"):
 

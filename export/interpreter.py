@@ -695,7 +695,8 @@ def _zeros(graph, src, dst, batch):
 def run_graph(graph: nir.NIRGraph, x, dt=None, arithmetic="float", reset="zero") -> dict:
     """Simulate `graph` on input x of shape (T, B, ...) from zero state.
 
-    Nested graphs are flattened first (node names "outer.inner"). An edge in
+    Nested graphs are flattened first (node names "outer.inner"), and our portable readout gets
+    its integrator back (export.readout.integrator_readout: node "integrator"). An edge in
     recurrent_edges(graph) delivers its source's output of step t-1 (zeros at t = 0); the others
     that of step t. dt: resolve_dt(graph) when None. x is a tensor for a graph with one Input
     node, or a dict {input name: tensor}. Returns {node name: (T, B, ...) float32 outputs of that
@@ -714,7 +715,8 @@ def run_graph(graph: nir.NIRGraph, x, dt=None, arithmetic="float", reset="zero")
             raise NIRError("arithmetic='loihi' needs the graph's metadata weight_step")
     elif arithmetic != "float":
         raise ValueError(f"arithmetic must be 'float' or 'loihi', not {arithmetic!r}")
-    graph = flatten_graph(graph)
+    from .readout import integrator_readout  # (export.readout builds on this module)
+    graph = integrator_readout(flatten_graph(graph))
     dt = graph_dt(graph) if dt is None else float(dt)
     inputs = x if isinstance(x, dict) else {name: x for name in graph.inputs}
     if set(inputs) != set(graph.inputs):

@@ -59,9 +59,10 @@ def portable_readout(graph: nir.NIRGraph) -> nir.NIRGraph:
 
 
 def integrator_readout(graph: nir.NIRGraph) -> nir.NIRGraph:
-    """The inverse of `portable_readout`, applied by every reader here (export.from_nir.read_graph,
-    float_model, student_from_nir, readout_kind, deploy.compile.build_net): an Affine / Linear
-    with metadata readout = "integrator" that feeds the Output gets back its integrator I
+    """The inverse of `portable_readout`, applied by every reader here (export.interpreter.
+    run_graph, export.from_nir.read_graph, float_model, student_from_nir, readout_kind,
+    deploy.compile.build_net, train.from_nir.read_graph_bytes): an Affine / Linear with metadata
+    readout = "integrator" that feeds the Output gets back its integrator I
     (r = 1/dt at the graph's dt) between it and the Output, named "integrator" (or
     "<source>.integrator" when that name is taken), and the marker is dropped: the result is the
     integrator form node for node. Any other graph comes back unchanged (the same object).

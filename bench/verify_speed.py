@@ -43,7 +43,8 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.files import atomic_write  # noqa: E402
-from hwmodels.loihi import Emulator, NetxError, read_net  # noqa: E402
+from hwmodels.loihi import Emulator, NetxError  # noqa: E402
+from hwmodels.netfile import read_net  # noqa: E402
 
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 

@@ -45,13 +45,14 @@ import nir
 import numpy as np
 import torch
 
-from common.files import atomic_write
 from common.loihi import BIAS_MAX, DECAY_UNITY, STATE_MAX, VTH_MAX, WEIGHT_MAX, WEIGHT_MIN
 from export.from_nir import NIRError, read_graph
+from export.readout import integrator_readout
 from export.interpreter import (NEURONS, SPIKING, DtError, flatten_graph, loihi_neuron,
                                 node_simulator, recurrent_edges, resolve_dt, role, types_of)
+from hwmodels import netfile
 from hwmodels.loihi import (NEVER_SPIKES, Net, NetxError, Neurons, Synapses,
-                            conv_out_size, lava_dense_weights, save_net)
+                            conv_out_size, lava_dense_weights)
 
 GRID_RTOL = 1e-4                     # how far W/s may sit from an integer and still be on the grid
 SYNAPSES = types_of("synapse")      # export.interpreter.NODE_TYPES: one entry per node type
@@ -553,7 +554,7 @@ def align(groups, synapses, in_shape):
 
 def build_net(graph, dt=None, timesteps=8):
     """NIR graph -> (Net, fit report); the module docstring lists the steps."""
-    graph = flatten_graph(graph)
+    graph = integrator_readout(flatten_graph(graph))
     check_values(graph)
     check_supported(graph)
     try:
@@ -935,19 +936,11 @@ def alignment_cost(net, relays):
 # ---- file --------------------------------------------------------------------------------------
 
 def write(path, net, timesteps):
-    """student.net: the `net/` group, plus netx's `layer/` chain when netx can express the net."""
-    import h5py
+    """student.net (hwmodels.netfile): the `net/` group, plus netx's `layer/` chain when netx
+    runs the net exactly (deploy.netx.problem)."""
+    from .netx import problem
     net.attrs.update(producer="snn-kd-loihi deploy.compile", timesteps=int(timesteps))
-
-    def fill(tmp):
-        with h5py.File(tmp, "w") as f:
-            save_net(f, net)
-            if net.chain() and all(s.kind == "conv" or len(net.group(s.dst).shape) == 1
-                                   for s in net.synapses):  # netx: dense layers are 1-D
-                from .netx import write_layers
-                write_layers(f, net)
-
-    atomic_write(path, fill)
+    netfile.write(path, net, layers=problem(net) is None)
 
 
 def compile_graph(graph, out_path, dt=None, timesteps=None):

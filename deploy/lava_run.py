@@ -43,7 +43,8 @@ import numpy as np
 from tqdm import tqdm
 
 from hwmodels.loihi import netx_weight_bits as weight_bits
-from hwmodels.loihi import NetxError, Result, read_net
+from hwmodels.loihi import NetxError, Result
+from hwmodels.netfile import has_layers, read_net
 
 ROOT = Path(__file__).resolve().parents[1]
 LAVA_CONV_GROUPS_MAX = 127   # Lava's Conv holds `groups` as int8 (lava_conv_groups)
@@ -257,12 +258,11 @@ def _stops(n, steps, total, chunk, rec_depths):
 
 def run_lava(net_path, inputs, net=None, progress=True, samples_per_chunk=8,
              progress_file=None):
-    """Run inputs (N, T, *in_shape) {0,1} through Lava; `net` = hwmodels.loihi.read_net(net_path).
+    """Run inputs (N, T, *in_shape) {0,1} through Lava; `net` = hwmodels.netfile.read_net(net_path).
 
     Returns a hwmodels.loihi.Result of numpy arrays in the emulator's time (delays removed).
     progress_file: a file to keep the number of finished samples in (for a parent process).
     """
-    import h5py
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.io.source import RingBuffer as Source
@@ -271,9 +271,8 @@ def run_lava(net_path, inputs, net=None, progress=True, samples_per_chunk=8,
     check_aligned(net)
     inputs = np.asarray(inputs)
     n, steps = inputs.shape[:2]
-    with h5py.File(net_path, "r") as f:
-        has_layers = "layer" in f and len(f["layer"]) > 0
-    built = _build_netx(net_path, net, steps) if has_layers else _build_procs(net, steps)
+    built = _build_netx(net_path, net, steps) if has_layers(net_path) else \
+        _build_procs(net, steps)
     depth = net.depths()
     total = n * steps + max(depth.values())
     source = Source(data=_source_data(inputs, net.in_shape, total))
@@ -347,15 +346,6 @@ def _load(path, net):
         spikes = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("spikes/")}
         return Result(spikes=spikes, readout=z["readout"], readout_u=z["readout_u"],
                       readout_kind=net.readout)
-
-
-def _has_layers(net_path) -> bool:
-    import h5py
-    try:
-        with h5py.File(net_path, "r") as f:
-            return "layer" in f and len(f["layer"]) > 0
-    except OSError:
-        return False
 
 
 def _fork_worker(net_path, inputs, out, progress_file):
@@ -478,7 +468,7 @@ def run_lava_parallel(net_path, inputs, net=None, workers=1, progress=True, star
         procs = []
         if start == "fork":
             import multiprocessing
-            if _has_layers(net_path):
+            if has_layers(net_path):
                 import lava.lib.dl.netx.hdf5  # noqa: F401  (imported once, before forking)
             from multiprocessing import resource_tracker
             resource_tracker.ensure_running()  # shared by the workers: frees what a kill leaks

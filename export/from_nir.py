@@ -29,6 +29,7 @@ from train.quant import WEIGHT_MAX, WEIGHT_MIN
 from .interpreter import (NEURONS, NON_SPIKING, SPIKING, NIRError, check_recurrence,
                           euler_gain, flatten_graph, graph_dt, node_simulator, predecessors,
                           resolve_dt, run_graph, topological_order)
+from .readout import integrator_readout
 
 DEFAULT_STEP = 1 / 64
 
@@ -37,18 +38,21 @@ def read_graph(path) -> nir.NIRGraph:
     """nir.read with one-line errors naming the file. A graph that fails nir's own type check
     is read again without it and repaired where the intent is plain (`tolerate`: scalar neuron
     parameters broadcast to the node's shape, a leading batch dim of 1 dropped from Input /
-    Output types, each with a warning naming the node); it must then pass the type check."""
+    Output types, each with a warning naming the node); it must then pass the type check.
+    Our portable readout gets its integrator back (export.readout.integrator_readout)."""
     path = Path(path)
     if not path.is_file():
         raise NIRError(f"{path}: NIR file not found")
     try:
-        return nir.read(str(path))
+        graph = nir.read(str(path))
     except OSError:
         raise NIRError(f"{path}: not a readable NIR (HDF5) file (truncated or corrupted?)"
                        ) from None
     except Exception as e:  # noqa: BLE001 - KeyError, ValueError, AssertionError ... from nir
         cause = str(e).splitlines()[0] if str(e) else _unknown_type(path)
         error = NIRError(f"{path}: not a valid NIR graph ({type(e).__name__}: {cause})")
+    else:
+        return integrator_readout(graph)
     try:
         graph = nir.read(str(path), type_check=False)
     except Exception:  # noqa: BLE001 - nothing to repair: nir's first error stands
@@ -64,7 +68,7 @@ def read_graph(path) -> nir.NIRGraph:
                        f"({type(e).__name__}: {cause})") from None
     for fix in fixes:
         warnings.warn(f"{path}: {fix}")
-    return graph
+    return integrator_readout(graph)
 
 
 def checked(graph):
@@ -432,7 +436,8 @@ def spiking_cnn(graph, modules):
 
 def student_from_nir(graph_or_path) -> nn.Module:
     """NIRGraph or NIR file -> SpikingCNN when the graph is one, else NIRStudent (eval mode)."""
-    graph = graph_or_path if isinstance(graph_or_path, nir.NIRGraph) else read_graph(graph_or_path)
+    graph = integrator_readout(graph_or_path) if isinstance(graph_or_path, nir.NIRGraph) \
+        else read_graph(graph_or_path)
     dt = graph_dt(graph)
     if not math.isfinite(dt) or dt <= 0:
         raise NIRError(f"graph metadata dt = {dt} is not a positive time step")
@@ -462,8 +467,8 @@ def _readout_source(graph):
 def readout_kind(graph) -> str:
     """"spikes" when the Output reads a spiking neuron (LIF, CubaLIF, IF): the score is the spike
     count over the run; "state" for a non-spiking one (I, LI, CubaLI): the score is its final
-    state. NIRError naming the node for anything else."""
-    graph = flatten_graph(graph)
+    state (our portable readout: its integrator). NIRError naming the node for anything else."""
+    graph = integrator_readout(flatten_graph(graph))
     _, src = _readout_source(graph)
     node = graph.nodes[src]
     if isinstance(node, SPIKING):
@@ -485,7 +490,7 @@ class NIRFloatModel(nn.Module):
 
     def __init__(self, graph: nir.NIRGraph, dt: float):
         super().__init__()
-        self.graph, self.dt = flatten_graph(graph), float(dt)
+        self.graph, self.dt = integrator_readout(flatten_graph(graph)), float(dt)
         if len(self.graph.inputs) != 1:
             raise NIRError(f"graph has {len(self.graph.inputs)} Input nodes; a float model "
                            f"takes one")
@@ -514,7 +519,8 @@ def float_model(graph_or_path, dt=None) -> nn.Module:
     exactly what the compiler accepts."""
     from deploy.compile import build_net
     from .to_nir import PRODUCER
-    graph = graph_or_path if isinstance(graph_or_path, nir.NIRGraph) else read_graph(graph_or_path)
+    graph = integrator_readout(graph_or_path) if isinstance(graph_or_path, nir.NIRGraph) \
+        else read_graph(graph_or_path)
     step, source = resolve_dt(graph, dt)
     if (graph.metadata or {}).get("producer") == PRODUCER:
         own = graph_dt(graph)

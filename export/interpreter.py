@@ -346,7 +346,7 @@ def loihi_neuron(node, dt, shape=None) -> dict:
         LIF / LI          1 (u = input every step), dt/tau, gain dt r/tau
         IF                1, 0, gain dt r;     I: 0, 1 (the integrator v = u), gain dt r
     tau = inf gives 0 (no decay). Used by the compiler (deploy.compile.neuron_params) and by
-    LoihiStep; export.to_nir.neuron_node writes its inverse (tau = dt / (1 - decay))."""
+    LoihiStep; `nir_neuron` below is its inverse (what export.to_nir writes)."""
     def field(name):
         return _array(getattr(node, name))
 
@@ -374,6 +374,38 @@ def loihi_neuron(node, dt, shape=None) -> dict:
         shape = np.broadcast_shapes(*(np.shape(m[k]) for k in ("i", "v", "gain", "leak")))
     return {k: np.broadcast_to(x, shape) if k in ("i", "v", "gain", "leak") else x
             for k, x in m.items()}
+
+
+def nir_neuron(i, v, theta, dt, metadata=None):
+    """The inverse of `loihi_neuron` for the neurons our students have (input gain 1, v_leak =
+    v_reset = 0): per-neuron arrays i = iDecay / 4096 = dt/tau_syn, v = vDecay / 4096 =
+    dt/tau_mem and the threshold theta -> a NIR node whose loihi_neuron gives back i, v, gain 1:
+        theta None, i = 0, v = 1 (the integrator readout)  I(r = 1/dt)
+        i = 1 everywhere (u = input each step)             LIF(tau = dt/v, r = tau/dt)
+        else                                               CubaLIF(tau_syn = dt/i, w_in =
+                                                             tau_syn/dt, tau_mem = dt/v, r =
+                                                             tau_mem/dt)
+    i and v of a spiking neuron lie in (0, 1] (a finite time constant). The Euler step of either
+    is I = (1 - i) I + x, V = (1 - v) V + I (docs/nir.md)."""
+    i, v = (np.asarray(a, dtype=np.float64) for a in np.broadcast_arrays(i, v))
+    meta = dict(metadata or {})
+    if theta is None:
+        if np.any(i != 0.0) or np.any(v != 1.0):
+            raise NIRError("a neuron without threshold maps back only as the integrator "
+                           "(iDecay 0, vDecay 4096)")
+        return nir.I(r=np.full(v.shape, 1.0 / dt), metadata=meta)
+    i, v, theta = (np.asarray(a, dtype=np.float64) for a in np.broadcast_arrays(i, v, theta))
+    for label, ratio in (("dt/tau_syn", i), ("dt/tau_mem", v)):
+        if np.any(ratio <= 0.0) or np.any(ratio > 1.0):
+            raise NIRError(f"{label} must lie in (0, 1] for a finite NIR time constant "
+                           f"(got {ratio.min():g}..{ratio.max():g})")
+    tau_mem, zero = dt / v, np.zeros(v.shape)
+    if np.all(i == 1.0):
+        return nir.LIF(tau=tau_mem, r=tau_mem / dt, v_leak=zero, v_threshold=theta,
+                       v_reset=zero.copy(), metadata=meta)
+    tau_syn = dt / i
+    return nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau_mem, r=tau_mem / dt, v_leak=zero,
+                       v_threshold=theta, v_reset=zero.copy(), w_in=tau_syn / dt, metadata=meta)
 
 
 def _shape(*values):
@@ -663,7 +695,8 @@ def _zeros(graph, src, dst, batch):
 def run_graph(graph: nir.NIRGraph, x, dt=None, arithmetic="float", reset="zero") -> dict:
     """Simulate `graph` on input x of shape (T, B, ...) from zero state.
 
-    Nested graphs are flattened first (node names "outer.inner"). An edge in
+    Nested graphs are flattened first (node names "outer.inner"), and our portable readout gets
+    its integrator back (export.readout.integrator_readout: node "integrator"). An edge in
     recurrent_edges(graph) delivers its source's output of step t-1 (zeros at t = 0); the others
     that of step t. dt: resolve_dt(graph) when None. x is a tensor for a graph with one Input
     node, or a dict {input name: tensor}. Returns {node name: (T, B, ...) float32 outputs of that
@@ -682,7 +715,8 @@ def run_graph(graph: nir.NIRGraph, x, dt=None, arithmetic="float", reset="zero")
             raise NIRError("arithmetic='loihi' needs the graph's metadata weight_step")
     elif arithmetic != "float":
         raise ValueError(f"arithmetic must be 'float' or 'loihi', not {arithmetic!r}")
-    graph = flatten_graph(graph)
+    from .readout import integrator_readout  # (export.readout builds on this module)
+    graph = integrator_readout(flatten_graph(graph))
     dt = graph_dt(graph) if dt is None else float(dt)
     inputs = x if isinstance(x, dict) else {name: x for name in graph.inputs}
     if set(inputs) != set(graph.inputs):

@@ -1,6 +1,7 @@
 """Export a trained student to NIR (docs/nir.md) and prove the file faithful.
 
     python -m export.to_nir --run runs/default      # student.pt -> student.nir, checked
+    python -m export.to_nir --run runs/default --readout portable   # no I node (export.readout)
 
 Every student layer becomes one NIR node with the parameters the student computes with; the file is
 read back and simulated by `export.interpreter`, whose per-step spikes of every neuron layer must
@@ -25,7 +26,9 @@ from train.models import SpikingCNN, SpikingResNet
 from train.neurons import LoihiCUBA
 
 from .checked import run_export, write_checked
-from .interpreter import DEFAULT_DT, run_graph
+from .from_nir import read_graph
+from .interpreter import DEFAULT_DT, NIRError, nir_neuron, run_graph
+from .readout import INTEGRATOR, MARKER, READOUTS, portable_readout
 
 PRODUCER = "snn-kd-loihi export.to_nir"
 READOUT_RTOL, READOUT_ATOL = 1e-5, 1e-6
@@ -72,30 +75,19 @@ def dense_node(name, layer, in_shape):
 
 
 def neuron_node(name, layer, shape, dt):
-    """LoihiCUBA -> CubaLIF (LIF when alpha = 0 everywhere), per neuron of `shape`.
-
-    Discrete step I = alpha I + x; V = beta V + I; S = V > theta; V <- 0 where S equals the Euler
-    step of tau_syn dI/dt = -I + w_in x, tau_mem dv/dt = -v + r I with tau_syn = dt/(1-alpha),
-    w_in = tau_syn/dt, tau_mem = dt/(1-beta), r = tau_mem/dt, v_threshold = theta, v_reset = 0.
-    """
+    """LoihiCUBA -> CubaLIF (LIF when alpha = 0 everywhere), per neuron of `shape`: the inverse
+    of export.interpreter.loihi_neuron (`nir_neuron`) at i = 1 - alpha, v = 1 - beta, with the
+    layer's quantised alpha, beta, theta; v_reset = 0, metadata reset "zero" and dt."""
     if getattr(layer, "reset_mechanism", None) != "zero":
         raise ExportError(f"layer {name!r}: reset mechanism {layer.reset_mechanism!r} "
                           f"(NIR and Loihi reset to zero)")
     alpha, beta, theta = (np.broadcast_to(p.detach().double().numpy(), shape).copy()
                           for p in layer.quantized())
-    for label, keep in (("alpha", alpha), ("beta", beta)):
-        if np.any(keep >= 1.0) or np.any(keep < 0.0):
-            raise ExportError(f"layer {name!r}: {label} must lie in [0, 1) for a finite NIR "
-                              f"time constant (got {keep.min():g}..{keep.max():g})")
-    tau_mem = dt / (1.0 - beta)
-    zero = np.zeros(shape)
-    meta = {"reset": "zero", "dt": float(dt)}
-    if np.all(alpha == 0.0):
-        return nir.LIF(tau=tau_mem, r=tau_mem / dt, v_leak=zero, v_threshold=theta,
-                       v_reset=zero, metadata=meta)
-    tau_syn = dt / (1.0 - alpha)
-    return nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau_mem, r=tau_mem / dt, v_leak=zero,
-                       v_threshold=theta, v_reset=zero.copy(), w_in=tau_syn / dt, metadata=meta)
+    try:  # alpha, beta in [0, 1): a finite time constant
+        return nir_neuron(1.0 - alpha, 1.0 - beta, theta, dt, {"reset": "zero", "dt": float(dt)})
+    except NIRError as e:
+        raise ExportError(f"layer {name!r}: {e} (alpha = 1 - dt/tau_syn, beta = 1 - "
+                          f"dt/tau_mem)") from None
 
 
 def flatten_node(shape):
@@ -104,8 +96,9 @@ def flatten_node(shape):
 
 
 def integrator_node(n, dt):
-    """I: dv/dt = r x with r = 1/dt, i.e. v[t] = v[t-1] + x[t]; logits = v[T] / T."""
-    return nir.I(r=np.full(n, 1.0 / dt))
+    """I: dv/dt = r x with r = 1/dt, i.e. v[t] = v[t-1] + x[t]; logits = v[T] / T (nir_neuron of
+    Loihi's integrator iDecay 0, vDecay 4096)."""
+    return nir_neuron(np.zeros(n), np.ones(n), None, dt)
 
 
 # ---- graph builders ----------------------------------------------------------------------------
@@ -168,10 +161,18 @@ def _meta(ckpt):
     return meta
 
 
-def student_to_nir(model, ckpt=None, dt=DEFAULT_DT) -> nir.NIRGraph:
+def student_to_nir(model, ckpt=None, dt=DEFAULT_DT, readout="integrator") -> nir.NIRGraph:
     """Map a SpikingCNN / SpikingResNet student to a type-checked NIR graph (docs/nir.md); a
     student rebuilt from the user's NIR file (checkpoint arch 'nir', train.from_nir) maps back onto
-    that graph (export.nir_student)."""
+    that graph (export.nir_student). readout "portable": the integrator I left out, its Affine
+    marked (export.readout.portable_readout), for other tools' importers."""
+    if readout not in READOUTS:
+        raise ExportError(f"readout {readout!r}: expected one of {', '.join(READOUTS)}")
+    graph = _student_graph(model, ckpt, dt)
+    return portable_readout(graph) if readout == "portable" else graph
+
+
+def _student_graph(model, ckpt, dt):
     if ckpt is not None and ckpt.get("arch", {}).get("name") == "nir":
         from train.from_nir import read_graph_bytes
         from .nir_student import nir_student_graph
@@ -228,8 +229,9 @@ def graph_readout(graph) -> tuple:
 
 
 def check_file(path, model, batches) -> dict:
-    """Read `path` back with nir.read and compare it with the student on every (T, B, ...) batch."""
-    graph = nir.read(str(path))
+    """Read `path` back with our reader (export.from_nir.read_graph: nir.read, and the portable
+    readout's integrator put back) and compare it with the student on every (T, B, ...) batch."""
+    graph = read_graph(path)
     total = {"spikes": {}, "spike_total": 0, "readout_max_abs": 0.0, "logits_max_abs": 0.0,
              "ok": True, "samples": 0}
     with torch.no_grad():
@@ -265,6 +267,8 @@ def _params(node) -> str:
         if isinstance(node, nir.Conv2d):
             text += f" stride {tuple(int(s) for s in node.stride)} " \
                     f"pad {tuple(int(p) for p in node.padding)}"
+        if node.metadata.get(MARKER) == INTEGRATOR:
+            text += " (portable readout: summed over steps)"
         return text
     if isinstance(node, (nir.CubaLIF, nir.LIF)):
         dt = node.metadata["dt"]
@@ -297,10 +301,11 @@ def write_nir(path, graph):
     Path(path).write_bytes(buf.getvalue())
 
 
-def export(checkpoint, out, dt=DEFAULT_DT, samples=64, data_dir="data", log=print):
+def export(checkpoint, out, dt=DEFAULT_DT, samples=64, data_dir="data", log=print,
+           readout="integrator"):
     """student.pt -> student.nir; the file is put in place only when the check passes."""
     model, ckpt = load_model(checkpoint, "student")
-    graph = student_to_nir(model, ckpt, dt)
+    graph = student_to_nir(model, ckpt, dt, readout)
     log(node_table(graph))
 
     def check(tmp):
@@ -332,12 +337,17 @@ def main(argv=None):
     p.add_argument("--samples", type=positive_int, default=64,
                    help="test samples for the faithfulness check (default: 64)")
     p.add_argument("--data-dir", default="data", help="dataset folder (default: data)")
+    p.add_argument("--readout", choices=READOUTS, default="integrator",
+                   help="integrator: Affine -> I -> Output (default); portable: Affine -> Output "
+                        "with metadata readout = 'integrator', which snnTorch's, SpikingJelly's "
+                        "and norse's importers accept (docs/nir.md)")
     args = p.parse_args(argv)
     run = Path(args.run)
     checkpoint = Path(args.checkpoint or run / "student.pt")
     out = Path(args.out or run / "student.nir")
     run_export(out, "--out" if args.out else "--run",
-               lambda: export(checkpoint, out, args.dt, args.samples, args.data_dir),
+               lambda: export(checkpoint, out, args.dt, args.samples, args.data_dir,
+                              readout=args.readout),
                (ExportError,))
 
 

@@ -36,7 +36,7 @@ from torch import nn
 
 from common.cli import check_writable_dir, device_arg, positive_int, run_guarded
 
-from . import loihi
+from . import loihi, netfile
 from .energy_report import build_report, si, write_report
 from .profiles import PROFILES
 from .resources import CoreLimits
@@ -322,7 +322,7 @@ def read_student_net(run_dir) -> loihi.Net:
     if not path.is_file():
         raise EnergyError(f"{path} not found; run `python -m deploy.verify --run {run_dir}` first")
     try:
-        return loihi.read_net(path)
+        return netfile.read_net(path)
     except loihi.NetxError as e:
         raise EnergyError(str(e)) from None
 

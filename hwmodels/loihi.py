@@ -5,9 +5,10 @@ A `Net` is a graph of neuron groups (`Neurons`: one Lava LIF process each) joine
 connections (`Synapses`: one Lava Dense or Conv process each). A group sums the currents of all its
 incoming connections; a connection may start at the network input, at any group (fan-out), and may
 be recurrent (a group onto itself). docs/loihi_net.md describes the file layout (`net/` group of an
-HDF5 file, next to a netx `layer/` chain when netx can express the network).
+HDF5 file, next to a netx `layer/` chain when netx can express the network; hwmodels.netfile
+reads and writes it).
 
-Pure torch + h5py (no Lava import), so it runs on any Python / torch and on CUDA. It reproduces
+Pure torch (no Lava import), so it runs on any Python / torch and on CUDA. It reproduces
 lava-nc 0.10.0 `PyLifModelBitAcc`, `PyDenseModelBitAcc`, `PyConvModelFixed` and lava-dl 0.6.0
 netx (`utils.optimize_weight_bits`) bit for bit; tests check every spike against Lava.
 
@@ -35,7 +36,6 @@ spike counts over the run; the prediction is the argmax of the score (first inde
 """
 import functools
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -117,9 +117,6 @@ def lava_dense_weights(weight):
 def conv_out_size(n, k, s, p, d) -> int:
     """Output length of a convolution along one axis (torch / netx convention)."""
     return (n + 2 * p - d * (k - 1) - 1) // s + 1
-
-
-FORMAT, VERSION = "snn-kd-loihi/loihi-net", 1
 
 
 @dataclass
@@ -274,218 +271,6 @@ class Net:
         return self
 
 
-# ---- file: the `net/` group of an HDF5 file (docs/loihi_net.md) ---------------------------------
-
-def save_net(f, net):
-    """Write `net` into an open h5py.File (group `net/`, file attrs format/version/attrs)."""
-    f.attrs["format"], f.attrs["version"] = FORMAT, VERSION
-    for key, value in net.attrs.items():
-        f.attrs[key] = value
-    root = f.create_group("net")
-    root.attrs["readout"], root.attrs["output"] = net.readout, net.output
-    root.create_dataset("input_shape", data=np.array(net.in_shape, dtype=np.int64))
-    for i, g in enumerate(net.neurons):
-        h = root.create_group(f"neurons/{i}")
-        h.attrs.update(name=g.name, role=g.role, nodes=",".join(g.nodes))
-        h.create_dataset("shape", data=np.array(g.shape, dtype=np.int64))
-        for key, value in (("iDecay", g.i_decay), ("vDecay", g.v_decay), ("vThMant", g.vth)):
-            h.create_dataset(key, data=np.int64(value))
-        if g.bias is not None:
-            h.create_dataset("bias", data=np.asarray(g.bias, dtype=np.int64))
-    for i, s in enumerate(net.synapses):
-        h = root.create_group(f"synapses/{i}")
-        h.attrs.update(name=s.name, src=s.src, dst=s.dst, kind=s.kind, recurrent=bool(s.recurrent),
-                       nodes=",".join(s.nodes))
-        h.create_dataset("weight", data=np.asarray(s.weight, dtype=np.int64))
-        if s.kind == "conv":
-            for key in ("stride", "padding", "dilation"):
-                h.create_dataset(key, data=np.array(getattr(s, key), dtype=np.int64))
-            h.create_dataset("groups", data=np.int64(s.groups))
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _nodes(attrs) -> list:
-    text = _text(attrs.get("nodes", ""))
-    return text.split(",") if text else []
-
-
-def _load_net(f, path) -> Net:
-    root = f["net"]
-    try:
-        neurons = []
-        for i in range(len(root["neurons"])):
-            h = root[f"neurons/{i}"]
-            neurons.append(Neurons(
-                name=_text(h.attrs["name"]), shape=tuple(int(v) for v in h["shape"][()]),
-                i_decay=int(h["iDecay"][()]), v_decay=int(h["vDecay"][()]),
-                vth=int(h["vThMant"][()]),
-                bias=np.asarray(h["bias"][()], dtype=np.int64) if "bias" in h else None,
-                role=_text(h.attrs.get("role", "neuron")), nodes=_nodes(h.attrs)))
-        synapses = []
-        count = len(root["synapses"]) if "synapses" in root else 0
-        for i in range(count):
-            h = root[f"synapses/{i}"]
-            conv = {key: tuple(int(v) for v in h[key][()]) for key in
-                    ("stride", "padding", "dilation") if key in h}
-            synapses.append(Synapses(
-                name=_text(h.attrs["name"]), src=_text(h.attrs["src"]), dst=_text(h.attrs["dst"]),
-                kind=_text(h.attrs["kind"]), weight=np.asarray(h["weight"][()], dtype=np.int64),
-                groups=int(h["groups"][()]) if "groups" in h else 1,
-                recurrent=bool(h.attrs.get("recurrent", False)), nodes=_nodes(h.attrs), **conv))
-        attrs = {k: (_text(v) if isinstance(v, (bytes, str)) else v.item() if hasattr(v, "item")
-                     else v) for k, v in f.attrs.items() if k not in ("format", "version")}
-        net = Net(in_shape=tuple(int(v) for v in root["input_shape"][()]), neurons=neurons,
-                  synapses=synapses, readout=_text(root.attrs["readout"]),
-                  output=_text(root.attrs["output"]), attrs=attrs)
-    except (KeyError, ValueError, TypeError) as e:
-        raise NetxError(f"{path}: malformed net/ group ({type(e).__name__}: {e})") from None
-    return net.check(str(path))
-
-
-def read_net(path) -> Net:
-    """A compiled network: our `net/` layout, or a plain lava-dl netx chain (`layer/`)."""
-    import h5py
-    path = Path(path)
-    if not path.is_file():
-        raise NetxError(f"{path}: network file not found")
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise NetxError(f"{path}: not a readable HDF5 file") from None
-    with f:
-        if "net" in f:
-            return _load_net(f, path)
-        if "layer" in f and len(f["layer"]):
-            return _netx_chain(f["layer"], path)
-    raise NetxError(f"{path}: neither a 'net' nor a netx 'layer' group")
-
-
-# ---- plain netx chains (files written by lava-dl) ----------------------------------------------
-
-def _value(group, key, path, where):
-    """A dataset's value; a string for byte-string datasets (netx stores `type` that way)."""
-    if key not in group:
-        raise NetxError(f"{path}: {where} has no field {key!r}")
-    value = group[key][()]
-    if isinstance(value, np.ndarray) and value.dtype.kind in "SO":
-        value = value.reshape(-1)[0]
-    return value.decode("ascii") if isinstance(value, bytes) else value
-
-
-def _ints(group, key, path, where) -> tuple:
-    return tuple(int(v) for v in np.asarray(_value(group, key, path, where)).reshape(-1))
-
-
-def _pair(group, key, default):
-    if key not in group:
-        return default
-    a = np.asarray(group[key][()]).reshape(-1)
-    return (int(a[0]), int(a[0])) if a.size == 1 else (int(a[0]), int(a[1]))
-
-
-def _netx_chain(group, path) -> Net:
-    """netx `layer/0..n-1` (input, conv, flatten, dense, dense_rec) -> Net."""
-    in_shape, shape, prev, neurons, synapses = None, None, "input", [], []
-    for i in range(len(group)):
-        where = f"layer/{i}"
-        if str(i) not in group:
-            raise NetxError(f"{path}: {where} missing (layers must be 0..n-1)")
-        g = group[str(i)]
-        kind = _value(g, "type", path, where)
-        if kind == "input":
-            if shape is not None:
-                raise NetxError(f"{path}: {where} input layer is not the first layer")
-            if "neuron" in g:
-                raise NetxError(f"{path}: {where} input layer with a neuron is not supported")
-            in_shape = shape = _ints(g, "shape", path, where)
-            continue
-        if shape is None:
-            raise NetxError(f"{path}: {where} ({kind}) comes before any input layer")
-        if neurons and not neurons[-1].spiking:
-            raise NetxError(f"{path}: {where} follows {neurons[-1].name}, which has no neuron "
-                            f"group and sends no spikes")
-        if kind == "flatten":
-            shape = (int(np.prod(shape)),)
-            continue
-        if kind not in ("conv", "dense", "dense_rec"):
-            raise NetxError(f"{path}: {where} has type {kind!r}; supported: input, conv, "
-                            f"flatten, dense, dense_rec")
-        name = f"{kind.split('_')[0]}{len(neurons) + 1}"
-        group_, syn = _netx_layer(g, kind, shape, name, prev, path, where)
-        neurons.append(group_)
-        synapses += syn
-        shape, prev = group_.shape, name
-    if not neurons:
-        raise NetxError(f"{path}: no conv or dense layers")
-    return Net(in_shape=in_shape, neurons=neurons, synapses=synapses).check(str(path))
-
-
-def _netx_bias(g, out, path, where):
-    """netx's bias -> (out shape) bias_mant: dense (N,); conv per channel (C,) or per neuron in
-    netx's (W, H, C) order (netx.blocks.AbstractBlock._neuron)."""
-    bias = np.asarray(g["bias"][()]).astype(np.int64)
-    if len(out) == 3 and bias.shape == tuple(out[::-1]):
-        return np.transpose(bias, (2, 1, 0)).copy()
-    if len(out) == 3 and bias.shape == (out[0],):
-        return np.broadcast_to(bias[:, None, None], out).copy()
-    if bias.size != int(np.prod(out)) or len(out) == 3:
-        raise NetxError(f"{path}: {where} bias of shape {bias.shape} does not fit {out}")
-    return bias.reshape(out)
-
-
-def _netx_layer(g, kind, shape, name, prev, path, where):
-    if "weight" not in g:
-        raise NetxError(f"{path}: {where} has no field 'weight'")
-    weight = np.asarray(g["weight"][()]).astype(np.int64)
-    ndim = 4 if kind == "conv" else 2
-    if weight.ndim > ndim and all(n == 1 for n in weight.shape[ndim:]):
-        weight = weight.reshape(weight.shape[:ndim])  # drop trailing unit dimensions
-    if "neuron" in g:
-        n, nwhere = g["neuron"], f"{where}/neuron"
-        if _value(n, "type", path, nwhere) not in ("CUBA", "LOIHI"):
-            raise NetxError(f"{path}: {nwhere} type is not CUBA")
-        params = {k: int(_ints(n, k, path, nwhere)[0]) for k in ("iDecay", "vDecay", "vThMant")}
-    elif kind == "conv":
-        raise NetxError(f"{path}: {where} conv layer without a neuron group")
-    else:
-        params = INTEGRATOR
-    nodes = _nodes(g.attrs)
-    if kind == "conv":
-        groups = int(_ints(g, "groups", path, where)[0]) if "groups" in g else 1
-        syn = Synapses(name=f"{name}.w", src=prev, dst=name, kind="conv", weight=weight,
-                       stride=_pair(g, "stride", (1, 1)), padding=_pair(g, "padding", (0, 0)),
-                       dilation=_pair(g, "dilation", (1, 1)), groups=groups, nodes=nodes)
-        if len(shape) != 3 or weight.ndim != 4 or shape[0] != weight.shape[1] * groups:
-            raise NetxError(f"{path}: {where} conv weight {weight.shape} with groups={groups} "
-                            f"does not take {shape}")
-        out = syn.out_shape(shape)
-    else:
-        syn = Synapses(name=f"{name}.w", src=prev, dst=name, kind="dense", weight=weight,
-                       nodes=nodes)
-        if weight.ndim != 2 or weight.shape[1] != int(np.prod(shape)):
-            raise NetxError(f"{path}: {where} dense weight {weight.shape} does not take "
-                            f"{int(np.prod(shape))} inputs")
-        out = (weight.shape[0],)
-    stored = _ints(g, "shape", path, where) if "shape" in g else None
-    if stored is not None and int(np.prod(stored)) != int(np.prod(out)):
-        raise NetxError(f"{path}: {where} stores shape {stored} but its weights give {out}")
-    syns = [syn]
-    if kind == "dense_rec":
-        rec = np.asarray(g["weight_rec"][()]).astype(np.int64) if "weight_rec" in g else None
-        if rec is None or rec.shape != (out[0], out[0]):
-            raise NetxError(f"{path}: {where} dense_rec needs weight_rec of shape {(out[0],) * 2}")
-        syns.append(Synapses(name=f"{name}.rec", src=name, dst=name, kind="dense", weight=rec,
-                             recurrent=True, nodes=nodes))
-    bias = _netx_bias(g, out, path, where) if "bias" in g else None
-    group_ = Neurons(name=name, shape=out, i_decay=params["iDecay"], v_decay=params["vDecay"],
-                     vth=params["vThMant"], bias=bias, role="neuron" if "neuron" in g else "readout",
-                     nodes=nodes)
-    return group_, syns
-
-
 # ---- emulator ----------------------------------------------------------------------------------
 
 @dataclass
@@ -600,6 +385,7 @@ class Emulator:
 
     @classmethod
     def from_file(cls, path, device="cpu"):
+        from .netfile import read_net
         net = read_net(path)
         try:
             return cls(net, device)

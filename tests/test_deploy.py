@@ -13,7 +13,8 @@ from torch.nn import functional as F
 
 from deploy.compile import CompileError, build_net, compile_graph
 from export.from_nir import float_model
-from hwmodels.loihi import Emulator, read_net
+from hwmodels.loihi import Emulator
+from hwmodels.netfile import read_net
 
 HAS_LAVA = importlib.util.find_spec("lava") is not None
 lava = pytest.mark.skipif(not HAS_LAVA, reason="lava-nc / lava-dl not installed")

@@ -13,7 +13,8 @@ from torch.nn import functional as F
 from hwmodels.energy import (EnergyError, Tally, ann_macs, count_macs, fanout, main,
                              student_source)
 from hwmodels.energy_report import build_report, write_report
-from hwmodels.loihi import INTEGRATOR, Emulator, Net, Neurons, Synapses, save_net
+from hwmodels.loihi import INTEGRATOR, Emulator, Net, Neurons, Synapses
+from hwmodels.netfile import save_net
 from hwmodels.profiles import PROFILES, ann_energy
 from hwmodels.resources import (CoreLimits, chip_usage, intel_system, layer_cores,
                                 map_groups, shared_kernel_cores)

@@ -14,12 +14,12 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from deploy.netx import problem, write_layers
+from deploy.netx import problem
 from common.loihi import trunc_decay as _trunc_decay
 from hwmodels import loihi
 from hwmodels.loihi import (INTEGRATOR, NEVER_SPIKES, STATE_MAX, Emulator, Net, Neurons,
-                            Synapses, _netx_chain, lava_dense_weights, neuron_step, read_net,
-                            save_net)
+                            Synapses, lava_dense_weights, neuron_step)
+from hwmodels.netfile import read_layers, read_net, write
 
 # ---- building Nets -----------------------------------------------------------------------------
 
@@ -238,12 +238,10 @@ def inputs(net, seed, samples=3, steps=6, rate=0.5):
 
 
 def save(tmp_path, net, name="net.net", layers=True):
-    """Write net/ (and netx's layer/ when it fits and `layers`); returns the path."""
+    """Write net/ (and netx's layer/ when `layers` and netx runs it exactly, as deploy.compile
+    writes it); returns the path."""
     path = tmp_path / name
-    with h5py.File(path, "w") as f:
-        save_net(f, net)
-        if layers and net.chain():
-            write_layers(f, net)
+    write(path, net, layers=layers and problem(net) is None)
     return path
 
 
@@ -527,7 +525,7 @@ def test_netx_layers_read_back_as_the_same_net(tmp_path, case):
     path = save(tmp_path, net)
     with h5py.File(path, "r") as f:
         assert "layer" in f, problem(net)
-        back = _netx_chain(f["layer"], path)
+        back = read_layers(f["layer"], path)
         kinds = [f[f"layer/{i}/type"][0].decode() for i in range(len(f["layer"]))]
         neuron = ["neuron" in f[f"layer/{i}"] for i in range(1, len(f["layer"]))]
     same_net(net, back, names=False)

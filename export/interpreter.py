@@ -537,7 +537,7 @@ def _identity(node, dtype=None):
 
 
 class LoihiStep:
-    """CubaLIF / LIF read as Loihi's fixed-point neuron (`run_graph(..., arithmetic="loihi")`,
+    """CubaLIF / LIF / IF read as Loihi's fixed-point neuron (`run_graph(..., arithmetic="loihi")`,
     for graphs that declare a `weight_step`, as export.to_nir writes them; docs/nir.md):
 
         iDecay = 4096 dt / tau_syn (4096 for LIF), vDecay = 4096 dt / tau_mem,
@@ -551,7 +551,7 @@ class LoihiStep:
     def __init__(self, name, node, dt, step):
         m = loihi_neuron(node, dt)
         checks = {"input gain (w_in dt / tau_syn, r dt / tau_mem)": np.all(m["gain"] == 1.0),
-                  "v_leak = 0": not np.any(_array(node.v_leak)),
+                  "v_leak = 0": not np.any(_array(getattr(node, "v_leak", 0.0))),
                   "v_reset = 0": not np.any(_array(node.v_reset))}
         self.i_decay = _integer(name, "iDecay = 4096 dt / tau_syn", DECAY_UNITY * m["i"])
         self.v_decay = _integer(name, "vDecay = 4096 dt / tau_mem", DECAY_UNITY * m["v"])
@@ -627,10 +627,10 @@ NEURONS = SPIKING + NON_SPIKING
 
 
 def node_simulator(name, node, dt, weight_step=None, dtype=torch.float32):
-    """The per-step simulator of one NIR node (NODE_TYPES); with `weight_step`, CubaLIF / LIF run
+    """The per-step simulator of one NIR node (NODE_TYPES); with `weight_step`, CubaLIF / LIF / IF run
     Loihi's integer arithmetic (LoihiStep). Stateless nodes compute in `dtype` (deploy.compile
     folds a synaptic path in float64 with them)."""
-    if weight_step is not None and isinstance(node, (nir.CubaLIF, nir.LIF)):
+    if weight_step is not None and isinstance(node, (nir.CubaLIF, nir.LIF, nir.IF)):
         return LoihiStep(name, node, dt, weight_step)
     if type(node) in NODE_TYPES:
         return NODE_TYPES[type(node)][1](node, dt, dtype)

@@ -72,24 +72,29 @@ def dense_node(name, layer, in_shape):
 
 
 def neuron_node(name, layer, shape, dt):
-    """LoihiCUBA -> CubaLIF (LIF when alpha = 0 everywhere), per neuron of `shape`.
+    """LoihiCUBA -> CubaLIF (LIF when alpha = 0 everywhere, IF when also beta = 1), per neuron
+    of `shape`.
 
     Discrete step I = alpha I + x; V = beta V + I; S = V > theta; V <- 0 where S equals the Euler
     step of tau_syn dI/dt = -I + w_in x, tau_mem dv/dt = -v + r I with tau_syn = dt/(1-alpha),
-    w_in = tau_syn/dt, tau_mem = dt/(1-beta), r = tau_mem/dt, v_threshold = theta, v_reset = 0.
+    w_in = tau_syn/dt, tau_mem = dt/(1-beta), r = tau_mem/dt, v_threshold = theta, v_reset = 0;
+    beta = 1 (no leak) is tau_mem = r = inf, and IF(r = 1/dt) when every neuron has it.
     """
     if getattr(layer, "reset_mechanism", None) != "zero":
         raise ExportError(f"layer {name!r}: reset mechanism {layer.reset_mechanism!r} "
                           f"(NIR and Loihi reset to zero)")
     alpha, beta, theta = (np.broadcast_to(p.detach().double().numpy(), shape).copy()
                           for p in layer.quantized())
-    for label, keep in (("alpha", alpha), ("beta", beta)):
-        if np.any(keep >= 1.0) or np.any(keep < 0.0):
-            raise ExportError(f"layer {name!r}: {label} must lie in [0, 1) for a finite NIR "
-                              f"time constant (got {keep.min():g}..{keep.max():g})")
-    tau_mem = dt / (1.0 - beta)
+    for label, keep, top in (("alpha", alpha, "1)"), ("beta", beta, "1]")):
+        if np.any(keep > 1.0) or np.any(keep < 0.0) or (top == "1)" and np.any(keep == 1.0)):
+            raise ExportError(f"layer {name!r}: {label} must lie in [0, {top} for a NIR time "
+                              f"constant (got {keep.min():g}..{keep.max():g})")
     zero = np.zeros(shape)
     meta = {"reset": "zero", "dt": float(dt)}
+    if np.all(alpha == 0.0) and np.all(beta == 1.0):
+        return nir.IF(r=np.full(shape, 1.0 / dt), v_threshold=theta, v_reset=zero, metadata=meta)
+    with np.errstate(divide="ignore"):
+        tau_mem = np.where(beta == 1.0, np.inf, dt / (1.0 - beta))
     if np.all(alpha == 0.0):
         return nir.LIF(tau=tau_mem, r=tau_mem / dt, v_leak=zero, v_threshold=theta,
                        v_reset=zero, metadata=meta)
@@ -193,7 +198,8 @@ def student_to_nir(model, ckpt=None, dt=DEFAULT_DT) -> nir.NIRGraph:
 # ---- faithfulness ------------------------------------------------------------------------------
 
 def neuron_names(graph) -> list:
-    return [name for name, node in graph.nodes.items() if isinstance(node, (nir.CubaLIF, nir.LIF))]
+    return [name for name, node in graph.nodes.items()
+            if isinstance(node, (nir.CubaLIF, nir.LIF, nir.IF))]
 
 
 def compare(graph, out, x) -> dict:

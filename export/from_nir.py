@@ -18,13 +18,13 @@ import torch
 from torch import nn
 
 import nir
-from train.layers import QuantConv2d
+from train.layers import QuantConv2d, QuantLinear
 from train.models import SpikingCNN, StudentOutput
-from train.neurons import BIAS_RANGES, LoihiCUBA
+from train.neurons import LoihiCUBA
 
 from .interpreter import (NEURONS, NON_SPIKING, SPIKING, NIRError, check_recurrence,
-                          flatten_graph, graph_dt, node_simulator, predecessors, resolve_dt,
-                          run_graph, topological_order)
+                          flatten_graph, graph_dt, loihi_neuron, node_simulator, predecessors,
+                          resolve_dt, run_graph, topological_order)
 from .nir_student import NIRStudent  # noqa: F401 - export.from_nir.NIRStudent, as before
 
 
@@ -219,29 +219,51 @@ def spiking_cnn(graph, modules):
     return model
 
 
-def _chain_modules(graph, student) -> dict:
-    """{node: module} of a chain graph's synapses, neurons and Flatten nodes for `spiking_cnn`,
-    when the student's connections are exactly the graph's nodes; else None."""
-    if student.integrator is None or any(student.recurrent.values()) or any(
-            getattr(m, f"bias_{k}") is not None for m in student.layers.values()
-            if isinstance(m, LoihiCUBA) for k in BIAS_RANGES):
-        return None
+def _own_modules(graph, dt) -> dict:
+    """{node: module} for `spiking_cnn` of a graph export.to_nir wrote, node for node (its
+    weights, decays and thresholds lie on Loihi's grids, its neurons have input gain 1); None
+    when a node is not of that form."""
     modules = {}
     for name, node in graph.nodes.items():
+        step = (node.metadata or {}).get("weight_step")
         if isinstance(node, nir.Flatten):
             start, end = int(node.start_dim), int(node.end_dim)
             modules[name] = nn.Flatten(start + 1 if start >= 0 else start,
                                        end + 1 if end >= 0 else end)
-        elif name.replace(".", "_") in student.layers:
-            modules[name] = student.layers[name.replace(".", "_")]
+        elif isinstance(node, (nir.Conv2d, nir.Affine)) and step and not np.any(node.bias):
+            w = torch.as_tensor(np.asarray(node.weight, dtype=np.float32))
+            if isinstance(node, nir.Conv2d):
+                layer = QuantConv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]),
+                                    stride=tuple(int(v) for v in node.stride),
+                                    padding=tuple(int(v) for v in node.padding), weight_step=step)
+            else:
+                layer = QuantLinear(w.shape[1], w.shape[0], weight_step=step)
+            with torch.no_grad():
+                layer.weight.copy_(w)
+            modules[name] = layer
+        elif isinstance(node, (nir.CubaLIF, nir.LIF)) and (step or graph.metadata.get(
+                "weight_step")):
+            step = step or graph.metadata["weight_step"]  # a neuron's grid: its synapses'
+            m = loihi_neuron(node, dt, tuple(int(v) for v in node.output_type["output"]))
+            if not np.all(m["gain"] == 1.0):
+                return None
+            given = [1.0 - m["i"], 1.0 - m["v"], np.broadcast_to(node.v_threshold, m["v"].shape)]
+            shape = m["v"].shape
+            pshape = (shape[0], 1, 1) if len(shape) == 3 and all(
+                np.all(a == a[:, :1, :1]) for a in given) else shape
+            layer = LoihiCUBA(pshape, weight_step=step)
+            with torch.no_grad():
+                for buf, value in zip((layer.alpha, layer.beta, layer.threshold), given):
+                    buf.copy_(torch.as_tensor(np.array(value[tuple(slice(0, n) for n in pshape)])))
+            modules[name] = layer
         elif not isinstance(node, (nir.Input, nir.Output, nir.I)):
             return None
     return modules
 
 
 def student_from_nir(graph_or_path) -> nn.Module:
-    """NIRGraph or NIR file -> its Loihi-exact student (eval mode): a SpikingCNN when the graph is
-    one, else a NIRStudent (export.nir_student) of every graph deploy.compile accepts; NIRError
+    """NIRGraph or NIR file -> its Loihi-exact student (eval mode): a SpikingCNN when export.to_nir
+    wrote the graph from one, else a NIRStudent (export.nir_student) of every graph deploy.compile accepts; NIRError
     (CompileError) naming the node for the others. The student starts with the integers the
     compiler gives the graph."""
     from deploy.compile import build_net
@@ -250,10 +272,12 @@ def student_from_nir(graph_or_path) -> nn.Module:
     if not math.isfinite(dt) or dt <= 0:
         raise NIRError(f"graph metadata dt = {dt} is not a positive time step")
     build_net(graph)  # refuse exactly what Loihi cannot run (CompileError names the node)
-    student = NIRStudent(graph)
-    modules = _chain_modules(graph, student)
-    model = None if modules is None else spiking_cnn(graph, modules)
-    return (model if model is not None else student).eval()
+    from .to_nir import PRODUCER
+    model = None
+    if (graph.metadata or {}).get("producer") == PRODUCER:
+        modules = _own_modules(graph, dt)
+        model = None if modules is None else spiking_cnn(graph, modules)
+    return (model if model is not None else NIRStudent(graph)).eval()
 
 
 # ---- the float reference of any graph ----------------------------------------------------------

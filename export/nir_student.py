@@ -197,7 +197,7 @@ class NIRStudent(nn.Module):
 
     # ---- run -----------------------------------------------------------------------------------
 
-    def _apply(self, conn, x, lead, shape):
+    def _connect(self, conn, x, lead, shape):
         """Connection `conn` on source values x with `lead` leading dims -> current in weight
         steps of `shape` after them."""
         layer = self.layers[_key(conn.name)]
@@ -211,14 +211,14 @@ class NIRStudent(nn.Module):
         lead = tuple(x.shape[:2])
         for name in self.order:
             shape, layer = self.shapes[name], self.layers[_key(name)]
-            a = sum(self._apply(c, values[c.src], lead, shape) for c in self.paths[name])
+            a = sum(self._connect(c, values[c.src], lead, shape) for c in self.paths[name])
             if name == self.integrator:
                 bias = layer.bias_steps("u")
                 out.logits_t = (a if bias is None else a + bias).flatten(2) * layer.weight_step
                 continue
             rec = self.recurrent[name]
             step_fn = None if not rec else (
-                lambda s, rec=rec, shape=shape: sum(self._apply(c, s, s.shape[:1], shape)
+                lambda s, rec=rec, shape=shape: sum(self._connect(c, s, s.shape[:1], shape)
                                                     for c in rec))
             values[name] = out.spikes[name] = layer.run_steps(a, step_fn)
             if name == self.last_conv_neuron:

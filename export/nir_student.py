@@ -12,14 +12,17 @@ step. Its initial integers are those the compiler gives the user's graph, so it 
 file deployed as it is.
 
 Its graph G' (what `nir_student_graph` writes) has one synapse node per connection, named after
-the path's synapse (else its last node, made unique with the neuron's name), a Flatten before a
+the path's synapse (else its last node, made unique with the neuron's name; a grouped convolution
+(pooling alone) written as a full one with zeros between the groups), a Flatten before a
 dense connection from a (C, H, W) source, G's neurons with unit input gain (LIF / CubaLIF / IF
 of export.to_nir.neuron_node) and G's readout; a bias into v or into the current sits on the
 neuron's first feed-forward synapse, a late bias (recurrent synapse) on its first recurrent one.
 G' compiles to the same net as G, and `NIRStudent(G')` is the same student (same names).
-Refused (NIRError naming the node): a decaying non-spiking readout (LI, CubaLI; an I
-integrator is fine), a dense connection into a (C, H, W) neuron, a bias that differs inside a
-channel of a conv neuron, v_leak into a neuron whose current decays, a threshold of 0 steps.
+A (C, H, W) neuron with a dense input (a path no convolution equals, per-position thresholds)
+is 1-D in G' (flattened in (C, H, W) order), and its other connections dense too. Refused
+(NIRError naming the node): a decaying non-spiking readout (LI, CubaLI; an I integrator is
+fine), a bias that differs inside a channel of a conv neuron, v_leak into a neuron whose
+current decays, a threshold of 0 steps.
 """
 from dataclasses import dataclass
 
@@ -35,7 +38,7 @@ from train.neurons import LoihiCUBA
 
 from .interpreter import (NEURONS, NIRError, flatten_graph, recurrent_edges, resolve_dt, role,
                           topological_order)
-from .paths import (BIAS_LATE, BIAS_SOURCE, group_plan, input_shape, integer_bias,
+from .paths import (BIAS_LATE, BIAS_SOURCE, conv_dense, group_plan, input_shape, integer_bias,
                     integer_threshold, to_int)
 
 
@@ -66,6 +69,18 @@ def _per_channel(values, shape, name, what):
     return values[:, :1, :1]
 
 
+def _ungrouped(w, groups, cin):
+    """A grouped convolution's weight (cout, cin / groups, kh, kw) as the full (cout, cin, kh, kw)
+    one with zeros between groups (nir 1.0.8's type check reads a Conv2d's input channels as
+    weight.shape[1], so G' has no grouped Conv2d)."""
+    cout, per = w.shape[:2]
+    full = np.zeros((cout, cin, *w.shape[2:]))
+    out = cout // groups
+    for g in range(groups):
+        full[g * out:(g + 1) * out, g * per:(g + 1) * per] = w[g * out:(g + 1) * out]
+    return full
+
+
 class NIRStudent(nn.Module):
     """The student of a NIR graph (module docstring). forward(x (T, B, ...)) -> StudentOutput:
     spikes {neuron node: (T, B, ...)}; logits_t the output neuron's spikes (spiking readout) or
@@ -88,7 +103,7 @@ class NIRStudent(nn.Module):
             raise NIRError("graph: the student needs one Output fed by one neuron node")
         self.output_name, self.readout = outputs[0], preds[outputs[0]][0]
         self.layers = nn.ModuleDict()
-        self.shapes, self.paths, self.recurrent = {}, {}, {}
+        self.shapes, self.paths, self.recurrent, self.flat = {}, {}, {}, set()
         self.integrator = None
         taken = set(self.order) | {self.input_name, self.output_name}
         sources = set(self.order) | {self.input_name}
@@ -105,20 +120,20 @@ class NIRStudent(nn.Module):
 
     def _neuron(self, g, name, plan, taken):
         shape, step, exact = plan["shape"], plan["step"], plan["exact"]
-        self.shapes[name] = shape
         infos = [i for i in plan["infos"] if i["src"] not in (BIAS_SOURCE, BIAS_LATE)]
+        if len(shape) == 3 and any(i["kind"] == "dense" or i["src"] in self.flat for i in infos):
+            self.flat.add(name)  # a dense input: the neuron is 1-D in G' (Flatten's order)
+            shape = (int(np.prod(shape)),)
+        self.shapes[name] = shape
+        infos = [self._flatten(i, name) for i in infos]
         biases = {("u" if i["src"] == BIAS_SOURCE else "late"): i["w"].reshape(shape)
                   for i in plan["infos"] if i["src"] in (BIAS_SOURCE, BIAS_LATE)}
+        plan = {**plan, **{k: np.reshape(plan[k], shape) for k in ("i_decay", "v_decay", "bias")}}
         if np.any(plan["bias"]):
             if np.any(plan["i_decay"] != DECAY_UNITY):
                 raise NIRError(f"node {name!r}: v_leak into a neuron whose current decays has no "
                                f"student form (its bias would go to the current)")
             biases["v"] = plan["bias"]
-        if len(shape) == 3 and any(i["kind"] == "dense" for i in infos):
-            src = next(i["src"] for i in infos if i["kind"] == "dense")
-            raise NIRError(f"node {name!r}: its input from {src!r} is a dense matrix (no "
-                           f"convolution equals the path) into a (C, H, W) neuron; the student "
-                           f"has no form for it")
         spiking = plan["theta"] is not None
         if not spiking and not (np.all(plan["i_decay"] == 0)
                                 and np.all(plan["v_decay"] == DECAY_UNITY)):
@@ -158,6 +173,17 @@ class NIRStudent(nn.Module):
             conn = self._connection(g, name, info, step, exact, taken)
             (self.recurrent if conn.rec else self.paths)[name].append(conn)
 
+    def _flatten(self, info, name):
+        """A connection into or from a 1-D neuron of G' (`flat`): a convolution becomes its dense
+        matrix, a flat source has shape (N,)."""
+        src_flat = info["src"] in self.flat
+        if info["kind"] == "conv" and (src_flat or name in self.flat):
+            info = {**info, "kind": "dense", "conv": {},
+                    "w": conv_dense(info["w"], info["conv"], info["src_shape"], name)}
+        if src_flat:
+            info = {**info, "src_shape": (int(np.prod(info["src_shape"])),)}
+        return info
+
     def _connection(self, g, name, info, step, exact, taken) -> Connection:
         ops, src_shape = info["ops"], tuple(info["src_shape"])
         src = self.input_name if info["src"] == "input" else info["src"]
@@ -168,13 +194,15 @@ class NIRStudent(nn.Module):
         if info["kind"] == "dense" and len(src_shape) > 1:
             flats = [op for op in ops if isinstance(g.nodes[op], nir.Flatten)]
             flatten = self._unique(flats[0] if flats else f"{label}.flatten", label, taken)
+        if info["kind"] == "conv" and info["conv"].get("groups", 1) > 1:
+            info = {**info, "w": _ungrouped(info["w"], info["conv"]["groups"], src_shape[0]),
+                    "conv": {**info["conv"], "groups": 1}}
         k, _ = to_int(info["w"], step, name, "weights", WEIGHT_MIN, WEIGHT_MAX, exact)
         if info["kind"] == "conv":
             conv = info["conv"]
             layer = QuantConv2d(src_shape[0], k.shape[0], k.shape[2:],
                                 stride=conv.get("stride", 1), padding=conv.get("padding", 0),
-                                dilation=conv.get("dilation", 1), groups=conv.get("groups", 1),
-                                weight_step=step)
+                                dilation=conv.get("dilation", 1), weight_step=step)
         else:
             layer = QuantLinear(k.shape[1], k.shape[0], weight_step=step)
         w = torch.as_tensor(info["w"], dtype=torch.float32).reshape(layer.weight.shape)

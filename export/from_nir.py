@@ -222,10 +222,13 @@ def spiking_cnn(graph, modules):
 def _own_modules(graph, dt) -> dict:
     """{node: module} for `spiking_cnn` of a graph export.to_nir wrote, node for node (its
     weights, decays and thresholds lie on Loihi's grids, its neurons have input gain 1); None
-    when a node is not of that form."""
+    when a node is not of that form, or a weight step is not a power of two (SpikingCNN
+    computes in weight units, exact on such a grid; a NIRStudent is exact on any)."""
     modules = {}
     for name, node in graph.nodes.items():
         step = (node.metadata or {}).get("weight_step")
+        if step and math.frexp(float(step))[0] != 0.5:
+            return None
         if isinstance(node, nir.Flatten):
             start, end = int(node.start_dim), int(node.end_dim)
             modules[name] = nn.Flatten(start + 1 if start >= 0 else start,

@@ -36,7 +36,11 @@ Exact when the synaptic input x is weight_step times an integer (binary input sp
 after the first; a power-of-two weight_step such as the default 1/64 makes x / unit exact in
 float32), each step's |sum k| << 6 stays below 2^23 (deploy.compile's fit report bounds the
 state) and each conv's integer sum fits 24 bits (Lava wraps it; this step does not).
-Analog input (direct encoding) is rounded to the unit grid. Loihi's ranges: docs/loihi_net.md and
+Analog input (direct encoding) is rounded to the unit grid. `run_steps` (the NIRStudent of a
+foreign graph, export.nir_student) takes the input in weight steps instead (integer sums of the
+int8 weights, exact for any step) and adds Loihi's biases (`BIAS_RANGES`: the neuron bias on v
+before the clip, the weights of the compiler's bias sources into u) and a recurrent input of the
+previous step's spikes, as hwmodels.loihi's emulator does. Loihi's ranges: docs/loihi_net.md and
 the docstring of hwmodels/loihi.py.
 """
 import snntorch as snn
@@ -164,7 +168,7 @@ class LoihiCUBA(snn.Synaptic):
         and `recurrent`, a function of the previous step's spikes (B, ...) giving a current in
         weight steps from step 1 on (a recurrent connection: zeros at step 0). The emulator's
         group with its bias sources and recurrent connections, step by step. Returns spikes
-        (T, B, ...), or for a non-spiking neuron (threshold None) its input in weight units."""
+        (T, B, ...)."""
         shift = float(1 << ACT_SHIFT)
         u_bias, late, v_bias = (self.bias_steps(k) for k in ("u", "late", "v"))
         params = self.step_params()

@@ -264,23 +264,22 @@ def _own_modules(graph, dt) -> dict:
     return modules
 
 
-def student_from_nir(graph_or_path) -> nn.Module:
+def student_from_nir(graph_or_path, dt=None) -> nn.Module:
     """NIRGraph or NIR file -> its Loihi-exact student (eval mode): a SpikingCNN when export.to_nir
     wrote the graph from one, else a NIRStudent (export.nir_student) of every graph deploy.compile accepts; NIRError
     (CompileError) naming the node for the others. The student starts with the integers the
-    compiler gives the graph."""
+    compiler gives the graph at time step dt (default: the graph's, resolve_dt; DtError names
+    --dt when the graph does not pin it)."""
     from deploy.compile import build_net
     graph = graph_or_path if isinstance(graph_or_path, nir.NIRGraph) else read_graph(graph_or_path)
-    dt = graph_dt(graph)
-    if not math.isfinite(dt) or dt <= 0:
-        raise NIRError(f"graph metadata dt = {dt} is not a positive time step")
-    build_net(graph)  # refuse exactly what Loihi cannot run (CompileError names the node)
+    dt = resolve_dt(graph, dt)[0]
+    build_net(graph, dt)  # refuse exactly what Loihi cannot run (CompileError names the node)
     from .to_nir import PRODUCER
     model = None
     if (graph.metadata or {}).get("producer") == PRODUCER:
         modules = _own_modules(graph, dt)
         model = None if modules is None else spiking_cnn(graph, modules)
-    return (model if model is not None else NIRStudent(graph)).eval()
+    return (model if model is not None else NIRStudent(graph, dt)).eval()
 
 
 # ---- the float reference of any graph ----------------------------------------------------------

@@ -82,15 +82,16 @@ def _ungrouped(w, groups, cin):
 
 
 class NIRStudent(nn.Module):
-    """The student of a NIR graph (module docstring). forward(x (T, B, ...)) -> StudentOutput:
+    """The student of a NIR graph at time step dt (default: the graph's, resolve_dt) (module
+    docstring). forward(x (T, B, ...)) -> StudentOutput:
     spikes {neuron node: (T, B, ...)}; logits_t the output neuron's spikes (spiking readout) or
     the integrator's per-step input in weight units (I readout: its score is their sum);
     features["last"] the spikes of the last (C, H, W) neuron."""
 
-    def __init__(self, graph: nir.NIRGraph):
+    def __init__(self, graph: nir.NIRGraph, dt=None):
         super().__init__()
         g = flatten_graph(graph)
-        self.dt = resolve_dt(g)[0]
+        self.dt = resolve_dt(g, dt)[0]
         self.input_name, self.in_shape = input_shape(g)
         outputs = [n for n, node in g.nodes.items() if isinstance(node, nir.Output)]
         rec = recurrent_edges(g)

@@ -19,6 +19,7 @@ from export.nir_student import nir_student_graph
 from hwmodels.loihi import Emulator
 
 sys.path.insert(0, str(Path(__file__).parent))
+import test_producers  # noqa: E402 - the producer fixtures with their dt and edits
 import test_producers_compile as pc  # noqa: E402 - the producers' graph builders
 
 FIXTURES = Path(__file__).parent / "fixtures" / "producers"
@@ -26,8 +27,10 @@ HAS_LAVA = importlib.util.find_spec("lava") is not None
 
 
 def fixture(name, n=8):
+    """(graph as tests/test_producers edits it, its first n inputs, the dt to pass)."""
     x = np.load(FIXTURES / name / "data.npz")["x"][:n]
-    return read_graph(FIXTURES / name / "graph.nir"), torch.from_numpy(x.astype(np.float32))
+    graph, dt = test_producers._graph(name)
+    return graph, torch.from_numpy(x.astype(np.float32)), dt
 
 
 def per_position_thresholds():
@@ -43,12 +46,15 @@ def per_position_thresholds():
     return pc.chain(nodes, {"dt": 1e-4})
 
 
-CASES = {  # name: (graph, input spikes (B, T, ...))
+CASES = {  # name: (graph, input spikes (B, T, ...)[, dt])
     "snntorch_cnn (Conv2d+bias -> AvgPool2d -> LIF, 7x7 floor pooling)":
         lambda: fixture("snntorch_cnn"),
     "sinabs_if_cnn (IF -> SumPool2d -> Conv2d)": lambda: fixture("sinabs_if_cnn"),
     "spikingjelly_if_cnn (IF, r = 1/dt, biases)": lambda: fixture("spikingjelly_if_cnn"),
     "snntorch_mlp (biases into LIF)": lambda: fixture("snntorch_mlp"),
+    **{f"{name} (--dt)": (lambda name=name: fixture(name)) for name in (
+        "sinabs_lif_mlp", "norse_lif_mlp", "norse_lifcell_mlp", "rockpool_lif_mlp",
+        "spyx_lif_mlp")},
     "recurrent CubaLIF, biases into the current and late": lambda: (
         pc.braille_like(), pc.spikes((8, 12, 6), rate=0.5)),
     "floor pooling then padded conv (dense into a conv-shaped neuron)": lambda: (
@@ -68,6 +74,11 @@ def round_trip(graph):
     nir.write(buf, graph)
     buf.seek(0)
     return nir.read(buf)
+
+
+def case(name):
+    made = CASES[name]()
+    return made if len(made) == 3 else (*made, None)
 
 
 def student_graph(model):
@@ -107,12 +118,12 @@ def sgd_steps(model, x, steps=3):
     return sum(int((model.layers[n].step_weight() != w).sum()) for n, w in before.items())
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_student_equals_the_compiled_graph_then_its_own_graph_every_spike(case):
-    graph, x = CASES[case]()
-    model = student_from_nir(graph)
+@pytest.mark.parametrize("name", list(CASES))
+def test_student_equals_the_compiled_graph_then_its_own_graph_every_spike(name):
+    graph, x, dt = case(name)
+    model = student_from_nir(graph, dt)
     assert isinstance(model, NIRStudent)
-    net, _ = build_net(graph)  # the file deployed as it is
+    net, _ = build_net(graph, dt)  # the file deployed as it is
     bad, total, preds = mismatches(model, net, x)
     assert total > 0 and (bad, preds) == (0, 0), (bad, total, preds)
     mine = student_graph(model)
@@ -128,7 +139,7 @@ def test_student_equals_the_compiled_graph_then_its_own_graph_every_spike(case):
 
 
 def test_student_trains_its_biases_and_writes_them_where_the_compiler_reads_them():
-    graph, x = CASES["recurrent CubaLIF, biases into the current and late"]()
+    graph, x, _ = case("recurrent CubaLIF, biases into the current and late")
     model = student_from_nir(graph)
     lif = model.layers["lif1_lif"]
     assert lif.bias_u is not None and lif.bias_late is not None and lif.bias_v is None
@@ -162,7 +173,7 @@ def test_lava_runs_a_trained_recurrent_student_as_the_emulator(tmp_path):
     from deploy.lava_run import preload, run_lava
     from test_lava_net import assert_same
     preload()
-    graph, x = CASES["recurrent CubaLIF, biases into the current and late"]()
+    graph, x, _ = case("recurrent CubaLIF, biases into the current and late")
     model = student_from_nir(graph)
     assert sgd_steps(model, x) > 0
     net, _ = compile_graph(student_graph(model), tmp_path / "s.net")

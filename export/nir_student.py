@@ -19,10 +19,10 @@ of export.to_nir.neuron_node) and G's readout; a bias into v or into the current
 neuron's first feed-forward synapse, a late bias (recurrent synapse) on its first recurrent one.
 G' compiles to the same net as G, and `NIRStudent(G')` is the same student (same names).
 A (C, H, W) neuron with a dense input (a path no convolution equals, per-position thresholds)
-is 1-D in G' (flattened in (C, H, W) order), and its other connections dense too. Refused
-(NIRError naming the node): a decaying non-spiking readout (LI, CubaLI; an I integrator is
-fine), a bias that differs inside a channel of a conv neuron, v_leak into a neuron whose
-current decays, a threshold of 0 steps.
+or a bias that differs inside a channel is 1-D in G' (flattened in (C, H, W) order), and its
+other connections dense too. Refused (NIRError naming the node): a decaying non-spiking
+readout (LI, CubaLI; an I integrator is fine), v_leak into a neuron whose current decays, a
+threshold of 0 steps.
 """
 from dataclasses import dataclass
 
@@ -56,17 +56,6 @@ class Connection:
 
 def _key(name):
     return name.replace(".", "_")
-
-
-def _per_channel(values, shape, name, what):
-    """values of `shape` -> (C, 1, 1) for a (C, H, W) neuron (constant per channel), else as is."""
-    values = np.broadcast_to(values, shape)
-    if len(shape) != 3:
-        return values
-    if not np.all(values == values[:, :1, :1]):
-        raise NIRError(f"node {name!r}: {what} differs inside a channel; the student's conv "
-                       f"synapse has one per channel")
-    return values[:, :1, :1]
 
 
 def _ungrouped(w, groups, cin):
@@ -122,19 +111,23 @@ class NIRStudent(nn.Module):
     def _neuron(self, g, name, plan, taken):
         shape, step, exact = plan["shape"], plan["step"], plan["exact"]
         infos = [i for i in plan["infos"] if i["src"] not in (BIAS_SOURCE, BIAS_LATE)]
-        if len(shape) == 3 and any(i["kind"] == "dense" or i["src"] in self.flat for i in infos):
-            self.flat.add(name)  # a dense input: the neuron is 1-D in G' (Flatten's order)
-            shape = (int(np.prod(shape)),)
-        self.shapes[name] = shape
-        infos = [self._flatten(i, name) for i in infos]
         biases = {("u" if i["src"] == BIAS_SOURCE else "late"): i["w"].reshape(shape)
                   for i in plan["infos"] if i["src"] in (BIAS_SOURCE, BIAS_LATE)}
-        plan = {**plan, **{k: np.reshape(plan[k], shape) for k in ("i_decay", "v_decay", "bias")}}
         if np.any(plan["bias"]):
             if np.any(plan["i_decay"] != DECAY_UNITY):
                 raise NIRError(f"node {name!r}: v_leak into a neuron whose current decays has no "
                                f"student form (its bias would go to the current)")
-            biases["v"] = plan["bias"]
+            biases["v"] = np.broadcast_to(plan["bias"], shape)
+        if len(shape) == 3 and (any(i["kind"] == "dense" or i["src"] in self.flat for i in infos)
+                                or any(np.any(b != b[:, :1, :1]) for b in biases.values())):
+            # a dense input, or a bias a conv's per-channel bias cannot hold: the neuron is 1-D
+            # in G' (in Flatten's (C, H, W) order)
+            self.flat.add(name)
+            shape = (int(np.prod(shape)),)
+        self.shapes[name] = shape
+        infos = [self._flatten(i, name) for i in infos]
+        biases = {k: b.reshape(shape) for k, b in biases.items()}
+        plan = {**plan, **{k: np.reshape(plan[k], shape) for k in ("i_decay", "v_decay")}}
         spiking = plan["theta"] is not None
         if not spiking and not (np.all(plan["i_decay"] == 0)
                                 and np.all(plan["v_decay"] == DECAY_UNITY)):
@@ -159,7 +152,7 @@ class NIRStudent(nn.Module):
                                    f"the student's neuron needs at least 1")
                 layer.threshold.copy_(torch.full(pshape, step * vth))
         for kind, values in biases.items():
-            values = _per_channel(values, shape, name, f"its bias ({kind})")
+            values = values[:, :1, :1] if len(shape) == 3 else values  # per channel (above)
             if kind == "v":
                 k = integer_bias(values, step, name, exact)
             else:

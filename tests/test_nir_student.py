@@ -46,6 +46,18 @@ def per_position_thresholds():
     return pc.chain(nodes, {"dt": 1e-4})
 
 
+def per_position_leak():
+    """A conv into a LIF whose v_leak (a bias on v) differs by position: the student's neuron is
+    1-D in G' (a Conv2d's bias is per channel)."""
+    rng = np.random.default_rng(5)
+    n1 = pc.lif((3, 6, 6), 0.5)
+    n1.v_leak = np.broadcast_to(pc.grid(rng, (1, 6, 6)), (3, 6, 6)).copy()
+    nodes = {"input": nir.Input(input_type=np.array([1, 6, 6])),
+             "conv": pc.conv(rng, 3, 1, 3, padding=1, bias=True, size=(6, 6)), "n1": n1}
+    nodes.update(pc.head(108, rng))
+    return pc.chain(nodes, {"dt": 1e-4})
+
+
 CASES = {  # name: (graph, input spikes (B, T, ...)[, dt])
     "snntorch_cnn (Conv2d+bias -> AvgPool2d -> LIF, 7x7 floor pooling)":
         lambda: fixture("snntorch_cnn"),
@@ -64,6 +76,8 @@ CASES = {  # name: (graph, input spikes (B, T, ...)[, dt])
     "per-neuron thresholds (dense)": lambda: (pc.rockpool_net(), pc.spikes((8, 8, 5), rate=0.6)),
     "per-position thresholds (conv)": lambda: (per_position_thresholds(),
                                                pc.spikes((8, 6, 1, 6, 6), rate=0.5)),
+    "per-position v_leak (conv)": lambda: (per_position_leak(),
+                                           pc.spikes((8, 6, 1, 6, 6), rate=0.5)),
     "per-neuron decays (split groups)": lambda: (pc.spyx_net(out_betas=True),
                                                  pc.spikes((8, 8, 5), rate=0.6)),
 }

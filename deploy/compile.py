@@ -2,7 +2,8 @@
 
     python -m deploy.compile runs/default/student.nir runs/default/student.net [--dt DT]
 
-Steps, each a function below:
+Steps, each a function below or, for the float rules of paths and groups shared with the
+trainable student of a graph (export.nir_student), in export/paths.py (`group_plan`):
 1. read: inline subgraphs, find recurrent edges, resolve dt (`export.interpreter.resolve_dt`).
 2. groups: every neuron node (CubaLIF, LIF, IF, I, LI, CubaLI) becomes a group of Loihi CUBA neurons
        CubaLIF  iDecay = round(4096 dt/tau_syn), vDecay = round(4096 dt/tau_mem)

@@ -1,15 +1,12 @@
-"""Rebuild a runnable, trainable student from NIR (ours, docs/nir.md, or snnTorch's export_to_nir),
+"""Rebuild a runnable, trainable student from NIR (ours, docs/nir.md, or any other tool's graph),
 and the float reference of any NIR graph (`float_model`).
 
-A chain input -> (Conv2d, neuron)* -> Flatten -> (Affine, neuron)* -> Affine -> I -> output becomes
-a `train.models.SpikingCNN`; any other feed-forward graph becomes a `NIRStudent` that runs the graph
-with the same LoihiCUBA / QuantConv2d / QuantLinear modules. Both return a `StudentOutput`.
-
-Parameters map back through the discrete reading of docs/nir.md (dt from
-`export.interpreter.resolve_dt`): alpha = 1 - dt/tau_syn, beta = 1 - dt/tau_mem,
-theta = v_threshold. Our own files round-trip exactly. Foreign values that are not on Loihi's
-grids (weights step * int8, decays in 1/4096, thresholds on the weight grid) are rounded onto them
-with a warning naming the node.
+`student_from_nir`: a chain input -> (Conv2d, neuron)* -> Flatten -> (Affine, neuron)* -> Affine
+-> I -> output of ours becomes a `train.models.SpikingCNN`; every other graph that deploy.compile
+accepts becomes an `export.nir_student.NIRStudent`: the compiled net in trainable form (paths
+folded into one connection each, as the compiler folds them; biases, IF neurons and recurrence
+included), starting from the integers the compiler gives the graph. Both return a
+`StudentOutput`. Our own files round-trip exactly.
 """
 import dataclasses
 import math
@@ -22,16 +19,14 @@ from torch import nn
 
 import nir
 from train.layers import QuantConv2d, QuantLinear
-from train.models import SpikingCNN, StudentOutput, _time_batched
+from train.models import SpikingCNN, StudentOutput
 from train.neurons import LoihiCUBA
-from train.quant import WEIGHT_MAX, WEIGHT_MIN
 
 from .interpreter import (NEURONS, NON_SPIKING, SPIKING, NIRError, check_recurrence,
-                          euler_gain, flatten_graph, graph_dt, node_simulator, predecessors,
+                          flatten_graph, graph_dt, loihi_neuron, node_simulator, predecessors,
                           resolve_dt, run_graph, topological_order)
+from .nir_student import NIRStudent  # noqa: F401 - export.from_nir.NIRStudent, as before
 from .readout import integrator_readout
-
-DEFAULT_STEP = 1 / 64
 
 
 def read_graph(path) -> nir.NIRGraph:
@@ -174,214 +169,6 @@ def _unknown_type(path) -> str:
     return ""
 
 
-# ---- one mapping per node type -----------------------------------------------------------------
-
-def _array(v) -> np.ndarray:
-    return np.asarray(v.detach() if torch.is_tensor(v) else v, dtype=np.float64)
-
-
-def weight_step(name, node, graph) -> float:
-    """The grid of a synapse's weights: its metadata, the graph's, 1/64 if the weights lie on it,
-    else max|w| / 127."""
-    for meta in (node.metadata, graph.metadata):
-        if "weight_step" in meta:
-            return float(meta["weight_step"])
-    w = _array(node.weight)
-    k = w / DEFAULT_STEP
-    if np.array_equal(k, np.round(k)) and k.min() >= WEIGHT_MIN and k.max() <= WEIGHT_MAX:
-        return DEFAULT_STEP
-    return float(np.abs(w).max() / WEIGHT_MAX) or DEFAULT_STEP
-
-
-def _set_weight(name, layer, node):
-    """Copy the weights and check that the layer's quantised weights equal them."""
-    w = torch.as_tensor(_array(node.weight), dtype=torch.float32)
-    with torch.no_grad():
-        layer.weight.copy_(w)
-        diff = float((layer.quantized_weight() - w).abs().max())
-    if diff > 0:
-        warnings.warn(f"node {name!r}: weights are not step * int8 (step "
-                      f"{layer.weight_step:g}); rounded by up to {diff:.3g}")
-
-
-def _check_bias(name, node):
-    if isinstance(node, (nir.Affine, nir.Conv2d)) and np.any(_array(node.bias) != 0):
-        raise NIRError(f"node {name!r}: nonzero bias (Loihi synapses have none)")
-
-
-def conv_layer(name, node, step) -> QuantConv2d:
-    """Conv2d (zero bias, dilation 1, groups 1): y[t] = W * x[t] -> QuantConv2d."""
-    _check_bias(name, node)
-    if isinstance(node.padding, str) or np.any(np.asarray(node.dilation) != 1) or node.groups != 1:
-        raise NIRError(f"node {name!r}: only Conv2d with integer padding, dilation 1 and groups 1 "
-                       f"maps to QuantConv2d")
-    cout, cin, kh, kw = np.shape(node.weight)
-    layer = QuantConv2d(cin, cout, (kh, kw), stride=_pair(node.stride),
-                        padding=_pair(node.padding), weight_step=step)
-    _set_weight(name, layer, node)
-    return layer
-
-
-def dense_layer(name, node, step) -> QuantLinear:
-    """Affine (zero bias) or Linear: y[t] = W x[t] -> QuantLinear."""
-    _check_bias(name, node)
-    fout, fin = np.shape(node.weight)
-    layer = QuantLinear(fin, fout, weight_step=step)
-    _set_weight(name, layer, node)
-    return layer
-
-
-def _pair(v) -> tuple:
-    return tuple(int(i) for i in np.broadcast_to(np.asarray(v), (2,)))
-
-
-def _check_unit_gain(name, label, ratio, scale):
-    """The student's neuron has input gain 1: euler_gain (the interpreter's and the compiler's
-    rule) must give exactly 1."""
-    gain = euler_gain(ratio, scale)
-    if not np.all(gain == 1.0):
-        raise NIRError(f"node {name!r}: {label} = {np.min(gain):g}..{np.max(gain):g}, but the "
-                       f"student's neuron needs 1 (r = tau_mem/dt, w_in = tau_syn/dt)")
-
-
-def _param_shape(shape, arrays) -> tuple:
-    """(C, 1, 1) when every parameter is constant over H, W (per channel), else the full shape."""
-    if len(shape) == 3 and all(np.all(a == a[:, :1, :1]) for a in arrays):
-        return (shape[0], 1, 1)
-    return tuple(shape)
-
-
-def neuron_layer(name, node, dt, step) -> LoihiCUBA:
-    """CubaLIF / LIF -> LoihiCUBA: the Euler step of tau_syn dI/dt = -I + w_in x, tau_mem dv/dt =
-    (v_leak - v) + r I is I = alpha I + x, V = beta V + I with alpha = 1 - dt/tau_syn,
-    beta = 1 - dt/tau_mem when w_in = tau_syn/dt, r = tau_mem/dt, v_leak = 0; spikes V > v_threshold
-    and reset to v_reset = 0. LIF is the case alpha = 0."""
-    if np.any(_array(node.v_leak) != 0) or np.any(_array(node.v_reset) != 0):
-        raise NIRError(f"node {name!r}: v_leak and v_reset must be 0 (Loihi resets to zero)")
-    if isinstance(node, nir.CubaLIF):
-        tau_syn, tau_mem = _array(node.tau_syn), _array(node.tau_mem)
-        _check_unit_gain(name, "w_in dt/tau_syn", dt / tau_syn, node.w_in)
-        alpha = 1.0 - dt / tau_syn
-    else:
-        tau_mem = _array(node.tau)
-        alpha = np.zeros_like(tau_mem)
-    _check_unit_gain(name, "r dt/tau_mem", dt / tau_mem, node.r)
-    shape = tuple(int(s) for s in node.output_type["output"])
-    beta, theta = 1.0 - dt / tau_mem, _array(node.v_threshold)
-    given = [np.broadcast_to(a, shape) for a in (alpha, beta, theta)]
-    pshape = _param_shape(shape, given)
-    index = tuple(slice(0, n) for n in pshape)
-    layer = LoihiCUBA(pshape, weight_step=step)
-    with torch.no_grad():
-        for buf, value in zip((layer.alpha, layer.beta, layer.threshold), given):
-            buf.copy_(torch.tensor(value[index], dtype=torch.float32))
-    for label, used, value in zip(("alpha", "beta", "v_threshold"), layer.quantized(), given):
-        diff = float(np.abs(np.broadcast_to(used.double().numpy(), shape) - value).max())
-        if diff > 1e-6 * max(1.0, float(np.abs(value).max())):
-            warnings.warn(f"node {name!r}: {label} is not on Loihi's grid; rounded by up to "
-                          f"{diff:.3g}")
-    return layer
-
-
-def flatten_layer(name, node) -> nn.Flatten:
-    """Flatten dims start_dim..end_dim counted without the batch -> nn.Flatten on (B, ...)."""
-    start, end = int(node.start_dim), int(node.end_dim)
-    return nn.Flatten(start + 1 if start >= 0 else start, end + 1 if end >= 0 else end)
-
-
-def check_integrator(name, node, dt, graph):
-    """I: dv/dt = r x with r = 1/dt is the readout integrator v[t] = v[t-1] + x[t]."""
-    if not all(isinstance(graph.nodes[b], nir.Output) for a, b in graph.edges if a == name):
-        raise NIRError(f"node {name!r}: an integrator is supported only as the readout "
-                       f"feeding the output")
-    _check_unit_gain(name, "r dt", np.float64(dt), node.r)
-
-
-# ---- graph -> modules --------------------------------------------------------------------------
-
-SYNAPSES = (nir.Conv2d, nir.Affine, nir.Linear)
-NEURONS = (nir.CubaLIF, nir.LIF)
-
-
-def _neuron_step(name, graph, steps):
-    """A neuron's threshold grid is the weight grid of its incoming synapses."""
-    found = {steps[src] for src in predecessors(graph, name) if src in steps}
-    if len(found) > 1:
-        raise NIRError(f"node {name!r}: incoming synapses have different weight steps {found}")
-    return found.pop() if found else float(graph.metadata.get("weight_step", DEFAULT_STEP))
-
-
-def graph_modules(graph, dt) -> dict:
-    """{node name: module} for every node except Input / Output / I, in topological order."""
-    modules, steps = {}, {}
-    for name in topological_order(graph):
-        node = graph.nodes[name]
-        if isinstance(node, (nir.Input, nir.Output)):
-            continue
-        if isinstance(node, SYNAPSES):
-            steps[name] = weight_step(name, node, graph)
-            make = conv_layer if isinstance(node, nir.Conv2d) else dense_layer
-            modules[name] = make(name, node, steps[name])
-        elif isinstance(node, NEURONS):
-            modules[name] = neuron_layer(name, node, dt, _neuron_step(name, graph, steps))
-        elif isinstance(node, nir.Flatten):
-            modules[name] = flatten_layer(name, node)
-        elif isinstance(node, nir.I):
-            check_integrator(name, node, dt, graph)
-        else:
-            raise NIRError(f"node {name!r}: {type(node).__name__} has no Loihi student equivalent")
-    return modules
-
-
-class NIRStudent(nn.Module):
-    """Runs a feed-forward NIR graph with student modules; a node sums its incoming edges.
-
-    Synaptic layers are applied to all T steps at once, neurons loop over T (as the students do).
-    An integrator `I` before the output marks the readout: logits_t is its per-step input.
-    Without one, logits_t is whatever reaches the Output node. features["last"] holds the spikes
-    of the last neuron layer with a (C, H, W) shape (for a SpikingResNet graph: head_lif, one stage
-    later than SpikingResNet's own "last").
-    """
-
-    def __init__(self, graph: nir.NIRGraph, modules: dict):
-        super().__init__()
-        if len(graph.inputs) != 1 or len(graph.outputs) != 1:
-            raise NIRError(f"graph has {len(graph.inputs)} inputs and {len(graph.outputs)} "
-                           f"outputs; a student has one of each")
-        self.input_name, self.output_name = next(iter(graph.inputs)), next(iter(graph.outputs))
-        self.order = [n for n in topological_order(graph) if n != self.input_name]
-        self.sources = {n: predecessors(graph, n) for n in self.order}
-        self.integrators = {n for n in self.order if isinstance(graph.nodes[n], nir.I)}
-        self.keys = {n: n.replace(".", "_") for n in modules}
-        if len(set(self.keys.values())) != len(self.keys):
-            raise NIRError("node names collide once '.' is replaced by '_'")
-        self.layers = nn.ModuleDict({self.keys[n]: m for n, m in modules.items()})
-        spatial = [n for n, m in modules.items() if isinstance(m, LoihiCUBA)
-                   and len(graph.nodes[n].output_type["output"]) == 3]
-        self.last_conv_neuron = spatial[-1] if spatial else None
-
-    def forward(self, x) -> StudentOutput:
-        out = StudentOutput(logits_t=None)
-        values = {self.input_name: x}
-        for name in self.order:
-            u = values[self.sources[name][0]]
-            for src in self.sources[name][1:]:
-                u = u + values[src]
-            if name in self.integrators or name == self.output_name:
-                values[name] = u
-                if out.logits_t is None:
-                    out.logits_t = u
-                continue
-            layer = self.layers[self.keys[name]]
-            if isinstance(layer, LoihiCUBA):
-                values[name] = out.spikes[name] = layer.run(u)
-                if name == self.last_conv_neuron:
-                    out.features["last"] = values[name]
-            else:
-                values[name] = _time_batched(layer, u)
-        return out
-
-
 # ---- graph -> SpikingCNN -----------------------------------------------------------------------
 
 def _chain(graph):
@@ -400,6 +187,8 @@ def spiking_cnn(graph, modules):
     """
     names = _chain(graph)
     if names is None or not isinstance(graph.nodes[names[-2]], nir.I):
+        return None
+    if any(n not in modules for n in names[1:-2]):
         return None
     layers = [modules[n] for n in names[1:-2]]
     cut = next((i for i, m in enumerate(layers) if isinstance(m, nn.Flatten)), None)
@@ -434,16 +223,69 @@ def spiking_cnn(graph, modules):
     return model
 
 
-def student_from_nir(graph_or_path) -> nn.Module:
-    """NIRGraph or NIR file -> SpikingCNN when the graph is one, else NIRStudent (eval mode)."""
+def _own_modules(graph, dt) -> dict:
+    """{node: module} for `spiking_cnn` of a graph export.to_nir wrote, node for node (its
+    weights, decays and thresholds lie on Loihi's grids, its neurons have input gain 1); None
+    when a node is not of that form, or a weight step is not a power of two (SpikingCNN
+    computes in weight units, exact on such a grid; a NIRStudent is exact on any)."""
+    modules = {}
+    for name, node in graph.nodes.items():
+        step = (node.metadata or {}).get("weight_step")
+        if step and math.frexp(float(step))[0] != 0.5:
+            return None
+        if isinstance(node, nir.Flatten):
+            start, end = int(node.start_dim), int(node.end_dim)
+            modules[name] = nn.Flatten(start + 1 if start >= 0 else start,
+                                       end + 1 if end >= 0 else end)
+        elif isinstance(node, (nir.Conv2d, nir.Affine)) and step and not np.any(node.bias):
+            w = torch.as_tensor(np.asarray(node.weight, dtype=np.float32))
+            if isinstance(node, nir.Conv2d):
+                layer = QuantConv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]),
+                                    stride=tuple(int(v) for v in node.stride),
+                                    padding=tuple(int(v) for v in node.padding), weight_step=step)
+            else:
+                layer = QuantLinear(w.shape[1], w.shape[0], weight_step=step)
+            with torch.no_grad():
+                layer.weight.copy_(w)
+            modules[name] = layer
+        elif isinstance(node, (nir.CubaLIF, nir.LIF)) and (step or graph.metadata.get(
+                "weight_step")):
+            step = step or graph.metadata["weight_step"]  # a neuron's grid: its synapses'
+            m = loihi_neuron(node, dt, tuple(int(v) for v in node.output_type["output"]))
+            if not np.all(m["gain"] == 1.0):
+                return None
+            given = [1.0 - m["i"], 1.0 - m["v"], np.broadcast_to(node.v_threshold, m["v"].shape)]
+            shape = m["v"].shape
+            pshape = (shape[0], 1, 1) if len(shape) == 3 and all(
+                np.all(a == a[:, :1, :1]) for a in given) else shape
+            layer = LoihiCUBA(pshape, weight_step=step)
+            with torch.no_grad():
+                for buf, value in zip((layer.alpha, layer.beta, layer.threshold), given):
+                    buf.copy_(torch.as_tensor(np.array(value[tuple(slice(0, n) for n in pshape)])))
+            modules[name] = layer
+        elif not isinstance(node, (nir.Input, nir.Output, nir.I)):
+            return None
+    return modules
+
+
+def student_from_nir(graph_or_path, dt=None) -> nn.Module:
+    """NIRGraph or NIR file -> its Loihi-exact student (eval mode): a SpikingCNN when export.to_nir
+    wrote the graph from one, else a NIRStudent (export.nir_student) of every graph
+    deploy.compile accepts; NIRError
+    (CompileError) naming the node for the others. The student starts with the integers the
+    compiler gives the graph at time step dt (default: the graph's, resolve_dt; DtError names
+    --dt when the graph does not pin it)."""
+    from deploy.compile import build_net
     graph = integrator_readout(graph_or_path) if isinstance(graph_or_path, nir.NIRGraph) \
         else read_graph(graph_or_path)
-    dt = graph_dt(graph)
-    if not math.isfinite(dt) or dt <= 0:
-        raise NIRError(f"graph metadata dt = {dt} is not a positive time step")
-    modules = graph_modules(graph, dt)
-    model = spiking_cnn(graph, modules)
-    return (model if model is not None else NIRStudent(graph, modules)).eval()
+    dt = resolve_dt(graph, dt)[0]
+    build_net(graph, dt)  # refuse exactly what Loihi cannot run (CompileError names the node)
+    from .to_nir import PRODUCER
+    model = None
+    if (graph.metadata or {}).get("producer") == PRODUCER:
+        modules = _own_modules(graph, dt)
+        model = None if modules is None else spiking_cnn(graph, modules)
+    return (model if model is not None else NIRStudent(graph, dt)).eval()
 
 
 # ---- the float reference of any graph ----------------------------------------------------------

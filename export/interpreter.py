@@ -381,12 +381,14 @@ def nir_neuron(i, v, theta, dt, metadata=None):
     v_reset = 0): per-neuron arrays i = iDecay / 4096 = dt/tau_syn, v = vDecay / 4096 =
     dt/tau_mem and the threshold theta -> a NIR node whose loihi_neuron gives back i, v, gain 1:
         theta None, i = 0, v = 1 (the integrator readout)  I(r = 1/dt)
+        i = 1 and v = 0 everywhere (no leak)                IF(r = 1/dt)
         i = 1 everywhere (u = input each step)             LIF(tau = dt/v, r = tau/dt)
         else                                               CubaLIF(tau_syn = dt/i, w_in =
                                                              tau_syn/dt, tau_mem = dt/v, r =
                                                              tau_mem/dt)
-    i and v of a spiking neuron lie in (0, 1] (a finite time constant). The Euler step of either
-    is I = (1 - i) I + x, V = (1 - v) V + I (docs/nir.md)."""
+    i of a spiking neuron lies in (0, 1], v in [0, 1]; v = 0 (no leak, snnTorch's beta = 1) is
+    tau_mem = r = inf, whose gain euler_gain takes as 1. The Euler step of either is
+    I = (1 - i) I + x, V = (1 - v) V + I (docs/nir.md)."""
     i, v = (np.asarray(a, dtype=np.float64) for a in np.broadcast_arrays(i, v))
     meta = dict(metadata or {})
     if theta is None:
@@ -395,11 +397,16 @@ def nir_neuron(i, v, theta, dt, metadata=None):
                            "(iDecay 0, vDecay 4096)")
         return nir.I(r=np.full(v.shape, 1.0 / dt), metadata=meta)
     i, v, theta = (np.asarray(a, dtype=np.float64) for a in np.broadcast_arrays(i, v, theta))
-    for label, ratio in (("dt/tau_syn", i), ("dt/tau_mem", v)):
-        if np.any(ratio <= 0.0) or np.any(ratio > 1.0):
-            raise NIRError(f"{label} must lie in (0, 1] for a finite NIR time constant "
+    for label, ratio, low in (("dt/tau_syn", i, "(0"), ("dt/tau_mem", v, "[0")):
+        if np.any(ratio < 0.0) or np.any(ratio > 1.0) or (low == "(0" and np.any(ratio == 0.0)):
+            raise NIRError(f"{label} must lie in {low}, 1] for a NIR time constant "
                            f"(got {ratio.min():g}..{ratio.max():g})")
-    tau_mem, zero = dt / v, np.zeros(v.shape)
+    zero = np.zeros(v.shape)
+    if np.all(i == 1.0) and np.all(v == 0.0):
+        return nir.IF(r=np.full(v.shape, 1.0 / dt), v_threshold=theta, v_reset=zero,
+                      metadata=meta)
+    with np.errstate(divide="ignore"):
+        tau_mem = np.where(v == 0.0, np.inf, dt / np.where(v == 0.0, 1.0, v))
     if np.all(i == 1.0):
         return nir.LIF(tau=tau_mem, r=tau_mem / dt, v_leak=zero, v_threshold=theta,
                        v_reset=zero.copy(), metadata=meta)
@@ -569,7 +576,7 @@ def _identity(node, dtype=None):
 
 
 class LoihiStep:
-    """CubaLIF / LIF read as Loihi's fixed-point neuron (`run_graph(..., arithmetic="loihi")`,
+    """CubaLIF / LIF / IF read as Loihi's fixed-point neuron (`run_graph(..., arithmetic="loihi")`,
     for graphs that declare a `weight_step`, as export.to_nir writes them; docs/nir.md):
 
         iDecay = 4096 dt / tau_syn (4096 for LIF), vDecay = 4096 dt / tau_mem,
@@ -583,7 +590,7 @@ class LoihiStep:
     def __init__(self, name, node, dt, step):
         m = loihi_neuron(node, dt)
         checks = {"input gain (w_in dt / tau_syn, r dt / tau_mem)": np.all(m["gain"] == 1.0),
-                  "v_leak = 0": not np.any(_array(node.v_leak)),
+                  "v_leak = 0": not np.any(_array(getattr(node, "v_leak", 0.0))),
                   "v_reset = 0": not np.any(_array(node.v_reset))}
         self.i_decay = _integer(name, "iDecay = 4096 dt / tau_syn", DECAY_UNITY * m["i"])
         self.v_decay = _integer(name, "vDecay = 4096 dt / tau_mem", DECAY_UNITY * m["v"])
@@ -659,10 +666,10 @@ NEURONS = SPIKING + NON_SPIKING
 
 
 def node_simulator(name, node, dt, weight_step=None, dtype=torch.float32):
-    """The per-step simulator of one NIR node (NODE_TYPES); with `weight_step`, CubaLIF / LIF run
+    """The per-step simulator of one NIR node (NODE_TYPES); with `weight_step`, CubaLIF / LIF / IF run
     Loihi's integer arithmetic (LoihiStep). Stateless nodes compute in `dtype` (deploy.compile
     folds a synaptic path in float64 with them)."""
-    if weight_step is not None and isinstance(node, (nir.CubaLIF, nir.LIF)):
+    if weight_step is not None and isinstance(node, (nir.CubaLIF, nir.LIF, nir.IF)):
         return LoihiStep(name, node, dt, weight_step)
     if type(node) in NODE_TYPES:
         return NODE_TYPES[type(node)][1](node, dt, dtype)

@@ -75,7 +75,8 @@ def dense_node(name, layer, in_shape):
 
 
 def neuron_node(name, layer, shape, dt):
-    """LoihiCUBA -> CubaLIF (LIF when alpha = 0 everywhere), per neuron of `shape`: the inverse
+    """LoihiCUBA -> CubaLIF (LIF when alpha = 0 everywhere, IF when
+    also beta = 1), per neuron of `shape`: the inverse
     of export.interpreter.loihi_neuron (`nir_neuron`) at i = 1 - alpha, v = 1 - beta, with the
     layer's quantised alpha, beta, theta; v_reset = 0, metadata reset "zero" and dt."""
     if getattr(layer, "reset_mechanism", None) != "zero":
@@ -83,7 +84,7 @@ def neuron_node(name, layer, shape, dt):
                           f"(NIR and Loihi reset to zero)")
     alpha, beta, theta = (np.broadcast_to(p.detach().double().numpy(), shape).copy()
                           for p in layer.quantized())
-    try:  # alpha, beta in [0, 1): a finite time constant
+    try:  # alpha in [0, 1), beta in [0, 1]
         return nir_neuron(1.0 - alpha, 1.0 - beta, theta, dt, {"reset": "zero", "dt": float(dt)})
     except NIRError as e:
         raise ExportError(f"layer {name!r}: {e} (alpha = 1 - dt/tau_syn, beta = 1 - "
@@ -194,7 +195,8 @@ def _student_graph(model, ckpt, dt):
 # ---- faithfulness ------------------------------------------------------------------------------
 
 def neuron_names(graph) -> list:
-    return [name for name, node in graph.nodes.items() if isinstance(node, (nir.CubaLIF, nir.LIF))]
+    return [name for name, node in graph.nodes.items()
+            if isinstance(node, (nir.CubaLIF, nir.LIF, nir.IF))]
 
 
 def compare(graph, out, x) -> dict:

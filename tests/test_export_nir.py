@@ -209,9 +209,24 @@ def test_subtractive_reset_is_refused():
         student_to_nir(model)
 
 
-def test_no_leak_is_refused():
-    with pytest.raises(ExportError, match="'lif1'.*beta"):
-        student_to_nir(SpikingCNN(beta=1.0))
+@pytest.mark.parametrize("alpha, kind", [(0.5, nir.CubaLIF), (0.0, nir.IF)])
+def test_no_leak_is_an_infinite_time_constant_or_if(alpha, kind, mnist_spikes, tmp_path):
+    """beta = 1 (vDecay 0) is tau_mem = r = inf, and an IF node when alpha = 0 too; the file
+    reproduces every spike; a current that never decays (alpha = 1) is still refused."""
+    torch.manual_seed(3)
+    model = spiking(SpikingCNN(alpha=alpha, beta=1.0), gain=2.0)
+    graph = write_read(student_to_nir(model), tmp_path / "noleak.nir")
+    assert all(isinstance(graph.nodes[n], kind) for n in ("lif1", "lif2", "lif3"))
+    if kind is nir.CubaLIF:
+        assert np.all(np.isinf(graph.nodes["lif1"].tau_mem))
+    x = mnist_spikes[:, :4]
+    with torch.no_grad():
+        out = model(x)
+    assert_all_layers_spike(out)
+    assert compare(graph, out, x)["ok"]
+    model.layers["lif1"].alpha.fill_(1.0)
+    with pytest.raises(ExportError, match="'lif1'.*alpha"):
+        student_to_nir(model)
 
 
 def test_foreign_model_is_refused():
@@ -248,11 +263,12 @@ def test_hdf5_that_is_not_nir(tmp_path):
         read_graph(path)
 
 
-def test_graph_with_bias_or_unknown_node_is_refused():
+def test_graph_without_neuron_readout_or_with_unknown_node_is_refused():
+    """(Biases are part of the student now: tests/test_nir_student.py.)"""
     w = np.ones((2, 3), dtype=np.float32) / 64
-    biased = nir.NIRGraph.from_list(nir.Affine(weight=w, bias=np.ones(2)))
-    with pytest.raises(NIRError, match="affine.*bias"):
-        student_from_nir(biased)
+    no_neuron = nir.NIRGraph.from_list(nir.Affine(weight=w, bias=np.ones(2)))
+    with pytest.raises(NIRError, match="'output'.*'affine', not by one neuron"):
+        student_from_nir(no_neuron)
     delayed = nir.NIRGraph.from_list(nir.Linear(weight=w), nir.Delay(delay=np.ones(2)),
                                      type_check=False)
     with pytest.raises(NIRError, match="delay.*Delay"):

@@ -184,7 +184,7 @@ def test_conv_then_pooling_folds_into_one_convolution(kind, k, stride, conv_stri
 
 def test_pooling_derivation_equals_torch():
     """conv(W, s, p) then pool(P, S) == conv(W', s S, p) with W' of size k + s(P - 1)."""
-    from deploy.compile import fold_conv
+    from export.paths import fold_conv
     rng = np.random.default_rng(3)
     w = rng.normal(size=(5, 2, 3, 3))
     c = nir.Conv2d(input_shape=(11, 11), weight=w, stride=2, padding=1, dilation=1, groups=1,

@@ -3,11 +3,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .quant import quantize_weight, weight_to_int
+from .quant import quantize_weight, weight_steps, weight_to_int
 
 
 class QuantMixin:
-    """Float shadow weights; the forward pass and the exporter see `step * int8`."""
+    """Float shadow weights; the forward pass and the exporter see `step * k`, k an int8."""
 
     weight_step: float
 
@@ -17,16 +17,30 @@ class QuantMixin:
     def int_weight(self) -> torch.Tensor:
         return weight_to_int(self.weight.detach(), self.weight_step)
 
+    def step_weight(self) -> torch.Tensor:
+        """k = the quantised weight in weight steps (integer-valued float, STE): a layer run with
+        it gives its input current in weight steps, exact in float32 for binary input (sums of
+        integers below 2^24) whatever the step."""
+        return weight_steps(self.weight, self.weight_step)
+
 
 class QuantConv2d(QuantMixin, nn.Conv2d):
     """Conv2d without bias whose weights are `step * k`, k an int8 (Loihi has no synaptic bias)."""
 
-    def __init__(self, cin, cout, kernel_size, stride=1, padding=0, weight_step=1 / 64):
-        super().__init__(cin, cout, kernel_size, stride=stride, padding=padding, bias=False)
+    def __init__(self, cin, cout, kernel_size, stride=1, padding=0, weight_step=1 / 64,
+                 dilation=1, groups=1):
+        super().__init__(cin, cout, kernel_size, stride=stride, padding=padding,
+                         dilation=dilation, groups=groups, bias=False)
         self.weight_step = float(weight_step)
 
     def forward(self, x):
-        return F.conv2d(x, self.quantized_weight(), None, self.stride, self.padding)
+        return F.conv2d(x, self.quantized_weight(), None, self.stride, self.padding,
+                        self.dilation, self.groups)
+
+    def forward_steps(self, x):
+        """The input current in weight steps (`step_weight`)."""
+        return F.conv2d(x, self.step_weight(), None, self.stride, self.padding, self.dilation,
+                        self.groups)
 
 
 class QuantLinear(QuantMixin, nn.Linear):
@@ -38,3 +52,7 @@ class QuantLinear(QuantMixin, nn.Linear):
 
     def forward(self, x):
         return F.linear(x, self.quantized_weight())
+
+    def forward_steps(self, x):
+        """The input current in weight steps (`step_weight`)."""
+        return F.linear(x, self.step_weight())

@@ -36,7 +36,11 @@ Exact when the synaptic input x is weight_step times an integer (binary input sp
 after the first; a power-of-two weight_step such as the default 1/64 makes x / unit exact in
 float32), each step's |sum k| << 6 stays below 2^23 (deploy.compile's fit report bounds the
 state) and each conv's integer sum fits 24 bits (Lava wraps it; this step does not).
-Analog input (direct encoding) is rounded to the unit grid. Loihi's ranges: docs/loihi_net.md and
+Analog input (direct encoding) is rounded to the unit grid. `run_steps` (the NIRStudent of a
+foreign graph, export.nir_student) takes the input in weight steps instead (integer sums of the
+int8 weights, exact for any step) and adds Loihi's biases (`BIAS_RANGES`: the neuron bias on v
+before the clip, the weights of the compiler's bias sources into u) and a recurrent input of the
+previous step's spikes, as hwmodels.loihi's emulator does. Loihi's ranges: docs/loihi_net.md and
 the docstring of hwmodels/loihi.py.
 """
 import snntorch as snn
@@ -45,7 +49,13 @@ from snntorch import surrogate
 
 from common.loihi import clip24, wrap24
 
-from .quant import ACT_SHIFT, quantize_decay, quantize_threshold
+from .quant import (ACT_SHIFT, BIAS_MAX, WEIGHT_MAX, WEIGHT_MIN, quantize_decay,
+                    quantize_threshold, weight_steps)
+
+# Loihi's biases of a group in weight steps: its own bias on v (13 bit), and the weights of the
+# compiler's bias sources (int8) into the current, at every step ("u") or from step 1 ("late")
+BIAS_RANGES = {"v": (-BIAS_MAX - 1, BIAS_MAX), "u": (WEIGHT_MIN, WEIGHT_MAX),
+               "late": (WEIGHT_MIN, WEIGHT_MAX)}
 
 
 def decay_add(x, keep, add):
@@ -57,21 +67,24 @@ def decay_add(x, keep, add):
 
 class LoihiState(torch.autograd.Function):
     """(x, u, v) -> (u, v) of one step before the spike (module docstring), on float32 tensors
-    holding integers in Loihi units. Straight-through backward: du/dx = 1/unit,
-    du/du_prev = alpha, dv/du = 1, dv/dv_prev = beta. `params`: LoihiCUBA.step_params()."""
+    holding integers in Loihi units; `bias` (state units, or None) is Loihi's neuron bias, added
+    to v before the clip. Straight-through backward: du/dx = inv_unit, du/du_prev = alpha,
+    dv/du = 1, dv/dv_prev = beta, dv/dbias = 1. `params`: LoihiCUBA.step_params()."""
 
     @staticmethod
-    def forward(ctx, x, u, v, params, inv_unit):
+    def forward(ctx, x, u, v, params, inv_unit, bias=None):
         alpha64, beta64, ctx.alpha, ctx.beta, _ = params
-        ctx.inv_unit = inv_unit
+        ctx.inv_unit, ctx.bias = inv_unit, bias is not None
         u = wrap24(decay_add(u, alpha64, torch.mul(x, inv_unit).round_()))
-        v = clip24(decay_add(v, beta64, u))
+        v = decay_add(v, beta64, u)
+        v = clip24(v if bias is None else v.add_(bias))
         return u, v
 
     @staticmethod
     def backward(ctx, grad_u, grad_v):
         g = grad_u + grad_v
-        return g * ctx.inv_unit, g * ctx.alpha, grad_v * ctx.beta, None, None
+        return (g * ctx.inv_unit, g * ctx.alpha, grad_v * ctx.beta, None, None,
+                grad_v if ctx.bias else None)
 
 
 class LoihiCUBA(snn.Synaptic):
@@ -92,6 +105,8 @@ class LoihiCUBA(snn.Synaptic):
             spike_grad=spike_grad or surrogate.atan(), reset_mechanism="zero", reset_delay=False)
         self.weight_step = float(weight_step)
         self.param_shape = tuple(param_shape)
+        for kind in BIAS_RANGES:
+            self.register_parameter(f"bias_{kind}", None)
 
     @property
     def unit(self) -> float:
@@ -110,10 +125,13 @@ class LoihiCUBA(snn.Synaptic):
         alpha, beta, theta = (p.detach() for p in self.quantized())
         return alpha.double(), beta.double(), alpha, beta, torch.round(theta / self.unit)
 
-    def step(self, x, syn, mem, params, fire=None):
+    def step(self, x, syn, mem, params, fire=None, inv_unit=None, bias=None):
         """One step: returns (spikes, u, v after the reset, (v - vth) * unit before the reset).
-        `fire` (default `spike_grad`) maps (v - vth) * unit to the spikes."""
-        syn, mem = LoihiState.apply(x, syn, mem, params, 1.0 / self.unit)
+        `fire` (default `spike_grad`) maps (v - vth) * unit to the spikes; x is in weight units
+        (inv_unit None: 1 / unit) or in any unit inv_unit converts to state units; `bias` is
+        added to v in state units."""
+        syn, mem = LoihiState.apply(x, syn, mem, params,
+                                    1.0 / self.unit if inv_unit is None else inv_unit, bias)
         vth = params[-1]
         shifted = (mem - vth) * self.unit
         spk = (fire or self.spike_grad)(shifted)
@@ -131,5 +149,40 @@ class LoihiCUBA(snn.Synaptic):
         out = []
         for xt in x.unbind(0):  # unbind: one backward node for all steps (x[t] adds a zero-filled
             spk, syn, mem, _ = self.step(xt, syn, mem, params)  # (T, ...) gradient per step)
+            out.append(spk)
+        return torch.stack(out)
+
+    def set_bias(self, kind, value):
+        """A trainable bias of `kind` (BIAS_RANGES) in weight units, of the parameters' shape."""
+        setattr(self, f"bias_{kind}", torch.nn.Parameter(torch.as_tensor(
+            value, dtype=torch.float32).reshape(self.param_shape).clone()))
+
+    def bias_steps(self, kind):
+        """The bias of `kind` in weight steps on its integer range (STE), or None."""
+        bias = getattr(self, f"bias_{kind}")
+        return None if bias is None else weight_steps(bias, self.weight_step, *BIAS_RANGES[kind])
+
+    def run_steps(self, a, recurrent=None):
+        """Run a (T, B, ...) input current in weight steps from zero state, with the biases
+        (BIAS_RANGES: "u" added to the current at every step, "late" from step 1 on, "v" to v)
+        and `recurrent`, a function of the previous step's spikes (B, ...) giving a current in
+        weight steps from step 1 on (a recurrent connection: zeros at step 0). The emulator's
+        group with its bias sources and recurrent connections, step by step. Returns spikes
+        (T, B, ...)."""
+        shift = float(1 << ACT_SHIFT)
+        u_bias, late, v_bias = (self.bias_steps(k) for k in ("u", "late", "v"))
+        params = self.step_params()
+        syn = torch.zeros_like(a[0])
+        mem = torch.zeros_like(a[0])
+        bias = None if v_bias is None else (v_bias * shift).expand_as(syn)
+        out = []
+        for t, at in enumerate(a.unbind(0)):
+            if u_bias is not None:
+                at = at + u_bias
+            if t > 0 and late is not None:
+                at = at + late
+            if t > 0 and recurrent is not None:
+                at = at + recurrent(out[-1])
+            spk, syn, mem, _ = self.step(at, syn, mem, params, inv_unit=shift, bias=bias)
             out.append(spk)
         return torch.stack(out)

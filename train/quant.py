@@ -8,7 +8,7 @@ A float value x on a grid of step s is x = s * k with k an integer; the straight
 """
 import torch
 
-from common.loihi import (ACT_SHIFT, DECAY_UNITY, STATE_MAX, VTH_MAX,  # noqa: F401
+from common.loihi import (ACT_SHIFT, BIAS_MAX, DECAY_UNITY, STATE_MAX, VTH_MAX,  # noqa: F401
                           WEIGHT_MAX, WEIGHT_MIN)
 
 
@@ -17,9 +17,14 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
+def weight_steps(w: torch.Tensor, step: float, lo=WEIGHT_MIN, hi=WEIGHT_MAX) -> torch.Tensor:
+    """w -> clamp(round(w / step), lo, hi): integers on the step grid (STE), int8 by default."""
+    return torch.clamp(round_ste(w / step), lo, hi)
+
+
 def quantize_weight(w: torch.Tensor, step: float) -> torch.Tensor:
     """w -> step * clamp(round(w / step), -128, 127): the 8-bit grid Loihi stores."""
-    return step * torch.clamp(round_ste(w / step), WEIGHT_MIN, WEIGHT_MAX)
+    return step * weight_steps(w, step)
 
 
 def weight_to_int(w: torch.Tensor, step: float) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 
 import nir
 from common.loihi import DECAY_UNITY
-from deploy.compile import neuron_params
+from export.paths import neuron_params
 from export.interpreter import GRID_RTOL, NIRError, loihi_neuron, nir_neuron
 from export.to_nir import ExportError, neuron_node
 from train.neurons import LoihiCUBA
@@ -31,7 +31,7 @@ def integers(ratio, what):
 
 
 @pytest.mark.parametrize("dt", [1e-4, 1e-3, 1.0])
-@pytest.mark.parametrize("kind", ["CubaLIF", "LIF"])
+@pytest.mark.parametrize("kind", ["CubaLIF", "LIF", "IF"])
 def test_loihi_params_to_nir_and_back_are_the_same_integers(tmp_path, dt, kind):
     rng = np.random.default_rng(int(dt * 1e4) + len(kind))
     shape = (3, 4, 5)
@@ -39,8 +39,10 @@ def test_loihi_params_to_nir_and_back_are_the_same_integers(tmp_path, dt, kind):
     if kind == "CubaLIF":
         i_decay = rng.integers(1, DECAY_UNITY + 1, shape)
         i_decay.flat[:2] = (1, DECAY_UNITY)               # the ends of the range
-    v_decay = rng.integers(1, DECAY_UNITY + 1, shape)
-    v_decay.flat[:2] = (DECAY_UNITY, 1)
+    v_decay = rng.integers(0, DECAY_UNITY + 1, shape)
+    v_decay.flat[:3] = (DECAY_UNITY, 1, 0)                # 0: no leak, tau_mem = r = inf
+    if kind == "IF":
+        v_decay = np.zeros(shape, dtype=np.int64)         # no leak anywhere, no current
     vth = rng.integers(1, 1 << 17, shape)
     node = neuron_node("x", layer(shape, i_decay, v_decay, vth), shape, dt)
     assert type(node).__name__ == kind
@@ -52,7 +54,7 @@ def test_loihi_params_to_nir_and_back_are_the_same_integers(tmp_path, dt, kind):
     m = loihi_neuron(node, dt)
     assert np.array_equal(integers(m["i"], "iDecay"), i_decay)
     assert np.array_equal(integers(m["v"], "vDecay"), v_decay)
-    assert np.all(m["gain"] == 1.0) and not np.any(m["leak"] * node.v_leak)
+    assert np.all(m["gain"] == 1.0) and not np.any(m["leak"] * getattr(node, "v_leak", 0.0))
     assert np.array_equal(np.asarray(node.v_threshold) / STEP, vth)
     i_c, v_c, gain, theta, _ = neuron_params("x", node, dt, shape)  # the compiler's reading
     assert np.array_equal(i_c, i_decay) and np.array_equal(v_c, v_decay) and np.all(gain == 1.0)
@@ -66,7 +68,9 @@ def test_the_integrator_and_what_has_no_inverse():
         and np.all(m["gain"] == 1.0)
     with pytest.raises(NIRError, match="only as the integrator"):
         nir_neuron(np.zeros(4), np.full(4, 0.5), None, 1e-4)
-    with pytest.raises(NIRError, match=r"dt/tau_mem must lie in \(0, 1\]"):
-        nir_neuron(np.ones(4), np.zeros(4), np.ones(4), 1e-4)  # vDecay 0: tau_mem = inf
-    with pytest.raises(ExportError, match="layer 'x': dt/tau_mem"):
-        neuron_node("x", layer((4,), np.full(4, 4096), np.zeros(4), np.ones(4)), (4,), 1e-4)
+    with pytest.raises(NIRError, match=r"dt/tau_syn must lie in \(0, 1\]"):
+        nir_neuron(np.zeros(4), np.ones(4), np.ones(4), 1e-4)  # iDecay 0: the current never decays
+    with pytest.raises(NIRError, match=r"dt/tau_mem must lie in \[0, 1\]"):
+        nir_neuron(np.ones(4), np.full(4, 1.5), np.ones(4), 1e-4)
+    with pytest.raises(ExportError, match="layer 'x': dt/tau_syn"):
+        neuron_node("x", layer((4,), np.zeros(4), np.full(4, 4096), np.ones(4)), (4,), 1e-4)

@@ -432,6 +432,16 @@ class Stateless:
         return self.fn(x)
 
 
+# After a spike (z = v > v_threshold, from the step's updated v):
+#   "zero"           v <- v_reset in the same step (NIR)
+#   "subtract"       v <- v - v_threshold in the same step (sinabs' MembraneSubtract)
+#   "subtract-next"  v_threshold is subtracted at the next step, after its decay and input:
+#                    v[t] = a v[t-1] + input[t] - v_threshold z[t-1] (snnTorch's Leaky and
+#                    Synaptic with reset_mechanism="subtract", whose reset uses the previous
+#                    step's spike)
+RESETS = ("zero", "subtract", "subtract-next")
+
+
 class _Membrane:
     """Shared output of the neuron steppers: with a threshold, z = v > v_threshold and
     v <- v_reset where z, output z; without (`spiking=False`), output v."""
@@ -441,11 +451,17 @@ class _Membrane:
         if spiking:
             self.v_th, self.v_reset = _f32(node.v_threshold), _f32(node.v_reset)
 
-    reset_mode = "zero"   # run_graph(reset="subtract"): v <- v - v_threshold where z
+    reset_mode = "zero"   # run_graph(reset=...): RESETS
+    pending = 0.0         # "subtract-next": v_threshold z of the previous step
 
     def _output(self):
         if not self.spiking:
             return self.v
+        if self.reset_mode == "subtract-next":
+            self.v = self.v - self.pending
+            z = self.v > self.v_th
+            self.pending = torch.where(z, self.v_th, torch.zeros_like(self.v))
+            return z.to(torch.float32)
         z = self.v > self.v_th
         if self.reset_mode == "subtract":
             after = self.v - self.v_th
@@ -709,12 +725,12 @@ def run_graph(graph: nir.NIRGraph, x, dt=None, arithmetic="float", reset="zero")
     node, or a dict {input name: tensor}. Returns {node name: (T, B, ...) float32 outputs of that
     node at every step}. arithmetic: "float" (NIR's equations, Euler steps in float32) or "loihi"
     (spiking neurons as Loihi's integer neuron on the neuron's metadata weight_step, else the
-    graph's, LoihiStep). reset: "zero" (NIR: v <- v_reset) or "subtract" (float only: v <- v -
-    v_threshold, the default of snnTorch and sinabs, which Loihi lacks; train.from_nir's teacher).
+    graph's, LoihiStep). reset: one of RESETS; the subtractions (float only) are what Loihi
+    lacks, train.from_nir's teachers.
     """
-    if reset not in ("zero", "subtract") or (reset == "subtract" and arithmetic != "float"):
-        raise ValueError(f"reset must be 'zero', or 'subtract' with float arithmetic, "
-                         f"not {reset!r}")
+    if reset not in RESETS or (reset != "zero" and arithmetic != "float"):
+        raise ValueError(f"reset must be 'zero', or {', '.join(RESETS[1:])} with float "
+                         f"arithmetic, not {reset!r}")
     step = None
     if arithmetic == "loihi":
         step = (graph.metadata or {}).get("weight_step")

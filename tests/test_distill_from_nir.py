@@ -4,8 +4,10 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import nir
+
 import numpy as np
 import pytest
 import torch
@@ -251,34 +253,52 @@ def test_tolerant_reader_and_wrong_steps(tool, tmp_path, capsys):
 
 
 def test_nir_subtract_reset_by_hand_and_against_snntorch(tool):
-    """run_graph(reset="subtract"): v <- v - theta after a spike. One LIF (beta 0.5, theta 1) on a
-    constant input 0.9, by hand; then the tool's graph on its inputs predicts as snnTorch does on
-    most samples (snnTorch subtracts theta one step later, before the decay, so not all)."""
+    """run_graph(reset=...): "subtract" takes theta off in the step of the spike, "subtract-next"
+    at the next step after its decay (snnTorch's Leaky). One LIF (beta 0.5, theta 1) on a
+    constant input 0.9, by hand; then the tool's graph on its inputs: "subtract-next" gives
+    snnTorch's own spike counts on every sample, "subtract" predicts as snnTorch on most."""
     node = nir.LIF(tau=np.array([2e-4]), r=np.array([2.0]), v_leak=np.zeros(1),
                    v_threshold=np.ones(1), v_reset=np.zeros(1))
     g = nir.NIRGraph(nodes={"input": nir.Input(np.array([1])), "lif": node,
                             "output": nir.Output(np.array([1]))},
                      edges=[("input", "lif"), ("lif", "output")], metadata={"dt": 1e-4})
-    x = torch.full((8, 1, 1), 0.9)
+    inputs = (0.9, 0.7)  # 0.9 tells "subtract" from the others, 0.7 "subtract-next"
+    x = torch.tensor(inputs).reshape(1, 2, 1).repeat(8, 1, 1)
     expected = {}
-    for reset in ("zero", "subtract"):
-        v, out = 0.0, []
-        for _ in range(8):
-            v = 0.5 * v + 0.9
-            out.append(float(v > 1))
-            if v > 1:
-                v = v - 1 if reset == "subtract" else 0.0
-        expected[reset] = out
-    assert expected["zero"] != expected["subtract"]
+    for reset in ("zero", "subtract", "subtract-next"):
+        expected[reset] = []
+        for value in inputs:
+            v, out, pending = 0.0, [], 0.0
+            for _ in range(8):
+                v = 0.5 * v + value - pending
+                out.append(float(v > 1))
+                pending = 1.0 if (reset == "subtract-next" and v > 1) else 0.0
+                if v > 1 and reset != "subtract-next":
+                    v = v - 1 if reset == "subtract" else 0.0
+            expected[reset].append(out)
+    assert len({str(o) for o in expected.values()}) == 3
     for reset, spikes in expected.items():
-        got = run_graph(g, x, reset=reset)["lif"].reshape(-1).tolist()
+        got = run_graph(g, x, reset=reset)["lif"].reshape(8, 2).t().tolist()
         assert got == spikes, reset
     from train.from_nir import graph_scores, load_graph
     _, _, _, floating = load_graph(tool / "g.nir")
     x = torch.from_numpy(np.load(tool / "x.npy").astype(np.float32))[:200]
-    tool_pred = torch.from_numpy(np.load(tool / "s.npy"))[:200].argmax(1)
-    agree = (graph_scores(floating, x, "subtract").argmax(1) == tool_pred).float().mean()
-    assert agree > 0.9
+    tool_counts = torch.from_numpy(np.load(tool / "s.npy"))[:200].float()
+    assert torch.equal(graph_scores(floating, x, "subtract-next"), tool_counts)
+    agree = (graph_scores(floating, x, "subtract").argmax(1) == tool_counts.argmax(1)).float()
+    assert agree.mean() > 0.9
+
+
+def test_subtract_next_is_snntorch_on_the_committed_cnn():
+    """The snnTorch CNN fixture (snnTorch 1.0.0's own per-step output spikes on 200 digits):
+    its graph with reset "subtract-next" gives the same spikes at every step."""
+    from export.from_nir import read_graph
+    folder = Path(__file__).resolve().parent / "fixtures" / "producers" / "snntorch_cnn"
+    data = np.load(folder / "data.npz")
+    g = read_graph(folder / "graph.nir")
+    x = torch.from_numpy(data["x"][:64].astype(np.float32)).transpose(0, 1)
+    out = run_graph(g, x, reset="subtract-next")[next(iter(g.outputs))]
+    assert np.array_equal(out.transpose(0, 1).reshape(64, 20, -1).numpy(), data["tool_out"][:64])
 
 
 @pytest.mark.parametrize("extra,needles", [

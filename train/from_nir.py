@@ -2,12 +2,13 @@
 from your own network').
 
     python -m train.distill --from-nir G.nir --inputs X.npy [--labels y.npy] \\
-        (--teacher-scores S.npy | --teacher-reset subtract) --run DIR [--method kd] [--epochs 15]
+        (--teacher-scores S.npy | --teacher-reset subtract|subtract-next) --run DIR [--method kd]
 
 Student: export.from_nir.student_from_nir(G), G's weights as the start (Loihi's neuron: reset to
 zero, weights and thresholds on the 8-bit grids). Teacher: scores that the user's tool wrote,
 (N, K) or (N, T, K) per step, or G run by NIR's float equations with reset by subtraction
-(export.interpreter.run_graph(reset="subtract")), snnTorch's and sinabs' default. Both give one
+(export.interpreter.run_graph(reset=...): "subtract" in the step of the spike, sinabs' default;
+"subtract-next" at the next step, undecayed, snnTorch's). Both give one
 score per class and sample; a score is the spike count of a spiking readout or the final state of
 a non-spiking one, and the student's score is the same sum over its T steps (logits_t.sum(0)), so
 the losses compare like with like. Per-step teachers (an (N, T, K) file, or the subtract-reset
@@ -58,8 +59,10 @@ def add_args(p):
     g.add_argument("--teacher-scores", metavar="S.npy",
                    help="--from-nir: the tool's own scores (N, K), or (N, T, K) per step (kd: "
                         "summed over T; tser: step by step)")
-    g.add_argument("--teacher-reset", choices=("subtract",), default=None,
-                   help="--from-nir: the teacher is G's float model with reset by subtraction")
+    g.add_argument("--teacher-reset", choices=("subtract", "subtract-next"), default=None,
+                   help="--from-nir: the teacher is G's float model with reset by subtraction: "
+                        "'subtract' in the step of the spike (sinabs), 'subtract-next' at the "
+                        "next step, undecayed (snnTorch's Leaky / Synaptic)")
     g.add_argument("--holdout", type=_fraction, default=0.2, metavar="F",
                    help="--from-nir: fraction of the samples held out (split seed 0)")
 
@@ -204,7 +207,7 @@ def split(n, fraction):
 @torch.no_grad()
 def graph_outputs(floating, x, reset, batch_size=256):
     """(scores (N, K), per-step parts (N, T, K)) of G's float model (NIR equations) on x
-    (N, T, ...) with reset 'zero' or 'subtract'. Score: the spike count of a spiking readout, the
+    (N, T, ...) with a reset of export.interpreter.RESETS. Score: the spike count of a spiking readout, the
     final state of a non-spiking one; parts: the spikes of each step, or the state's change
     v[t] - v[t-1] (the student's logits_t are the same parts)."""
     from export.interpreter import run_graph
@@ -325,7 +328,7 @@ def run(args):
     args.shift = 0
     steps = int(x.shape[1])
     if scores is None:
-        scores, scores_t = graph_outputs(floating, x, "subtract")
+        scores, scores_t = graph_outputs(floating, x, args.teacher_reset)
     if args.method != "tser":
         scores_t = None
     elif scores_t is None:
@@ -384,7 +387,7 @@ def run(args):
     with new_folder(run_dir):
         print(f"--from-nir {args.from_nir}: {len(train_idx)} train / {len(test_idx)} held out, "
               f"T={steps}, {k} classes, student {type(student).__name__}, teacher "
-              f"{'--teacher-scores' if args.teacher_scores else 'reset by subtraction'}, method "
+              f"{'--teacher-scores' if args.teacher_scores else '--teacher-reset ' + args.teacher_reset}, method "
               f"{args.method}{' (per-step teacher)' if scores_t is not None else ''}, {device}")
         print("held out, as written (no training): float NIR (reset to zero) agreement "
               f"{start['as_is_float_agreement']:.4f}, Loihi-exact student agreement "
@@ -419,7 +422,7 @@ def run(args):
             print(f"student: {path} is already complete ({args.epochs} epochs)")
         last = history[-1] if history else {}
         metrics = {"from_nir": str(args.from_nir), "method": args.method,
-                   "teacher": "scores" if args.teacher_scores else "reset subtract",
+                   "teacher": "scores" if args.teacher_scores else f"reset {args.teacher_reset}",
                    "timesteps": steps, "encoding": encoding, "train_samples": len(train_idx),
                    "heldout_samples": len(test_idx), **start,
                    "student_agreement": last.get("agreement"),

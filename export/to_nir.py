@@ -162,10 +162,11 @@ def _meta(ckpt):
     return meta
 
 
-def student_to_nir(model, ckpt=None, dt=DEFAULT_DT, readout="integrator") -> nir.NIRGraph:
-    """Map a SpikingCNN / SpikingResNet student to a type-checked NIR graph (docs/nir.md); a
-    student rebuilt from the user's NIR file (checkpoint arch 'nir', train.from_nir) maps back onto
-    that graph (export.nir_student). readout "portable": the integrator I left out, its Affine
+def student_to_nir(model, ckpt=None, dt=None, readout="integrator") -> nir.NIRGraph:
+    """Map a SpikingCNN / SpikingResNet student to a type-checked NIR graph (docs/nir.md) at time
+    step dt (default DEFAULT_DT); a student rebuilt from the user's NIR file (checkpoint arch
+    'nir', train.from_nir) maps back onto that graph (export.nir_student), by default at that
+    graph's own dt. readout "portable": the integrator I left out, its Affine
     marked (export.readout.portable_readout), for other tools' importers."""
     if readout not in READOUTS:
         raise ExportError(f"readout {readout!r}: expected one of {', '.join(READOUTS)}")
@@ -176,9 +177,12 @@ def student_to_nir(model, ckpt=None, dt=DEFAULT_DT, readout="integrator") -> nir
 def _student_graph(model, ckpt, dt):
     if ckpt is not None and ckpt.get("arch", {}).get("name") == "nir":
         from train.from_nir import read_graph_bytes
+        from .interpreter import resolve_dt
         from .nir_student import nir_student_graph
-        return nir_student_graph(model, read_graph_bytes(ckpt["arch"]["config"]["nir"]), dt,
+        original = read_graph_bytes(ckpt["arch"]["config"]["nir"])
+        return nir_student_graph(model, original, resolve_dt(original, dt)[0],
                                  {"producer": PRODUCER, **_meta(ckpt)})
+    dt = DEFAULT_DT if dt is None else dt
     if not isinstance(model, (SpikingCNN, SpikingResNet)):
         raise ExportError(f"model {type(model).__name__}: no NIR mapping (students: "
                           f"SpikingCNN, SpikingResNet)")
@@ -303,7 +307,7 @@ def write_nir(path, graph):
     Path(path).write_bytes(buf.getvalue())
 
 
-def export(checkpoint, out, dt=DEFAULT_DT, samples=64, data_dir="data", log=print,
+def export(checkpoint, out, dt=None, samples=64, data_dir="data", log=print,
            readout="integrator"):
     """student.pt -> student.nir; the file is put in place only when the check passes."""
     model, ckpt = load_model(checkpoint, "student")
@@ -334,8 +338,8 @@ def main(argv=None):
     p.add_argument("--run", default="runs/default", help="run directory (default: runs/default)")
     p.add_argument("--checkpoint", help="student checkpoint (default: RUN/student.pt)")
     p.add_argument("--out", help="NIR file to write (default: RUN/student.nir)")
-    p.add_argument("--dt", type=positive_float, default=DEFAULT_DT,
-                   help="NIR time step (default: 1e-4)")
+    p.add_argument("--dt", type=positive_float, default=None,
+                   help="NIR time step (default: 1e-4; a --from-nir student: its graph's dt)")
     p.add_argument("--samples", type=positive_int, default=64,
                    help="test samples for the faithfulness check (default: 64)")
     p.add_argument("--data-dir", default="data", help="dataset folder (default: data)")

@@ -367,3 +367,22 @@ def test_bench_from_nir_fixtures(tool, tmp_path):
     assert rep["tool"]["accuracy"] is None and rep["as_is"]["accuracy"] is None
     assert 0 <= rep["per_method"]["tser"]["agreement"]["mean"] <= 1
     assert np.load(out / "data" / "x_distill.npy").shape == (100, 8, 64)
+
+
+def test_dt_for_a_graph_that_does_not_pin_it(tmp_path, capsys):
+    """sinabs' LIF MLP (tests/fixtures/producers: r = 1, tau in steps, no dt metadata): refused
+    naming --dt without it; with --dt 1 the student trains, and the checkpoint's graph pins dt,
+    so export.to_nir writes a file that holds float == emulator without the flag."""
+    from export.to_nir import main as export_main
+    folder = Path(__file__).resolve().parent / "fixtures" / "producers" / "sinabs_lif_mlp"
+    data = np.load(folder / "data.npz")
+    np.save(tmp_path / "x.npy", data["x"][:60])
+    args = ["--from-nir", str(folder / "graph.nir"), "--inputs", str(tmp_path / "x.npy"),
+            "--teacher-reset", "subtract", "--method", "kd", "--epochs", "1", "--holdout", "0.5",
+            "--quiet", "--run", str(tmp_path / "run")]
+    assert distill.main(args) == 2
+    assert "--dt" in capsys.readouterr().err
+    assert distill.main(args + ["--dt", "1"]) == 0
+    assert export_main(["--run", str(tmp_path / "run"), "--samples", "8"]) in (None, 0)
+    g = nir.read(str(tmp_path / "run" / "student.nir"))
+    assert float(g.metadata["dt"]) == 1.0

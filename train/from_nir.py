@@ -63,6 +63,10 @@ def add_args(p):
                    help="--from-nir: the teacher is G's float model with reset by subtraction: "
                         "'subtract' in the step of the spike (sinabs), 'subtract-next' at the "
                         "next step, undecayed (snnTorch's Leaky / Synaptic)")
+    g.add_argument("--dt", type=float, default=None,
+                   help="--from-nir: the graph's time step, for a file that does not pin it "
+                        "(deploy.verify's --dt; docs/producers.md); written into the student's "
+                        "graph")
     g.add_argument("--holdout", type=_fraction, default=0.2, metavar="F",
                    help="--from-nir: fraction of the samples held out (split seed 0)")
 
@@ -80,7 +84,7 @@ def _fraction(text):
 
 def check_args(args):
     """UsageError for flags that cannot work together (before any file is read)."""
-    own = ("inputs", "labels", "teacher_scores", "teacher_reset")
+    own = ("inputs", "labels", "teacher_scores", "teacher_reset", "dt")
     if args.from_nir is None:
         given = [n for n in own if getattr(args, n) is not None]
         if given:
@@ -127,8 +131,10 @@ def _read(path, flag) -> bytes:
             from None
 
 
-def load_graph(path):
-    """(bytes, graph, student, float model with reset to zero) of --from-nir."""
+def load_graph(path, dt=None):
+    """(bytes, graph, student, float model with reset to zero) of --from-nir; with `dt` (--dt)
+    the graph's metadata gets that dt, and the bytes are of that graph (the checkpoint's copy then
+    pins it)."""
     from export.from_nir import NIRFloatModel, read_graph, student_from_nir
     from export.interpreter import NIRError, resolve_dt
     data = _read(path, "--from-nir")
@@ -139,6 +145,9 @@ def load_graph(path):
                 graph = read_graph(path)  # the tolerant reader of export.from_nir / deploy
             except NIRError as e:
                 raise FromNIRError(f"--from-nir {str(e).splitlines()[0]}") from None
+            if dt is not None:
+                graph.metadata = {**(graph.metadata or {}), "dt": resolve_dt(graph, dt)[0]}
+                data = _graph_bytes(graph)
             student = student_from_nir(graph)
         for w in caught:  # read_graph's repairs name the file already
             text = str(w.message)
@@ -147,6 +156,13 @@ def load_graph(path):
     except NIRError as e:
         raise FromNIRError(f"--from-nir {path}: {str(e).splitlines()[0]}") from None
     return data, graph, student, floating
+
+
+def _graph_bytes(graph) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "g.nir"
+        nir.write(str(path), graph)
+        return path.read_bytes()
 
 
 def graph_shapes(graph):
@@ -318,7 +334,7 @@ def run(args):
     check_args(args)
     run_dir = Path(args.run)
     check_writable_dir(run_dir, "--run")
-    data, graph, student, floating = load_graph(args.from_nir)
+    data, graph, student, floating = load_graph(args.from_nir, args.dt)
     in_shape, k = graph_shapes(graph)
     x, labels, scores, scores_t = load_data(args, in_shape, k)
     train_idx, test_idx = split(len(x), args.holdout)

@@ -42,6 +42,10 @@ def problem(net):
         if s.kind == "dense" and len(net.group(s.dst).shape) != 1:
             return f"connection {s.name!r}: a dense layer into a (C, H, W) group (netx's are 1-D)"
     for s in net.synapses:
+        if s.exp:
+            return (f"connection {s.name!r}: weight exponent {s.exp} (netx derives each layer's "
+                    f"exponent from its weights)")
+    for s in net.synapses:
         if s.kind == "conv" and s.groups > LAVA_CONV_GROUPS_MAX:
             return (f"connection {s.name!r}: {s.groups} groups (netx hands them to Lava's Conv, "
                     f"which holds groups as int8; deploy.lava_run regroups them)")

@@ -36,15 +36,15 @@ def _separate_realised(w):
 
 def problem(net):
     """None when netx's layer list runs `net` exactly as the emulator does, else why not."""
+    for s in net.synapses:
+        if s.exp:
+            return (f"connection {s.name!r}: weight exponent {s.exp} (netx derives each layer's "
+                    f"exponent from its weights)")
     if not net.chain():
         return "not a chain (fan-in, fan-out, skips or a non-spiking inner group)"
     for s in net.synapses:
         if s.kind == "dense" and len(net.group(s.dst).shape) != 1:
             return f"connection {s.name!r}: a dense layer into a (C, H, W) group (netx's are 1-D)"
-    for s in net.synapses:
-        if s.exp:
-            return (f"connection {s.name!r}: weight exponent {s.exp} (netx derives each layer's "
-                    f"exponent from its weights)")
     for s in net.synapses:
         if s.kind == "conv" and s.groups > LAVA_CONV_GROUPS_MAX:
             return (f"connection {s.name!r}: {s.groups} groups (netx hands them to Lava's Conv, "

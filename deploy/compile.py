@@ -1,6 +1,7 @@
 """Compile a NIR graph to a Loihi network (`hwmodels.loihi.Net`, docs/loihi_net.md).
 
     python -m deploy.compile runs/default/student.nir runs/default/student.net [--dt DT]
+        [--weight-bits B]
 
 Steps, each a function below or, for the float rules of paths and groups shared with the
 trainable student of a graph (export.nir_student), in export/paths.py (`group_plan`):
@@ -25,7 +26,9 @@ trainable student of a graph (export.nir_student), in export/paths.py (`group_pl
    (13 bit, b = synaptic bias + v_leak term), vThMant = theta / s (17 bit). s is the graph's
    `weight_step` metadata times g when present (exact), else the step that minimises the squared
    weight error of all incoming weights (quantisation is reported per group). A threshold of 0
-   steps or a path whose weights all round to 0 is a CompileError.
+   steps or a path whose weights all round to 0 is a CompileError. With --weight-bits B > 8, a
+   group whose weights are not int8 multiples of s gets B-bit weights on a finer step, each
+   connection split into two int8 connections with weight_exp B - 8 and 0 (`split_weights`).
 5. alignment: NIR has no synaptic delay, Lava delays every connection by one step. Relay groups
    (iDecay 4096, vDecay 4096, vThMant 0, identity weights) lengthen every shorter path into a group
    to its longest one, so all inputs of a group arrive in step (cost reported in the fit report).

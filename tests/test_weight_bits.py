@@ -1,6 +1,8 @@
 """deploy.compile --weight-bits B: a connection of B-bit weights as two int8 connections into the
 same group (weight_exp B - 8 and 0), exact, off by default (docs/loihi_net.md "Weights above 8
 bits"). Lava == emulator on split connections: tests/test_lava_net.py."""
+import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +131,20 @@ def test_cli_weight_bits(tmp_path):
     assert good.returncode == 0, good.stderr
     assert "(12 bit, error 0.00%)" in good.stdout
     assert sorted(s.exp for s in read_net(tmp_path / "g.net").synapses) == [0, 0, 4, 4]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lava") is None, reason="lava-nc not installed")
+def test_verify_weight_bits(tmp_path):
+    """deploy.verify --weight-bits 12: the split net passes (Lava == emulator on 2 samples; float
+    == emulator, the weights being on the 12-bit grid) and verify.json records the bits."""
+    nir.write(tmp_path / "g.nir", if_cnn(2048))
+    np.save(tmp_path / "x.npy", spikes((6, 8, 1, 6, 6)).numpy().astype(np.uint8))
+    r = subprocess.run([sys.executable, "-m", "deploy.verify", "--nir", str(tmp_path / "g.nir"),
+                        "--inputs", str(tmp_path / "x.npy"), "--lava-samples", "2",
+                        "--lava-workers", "1", "--device", "cpu", "--weight-bits", "12"],
+                       cwd=ROOT, text=True, capture_output=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((tmp_path / "verify.json").read_text())
+    assert rep["fit"]["weight_bits"] == 12 and rep["bit_exact"]["mismatched_samples"] == 0
+    assert rep["verdict"].startswith("PASS")
+    assert sorted(s.exp for s in read_net(tmp_path / "student.net").synapses) == [0, 0, 4, 4]

@@ -347,7 +347,8 @@ def split_group(graph, name, i_decay, v_decay, groups, synapses, in_shape):
         for part, idx in index.items():
             if np.any(w[idx]):
                 out.append(Synapses(name=f"{s.name}.{part.rsplit('.', 1)[1]}", src=s.src,
-                                    dst=part, kind="dense", weight=w[idx], nodes=list(s.nodes)))
+                                    dst=part, kind="dense", weight=w[idx], nodes=list(s.nodes),
+                                    exp=s.exp))
     for part, idx in index.items():
         if not any(s.dst == part for s in out):
             raise CompileError(f"node {name!r}: neurons {idx.tolist()} have no input")

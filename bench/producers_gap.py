@@ -51,10 +51,10 @@ def recording():
     syn, bias, theta = (compile_mod.integer_synapses, compile_mod.integer_bias,
                         compile_mod.integer_threshold)
 
-    def syn_(infos, step, name, exact):
+    def syn_(infos, step, name, exact, *rest):
         floats.setdefault(name, {}).update(w=[np.array(i["w"], float) for i in infos],
                                            step=float(step))
-        return syn(infos, step, name, exact)
+        return syn(infos, step, name, exact, *rest)
 
     def bias_(b, step, name, exact):
         floats.setdefault(name, {})["bias"] = np.array(b, float)

@@ -1,6 +1,7 @@
 """Compile a NIR graph to a Loihi network (`hwmodels.loihi.Net`, docs/loihi_net.md).
 
     python -m deploy.compile runs/default/student.nir runs/default/student.net [--dt DT]
+        [--weight-bits B]
 
 Steps, each a function below or, for the float rules of paths and groups shared with the
 trainable student of a graph (export.nir_student), in export/paths.py (`group_plan`):
@@ -25,7 +26,9 @@ trainable student of a graph (export.nir_student), in export/paths.py (`group_pl
    (13 bit, b = synaptic bias + v_leak term), vThMant = theta / s (17 bit). s is the graph's
    `weight_step` metadata times g when present (exact), else the step that minimises the squared
    weight error of all incoming weights (quantisation is reported per group). A threshold of 0
-   steps or a path whose weights all round to 0 is a CompileError.
+   steps or a path whose weights all round to 0 is a CompileError. With --weight-bits B > 8, a
+   group whose weights are not int8 multiples of s gets B-bit weights on a finer step, each
+   connection split into two int8 connections with weight_exp B - 8 and 0 (`split_weights`).
 5. alignment: NIR has no synaptic delay, Lava delays every connection by one step. Relay groups
    (iDecay 4096, vDecay 4096, vThMant 0, identity weights) lengthen every shorter path into a group
    to its longest one, so all inputs of a group arrive in step (cost reported in the fit report).
@@ -44,16 +47,17 @@ import sys
 import nir
 import numpy as np
 
-from common.loihi import DECAY_UNITY, STATE_MAX, WEIGHT_MAX, WEIGHT_MIN
+from common.loihi import DECAY_UNITY, STATE_MAX, WEIGHT_BITS, WEIGHT_MAX, WEIGHT_MIN
 from export.from_nir import NIRError, read_graph
 from export.interpreter import (NEURONS, SPIKING, DtError, flatten_graph, recurrent_edges,
                                 resolve_dt, role)
-from export.paths import (BIAS_LATE, BIAS_SOURCE, CompileError, _array, _identity, _named,
-                          conv_dense, group_plan, input_shape, integer_bias, integer_threshold,
-                          rel_error, to_int)
+from export.paths import (BIAS_LATE, BIAS_SOURCE, GRID_RTOL, CompileError, _array, _identity,
+                          _named, choose_step, conv_dense, group_plan, input_shape, integer_bias,
+                          integer_threshold, rel_error, to_int)
 from export.readout import integrator_readout
 from hwmodels import netfile
-from hwmodels.loihi import NEVER_SPIKES, Net, NetxError, Neurons, Synapses, lava_dense_weights
+from hwmodels.loihi import (NEVER_SPIKES, WEIGHT_EXP_MAX, Net, NetxError, Neurons, Synapses,
+                            lava_dense_weights)
 
 RELAY = {"iDecay": DECAY_UNITY, "vDecay": DECAY_UNITY, "vThMant": 0}
 
@@ -181,8 +185,13 @@ def align(groups, synapses, in_shape):
 
 # ---- compile -----------------------------------------------------------------------------------
 
-def build_net(graph, dt=None, timesteps=8):
-    """NIR graph -> (Net, fit report); the module docstring lists the steps."""
+def build_net(graph, dt=None, timesteps=8, weight_bits=WEIGHT_BITS):
+    """NIR graph -> (Net, fit report); the module docstring lists the steps. weight_bits > 8
+    splits the connections of groups whose weights are not on an 8-bit grid (`split_weights`)."""
+    if not (isinstance(weight_bits, (int, np.integer)) and
+            WEIGHT_BITS <= weight_bits <= WEIGHT_BITS + WEIGHT_EXP_MAX):
+        raise CompileError(f"weight_bits {weight_bits!r}: expected an integer {WEIGHT_BITS}.."
+                           f"{WEIGHT_BITS + WEIGHT_EXP_MAX}")
     graph = integrator_readout(flatten_graph(graph))
     check_values(graph)
     check_supported(graph)
@@ -201,7 +210,7 @@ def build_net(graph, dt=None, timesteps=8):
     splits = {}
     for name in neurons:
         group, syns, row, split = compile_group(graph, name, dt, preds, recurrent, sources,
-                                                input_name, in_shape, timesteps)
+                                                input_name, in_shape, timesteps, weight_bits)
         groups.append(group)
         synapses += syns
         report.append(row)
@@ -228,31 +237,82 @@ def build_net(graph, dt=None, timesteps=8):
         raise CompileError(str(e)) from None
     fit = {"groups": report, "dt": float(dt), "dt_source": dt_source, "readout": readout,
            "alignment": alignment_cost(net, relays)}
+    if weight_bits != WEIGHT_BITS:
+        fit["weight_bits"] = int(weight_bits)
     return net, fit
 
 
-def compile_group(graph, name, dt, preds, recurrent, sources, input_name, in_shape, timesteps):
+def compile_group(graph, name, dt, preds, recurrent, sources, input_name, in_shape, timesteps,
+                  weight_bits=WEIGHT_BITS):
     """One neuron node -> (Neurons, incoming Synapses, fit row, per-neuron (iDecay, vDecay)
     arrays when they differ, else None: `split_groups` then splits the group)."""
     p = group_plan(graph, name, dt, preds, recurrent, sources, input_name, in_shape)
     shape, i_decay, v_decay, theta, scale, infos, bias, step, exact = (
         p[k] for k in ("shape", "i_decay", "v_decay", "theta", "scale", "infos", "bias", "step",
                        "exact"))
-    syns, errors = integer_synapses(infos, step, name, exact)
-    bias_int = integer_bias(bias, step, name, exact)
-    vth, note = (NEVER_SPIKES, []) if theta is None else integer_threshold(theta, step, name)
+    exp = 0
+    if weight_bits > WEIGHT_BITS and not exact and not on_grid(infos, step):
+        exp = weight_bits - WEIGHT_BITS
+        step = choose_step([i["w"] for i in infos], p["extras"], name, weight_max=split_max(exp))
+    syns, errors = integer_synapses(infos, step, name, exact, exp)
+    try:
+        bias_int = integer_bias(bias, step, name, exact)
+        vth, note = (NEVER_SPIKES, []) if theta is None else integer_threshold(theta, step, name)
+    except CompileError as e:
+        raise CompileError(f"{e} with --weight-bits {weight_bits}" if exp else str(e)) from None
     split = None if np.all(i_decay == i_decay.flat[0]) and np.all(v_decay == v_decay.flat[0]) \
         else (i_decay, v_decay)
     group = Neurons(name=name, shape=shape, i_decay=int(i_decay.min()),
                     v_decay=int(v_decay.min()), vth=vth, bias=bias_int,
                     role="neuron" if theta is not None else "readout", nodes=[name])
     row = fit_row(group, syns, step, errors, exact, note, timesteps)
+    if exp:
+        row.update(weight_bits=int(weight_bits), weight_min=int(min(s.weight.min() for s in syns)),
+                   weight_max=int(max(s.weight.max() for s in syns)))
+        row["notes"].append(f"{weight_bits}-bit weights: each connection split into an int8 part "
+                            f"with weight_exp {exp} and an int8 part with weight_exp 0")
     if scale is not None:
         row["threshold_fold"] = fold_report(theta, scale, infos, syns, step, shape)
         row["notes"].append(f"per-neuron thresholds folded into the incoming weights (x"
                             f"{scale.min():.4g}..x{scale.max():.4g}); worst neuron's weight "
                             f"error {row['threshold_fold']['neuron_weight_rel_error_max']:.2%}")
-    return group, syns, row, split
+    return group, split_weights(syns, exp) if exp else syns, row, split
+
+
+def split_max(exp):
+    """The largest integer weight A 2^exp + F with int8 A and F that every smaller one reaches:
+    2^(7 + exp) - 1, but 127 (2^exp + 1) for exp = 8."""
+    return min((1 << (WEIGHT_BITS - 1 + exp)) - 1, WEIGHT_MAX * ((1 << exp) + 1))
+
+
+def on_grid(infos, step):
+    """Whether every incoming weight is already an int8 multiple of `step` (no split needed)."""
+    for info in infos:
+        q = np.asarray(info["w"], dtype=np.float64) / step
+        k = np.rint(q)
+        if q.size and (float(np.abs(q - k).max()) > GRID_RTOL * max(1.0, float(np.abs(q).max()))
+                       or k.max() > WEIGHT_MAX or k.min() < WEIGHT_MIN):
+            return False
+    return True
+
+
+def split_weights(syns, exp):
+    """Each connection of (8 + exp)-bit weights K -> a coarse int8 part A with weight_exp `exp`
+    and a fine int8 part F (weight_exp 0) into the same group: K = A 2^exp + F exactly, with
+    A = floor((K + 2^(exp - 1)) / 2^exp) clipped to int8, |F| <= 2^(exp - 1) (up to 127 where A
+    clips). A part that is all zero is left out."""
+    out = []
+    for s in syns:
+        a = np.clip((s.weight + (1 << (exp - 1))) >> exp, WEIGHT_MIN, WEIGHT_MAX)
+        f = s.weight - (a << exp)
+        assert f.min() >= WEIGHT_MIN and f.max() <= WEIGHT_MAX, s.name  # split_max's range
+        for suffix, w, e in (("hi", a, exp), ("lo", f, 0)):
+            if np.any(w):
+                out.append(Synapses(name=f"{s.name}.{suffix}", src=s.src, dst=s.dst, kind=s.kind,
+                                    weight=w, stride=s.stride, padding=s.padding,
+                                    dilation=s.dilation, groups=s.groups, recurrent=s.recurrent,
+                                    nodes=list(s.nodes), exp=e))
+    return out
 
 
 def split_group(graph, name, i_decay, v_decay, groups, synapses, in_shape):
@@ -287,7 +347,8 @@ def split_group(graph, name, i_decay, v_decay, groups, synapses, in_shape):
         for part, idx in index.items():
             if np.any(w[idx]):
                 out.append(Synapses(name=f"{s.name}.{part.rsplit('.', 1)[1]}", src=s.src,
-                                    dst=part, kind="dense", weight=w[idx], nodes=list(s.nodes)))
+                                    dst=part, kind="dense", weight=w[idx], nodes=list(s.nodes),
+                                    exp=s.exp))
     for part, idx in index.items():
         if not any(s.dst == part for s in out):
             raise CompileError(f"node {name!r}: neurons {idx.tolist()} have no input")
@@ -321,11 +382,13 @@ def fold_report(theta, scale, infos, syns, step, shape):
 
 
 
-def integer_synapses(infos, step, name, exact):
-    """int8 Synapses of the paths on the group's step, and each one's relative weight error."""
+def integer_synapses(infos, step, name, exact, exp=0):
+    """int8 Synapses of the paths on the group's step (weights of 8 + exp bits, for
+    `split_weights`, when exp > 0), and each one's relative weight error."""
     syns, errors = [], []
+    hi = split_max(exp) if exp else WEIGHT_MAX
     for j, info in enumerate(infos):
-        k, _ = to_int(info["w"], step, name, "weights", WEIGHT_MIN, WEIGHT_MAX, exact)
+        k, _ = to_int(info["w"], step, name, "weights", -hi - 1, hi, exact)
         if np.any(info["w"]) and not np.any(k):
             what = info["ops"][-1] if info["ops"] else info["src"]
             raise CompileError(f"node {what!r}: weights into {name!r} all round to 0 on the "
@@ -397,7 +460,8 @@ def fit_row(group, syns, step, errors, exact, notes, timesteps):
     U min(T, 4096/vDecay). A bound >= 2^23 means the state *may* wrap/clip (a bound, not a
     measurement).
     """
-    fan = sum(np.abs(s.weight).reshape(s.weight.shape[0], -1).sum(1).max() for s in syns)
+    fan = sum(int(np.abs(s.weight).reshape(s.weight.shape[0], -1).sum(1).max()) << s.exp
+              for s in syns)
     bias = 0 if group.bias is None else int(np.abs(group.bias).max())
     a_max = int(fan) + bias
     span = lambda decay: timesteps if decay == 0 else min(timesteps, DECAY_UNITY / decay)  # noqa
@@ -447,13 +511,25 @@ def write(path, net, timesteps):
     netfile.write(path, net, layers=problem(net) is None)
 
 
-def compile_graph(graph, out_path, dt=None, timesteps=None):
+def compile_graph(graph, out_path, dt=None, timesteps=None, weight_bits=WEIGHT_BITS):
     """Compile a NIR graph (or file) to `out_path`; returns (Net, fit report)."""
     graph = load_graph(graph)
     steps = int(timesteps or (graph.metadata or {}).get("timesteps") or 8)
-    net, fit = build_net(graph, dt, steps)
+    net, fit = build_net(graph, dt, steps, weight_bits)
     write(out_path, net, steps)
     return net, fit
+
+
+def weight_bits_arg(text):
+    """argparse type of --weight-bits: an integer 8..16."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    top = WEIGHT_BITS + WEIGHT_EXP_MAX
+    if value is None or not WEIGHT_BITS <= value <= top:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer {WEIGHT_BITS}..{top}")
+    return value
 
 
 def main(argv=None):
@@ -465,6 +541,10 @@ def main(argv=None):
     p.add_argument("out", help="network file to write (e.g. student.net)")
     p.add_argument("--dt", type=positive_float, default=None,
                    help="time step (default: the graph's metadata or convention)")
+    p.add_argument("--weight-bits", type=weight_bits_arg, default=WEIGHT_BITS,
+                   help="weight precision, 8..16 (default 8); above 8 a group whose weights are "
+                        "not on an 8-bit grid gets each connection as two int8 connections "
+                        "(weight_exp B - 8 and 0): twice its synaptic operations")
     args = p.parse_args(argv)
 
     def work():
@@ -474,10 +554,12 @@ def main(argv=None):
         if out.exists() and out.resolve() == Path(args.nir).resolve():
             raise UsageError(f"out {out}: is the input NIR file; it would be overwritten")
         check_writable_dir(out.parent, "out", shown=out)
-        net, fit = compile_graph(args.nir, out, dt=args.dt)
+        net, fit = compile_graph(args.nir, out, dt=args.dt, weight_bits=args.weight_bits)
         for row in fit["groups"]:
             warn = "  MAY OVERFLOW 24 bit" if row["may_overflow_24bit"] else ""
-            print(f"{row['group']:12s} w {row['weight_min']}..{row['weight_max']} iDecay "
+            bits = f" ({row['weight_bits']} bit, error {row['weight_rel_error']:.2%})" \
+                if "weight_bits" in row else ""
+            print(f"{row['group']:12s} w {row['weight_min']}..{row['weight_max']}{bits} iDecay "
                   f"{row['iDecay']} vDecay {row['vDecay']} vTh {row['vThMant']}{warn}")
         a = fit["alignment"]
         print(f"dt {fit['dt']:g} ({fit['dt_source']}), readout {fit['readout']}, relays "

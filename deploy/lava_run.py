@@ -4,8 +4,9 @@
 Network: when the file holds a netx `layer/` chain, lava-dl's `netx.hdf5.Network` builds it;
 otherwise it is built from Lava's own processes: one `LIFReset` per group (du = iDecay - 1, Lava
 adds 1; dv = vDecay; bias_mant, bias_exp 6), one `Dense` (weights scaled as netx's
-`optimize_weight_bits` does: hwmodels.loihi.netx_weight_bits; Lava clips and truncates them itself) or
-`Conv` per connection, all connections into a group
+`optimize_weight_bits` does: hwmodels.loihi.netx_weight_bits; Lava clips and truncates them itself;
+its weight_exp adds the connection's own exponent Synapses.exp) or `Conv` per connection (a
+Dense of the convolution's matrix when it has an exponent: `conv_as_dense`), all connections into a group
 summed at its `a_in`, a `RingBuffer` source. Lava works in (W, H, C) order: conv weights go in as
 netx passes them (out, kw, kh, in, spatially flipped), a dense connection reads a (C, H, W) source
 through `transpose(2, 1, 0).flatten()` and writes a (C, H, W) group through
@@ -43,7 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hwmodels.loihi import netx_weight_bits as weight_bits
-from hwmodels.loihi import NetxError, Result
+from hwmodels.loihi import NetxError, Result, lava_dense_weights
 from hwmodels.netfile import has_layers, read_net
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,7 +184,8 @@ def _build_procs(net, steps):
         built.out[g.name] = built.lif[g.name].s_out
     for s in net.synapses:
         src_shape, dst_shape = net.shape_of(s.src), net.shape_of(s.dst)
-        if s.kind == "conv":
+        dense = s.kind == "dense" or s.exp != 0  # Conv ignores weight_exp (conv_as_dense)
+        if not dense:
             weight, groups = lava_conv_groups(s.weight, s.groups)
             w = weight[:, :, ::-1, ::-1].transpose(0, 3, 2, 1)
             proc = Conv(weight=w.copy(), input_shape=_lava_shape(src_shape),
@@ -191,13 +193,15 @@ def _build_procs(net, steps):
                         dilation=tuple(s.dilation[::-1]), groups=groups, name=s.name)
             out = proc.a_out
         else:
-            w, bits, exp = weight_bits(s.weight)
-            proc = Dense(weights=w, weight_exp=int(exp), num_weight_bits=int(bits), name=s.name)
+            matrix = s.weight if s.kind == "dense" else conv_as_dense(s, src_shape)
+            w, bits, exp = weight_bits(matrix)
+            proc = Dense(weights=w, weight_exp=int(exp) + s.exp, num_weight_bits=int(bits),
+                         name=s.name)
             out = proc.a_out
             if len(dst_shape) == 3:
                 out = out.reshape(tuple(dst_shape)).transpose([2, 1, 0])
         out.connect(built.lif[s.dst].a_in)
-        flat = s.kind == "dense" and len(src_shape) == 3
+        flat = dense and len(src_shape) == 3
         if s.src == "input":
             built.inputs.append((proc.s_in, flat))
         else:
@@ -206,6 +210,21 @@ def _build_procs(net, steps):
             built.recurrent.append((depth[s.dst], proc))
     built.root = built.lif[net.neurons[0].name]
     return built
+
+
+def conv_as_dense(s, src_shape):
+    """The (out, in) integer matrix of conv connection s over its (C, H, W)-flattened source.
+
+    lava-nc 0.10.0's Conv stores weight_exp but never applies it (PyConvModelFixed.run_spk:
+    utils.conv, then the 24-bit clamp), so a conv with a weight exponent (Synapses.exp) runs as
+    a Dense, which shifts its integer sum by weight_exp (PyDenseModelBitAcc). Its weights must
+    survive netx's and Lava's scaling exactly (int8 weights do), else NetxError."""
+    from export.paths import conv_dense
+    matrix = np.rint(conv_dense(s.weight, vars(s), src_shape, s.dst)).astype(np.int64)
+    lava_w, exp = lava_dense_weights(matrix)
+    if not np.array_equal(lava_w * 2.0 ** exp, matrix):
+        raise NetxError(f"connection {s.name!r}: its convolution as a Lava Dense changes weights")
+    return matrix
 
 
 def lava_conv_groups(weight, groups):

@@ -36,6 +36,10 @@ def _separate_realised(w):
 
 def problem(net):
     """None when netx's layer list runs `net` exactly as the emulator does, else why not."""
+    for s in net.synapses:
+        if s.exp:
+            return (f"connection {s.name!r}: weight exponent {s.exp} (netx derives each layer's "
+                    f"exponent from its weights)")
     if not net.chain():
         return "not a chain (fan-in, fan-out, skips or a non-spiking inner group)"
     for s in net.synapses:

@@ -47,7 +47,7 @@ from common.files import Staged, folder_lock, new_folder, remove_stale_temps
 from hwmodels.loihi import Emulator, NetxError
 from hwmodels.resources import LOIHI2_NEURONS_PER_CHIP, CoreLimits, map_groups
 
-from .compile import CompileError, build_net, load_graph, write
+from .compile import CompileError, build_net, load_graph, weight_bits_arg, write
 
 
 OUTPUTS = ("student.net", "verify.json", "verify.md", "outputs.npz")
@@ -422,6 +422,8 @@ def parse_args(argv):
     p.add_argument("--device", type=device_arg, default="auto", metavar="{auto,cpu,cuda}")
     p.add_argument("--dt", type=positive_float, default=None,
                    help="time step (None: graph metadata, else the graph's own convention)")
+    p.add_argument("--weight-bits", type=weight_bits_arg, default=8,
+                   help="weight precision 8..16 for the compile (deploy.compile --weight-bits)")
     p.add_argument("--batch-size", type=positive_int, default=256)
     args = p.parse_args(argv)
     if args.labels and not args.inputs:
@@ -490,7 +492,7 @@ def verify(args):
     device = pick_device(args.device)
     model, ckpt, float_source = float_reference(args, run, graph)
     x, y = load_inputs(args, ckpt, graph.metadata or {}, nir_path)
-    net, fit = build_net(graph, args.dt, int(x.shape[1]))
+    net, fit = build_net(graph, args.dt, int(x.shape[1]), getattr(args, "weight_bits", 8))
     source = f"--inputs {args.inputs}" if args.inputs else "dataset"
     check_input_shape(x, net.in_shape, source)
     check_labels(y, net.group(net.output).size, f"--labels {args.labels}" if args.labels

@@ -511,7 +511,8 @@ def group_plan(graph, name, dt, preds, recurrent, sources, input_name, in_shape)
     input gain and c folded in; a synaptic bias into a decaying current is a connection from
     BIAS_SOURCE, a recurrent synapse's bias one from BIAS_LATE, both of shape (N, 1)), bias (into
     v per step, in units of v), step (the weight step of every incoming weight, the bias and the
-    threshold), exact (the step comes from weight_step metadata: values must lie on it)}."""
+    threshold), exact (the step comes from weight_step metadata: values must lie on it),
+    extras (the bias and threshold that `choose_step` weighed with the weights)}."""
     node = graph.nodes[name]
     shape = _shape(node)
     i_decay, v_decay, gain, theta, v_leak = neuron_params(name, node, dt, shape)
@@ -542,4 +543,5 @@ def group_plan(graph, name, dt, preds, recurrent, sources, input_name, in_shape)
     extras = [np.asarray(bias)] + ([] if theta is None else [np.asarray(theta)])
     step = meta_step * gain if exact else choose_step([i["w"] for i in infos], extras, name)
     return dict(shape=shape, i_decay=i_decay, v_decay=v_decay, theta=theta, scale=scale,
-                infos=infos, bias=np.broadcast_to(bias, shape), step=float(step), exact=exact)
+                infos=infos, bias=np.broadcast_to(bias, shape), step=float(step), exact=exact,
+                extras=extras)

@@ -15,8 +15,10 @@ netx (`utils.optimize_weight_bits`) bit for bit; tests check every spike against
 Per group and step (all integers; a = summed input of all incoming connections):
 
     conv:   a_c = wrap24(conv2d(x, W))                     wrap24(z) = (z + 2^23) mod 2^24 - 2^23
+            a_c = conv2d(x, W) << exp  for exp > 0 (Synapses.exp; Lava runs it as a Dense)
     dense:  a_c = (x . W_lava) >> -e  (<< e if e > 0)      W_lava, e: netx optimize_weight_bits,
-                                                           then Lava's clip and LSB truncation
+                                                           then Lava's clip and LSB truncation;
+                                                           e includes Synapses.exp
     neuron: u = trunc(u (4096 - iDecay) / 4096) + (a << 6), then one wrap: u - 2^24 if u > 2^23,
             u + 2^24 if u <= -2^23 (Lava subtracts once; it is not a modulo)
             v = clip(trunc(v (4096 - vDecay) / 4096) + u + (bias << 6), -(2^23 - 1), 2^23 - 1)
@@ -49,6 +51,7 @@ NEVER_SPIKES = 1 << 17       # vThMant of a group that never spikes (v < 2^23 = 
 INTEGRATOR = {"iDecay": 0, "vDecay": DECAY_UNITY, "vThMant": NEVER_SPIKES}
 FLOAT32_EXACT = 1 << 24      # integer sums below this are exact in float32
 FLOAT64_STATE = 1 << 41      # |u| below this: u (4096 - d) < 2^53, exact in float64
+WEIGHT_EXP_MAX = 8           # a connection's own weight exponent (Synapses.exp): 0..8
 
 
 class NetxError(ValueError):
@@ -146,7 +149,10 @@ class Synapses:
 
     src is 'input' or a group name. Dense weights are (dst size, src size) over the source
     flattened in (C, H, W) order; conv weights (out, in / groups, kh, kw) as in torch.
-    A recurrent connection delivers the source's spikes of the previous step.
+    A recurrent connection delivers the source's spikes of the previous step. `exp` > 0 scales
+    the connection's summed input by 2^exp (Lava's weight_exp, applied to the integer sum): with
+    a second connection of exp 0 into the same group it gives weights of 8 + exp bits
+    (deploy.compile --weight-bits, docs/loihi_net.md).
     """
     name: str
     src: str
@@ -159,12 +165,14 @@ class Synapses:
     groups: int = 1
     recurrent: bool = False
     nodes: list = field(default_factory=list)
+    exp: int = 0              # the connection's own weight exponent: weight * 2^exp (0..8)
 
     @functools.cached_property
     def _lava(self):
         if self.kind == "conv":
-            return self.weight, 0
-        return lava_dense_weights(self.weight)
+            return self.weight, self.exp
+        w, e = lava_dense_weights(self.weight)
+        return w, e + self.exp
 
     @property
     def lava_weight(self) -> np.ndarray:
@@ -173,7 +181,8 @@ class Synapses:
 
     @property
     def weight_exp(self) -> int:
-        """Dense: Lava shifts the weighted sum by this (netx weight exponent); conv: 0."""
+        """Lava shifts the weighted sum by this: dense, netx's weight exponent + exp; conv, exp
+        (a conv with exp > 0 runs in Lava as a Dense: lava-nc 0.10.0's Conv ignores weight_exp)."""
         return self._lava[1]
 
     def out_shape(self, in_shape) -> tuple:
@@ -245,6 +254,9 @@ class Net:
             if not any(not s.recurrent for s in inputs):
                 raise NetxError(f"{where}: group {g.name!r} has no feed-forward input")
             for s in inputs:
+                if not (isinstance(s.exp, (int, np.integer)) and 0 <= s.exp <= WEIGHT_EXP_MAX):
+                    raise NetxError(f"{where}: connection {s.name!r} weight exponent {s.exp!r} "
+                                    f"(expected an integer 0..{WEIGHT_EXP_MAX})")
                 if s.src not in seen and not (s.recurrent and s.src in names):
                     raise NetxError(f"{where}: connection {s.name!r} from {s.src!r} to "
                                     f"{g.name!r} goes backwards (mark it recurrent or reorder)")
@@ -369,8 +381,8 @@ class Emulator:
             rows = int(w.abs().reshape(w.shape[0], -1).sum(1).max())
             exact32 = rows < FLOAT32_EXACT and self.device.type == "cpu"
             self._w[s.name] = w.to(self.device, torch.float32 if exact32 else torch.float64)
-            if s.kind == "conv":
-                self._bound[s.name] = min(rows, STATE_MAX)
+            if s.kind == "conv":  # exp > 0: shifted, not wrapped (Lava runs it as a Dense)
+                self._bound[s.name] = rows << s.exp if s.exp else min(rows, STATE_MAX)
             else:  # ceil(rows * 2^e)
                 e = s.weight_exp
                 self._bound[s.name] = rows << e if e >= 0 else -(-rows >> -e)
@@ -399,6 +411,8 @@ class Emulator:
         x = x.to(w.dtype)
         if s.kind == "conv":
             a = F.conv2d(x, w, None, s.stride, s.padding, s.dilation, s.groups)
+            if s.exp:  # a << exp (exact); Lava's Dense that runs it does not wrap
+                return a * 2.0 ** s.exp
             if self._bound[s.name] >= STATE_MAX:  # wrap24, exact in float64
                 a = torch.remainder(a.double() + STATE_MAX, 2 * STATE_MAX) - STATE_MAX
             return a

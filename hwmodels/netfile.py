@@ -7,8 +7,9 @@ One file holds `net/` (our layout: any `hwmodels.loihi.Net`) and, when netx runs
     attrs              format, version, then Net.attrs (producer, timesteps, dt, ...)
     net/               attrs readout, output;  input_shape
     net/neurons/<i>/   attrs name, role, nodes ("a,b");  shape, iDecay, vDecay, vThMant, [bias]
-    net/synapses/<j>/  attrs name, src, dst, kind, recurrent, nodes;  weight,
-                       conv: stride, padding, dilation (H, W order), groups
+    net/synapses/<j>/  attrs name, src, dst, kind, recurrent, nodes;  weight, [weight_exp]
+                       (Synapses.exp, only when non-zero), conv: stride, padding, dilation
+                       (H, W order), groups
     layer/0            type input, shape (C, H, W) or (N,)
     layer/i            type conv | dense | dense_rec (attrs name, nodes), shape, weight, conv
                        fields as above; dense_rec: weight_rec (N, N); bias: dense (N,), conv (C,)
@@ -78,6 +79,8 @@ def save_net(f, net):
         h.attrs.update(name=s.name, src=s.src, dst=s.dst, kind=s.kind, recurrent=bool(s.recurrent),
                        nodes=",".join(s.nodes))
         _ints64(h, "weight", s.weight)
+        if s.exp:  # written only when set: a net without exponents is byte-identical to before
+            _ints64(h, "weight_exp", s.exp)
         if s.kind == "conv":
             _write_conv(h, s)
 
@@ -112,7 +115,8 @@ def load_net(f, path) -> Net:
                 name=_text(h.attrs["name"]), src=_text(h.attrs["src"]), dst=_text(h.attrs["dst"]),
                 kind=_text(h.attrs["kind"]), weight=np.asarray(h["weight"][()], dtype=np.int64),
                 groups=int(h["groups"][()]) if "groups" in h else 1,
-                recurrent=bool(h.attrs.get("recurrent", False)), nodes=_nodes(h.attrs), **conv))
+                recurrent=bool(h.attrs.get("recurrent", False)), nodes=_nodes(h.attrs),
+                exp=int(h["weight_exp"][()]) if "weight_exp" in h else 0, **conv))
         attrs = {k: (_text(v) if isinstance(v, (bytes, str)) else v.item() if hasattr(v, "item")
                      else v) for k, v in f.attrs.items() if k not in ("format", "version")}
         net = Net(in_shape=tuple(int(v) for v in root["input_shape"][()]), neurons=neurons,

@@ -3,6 +3,7 @@ every step and the output group's u and v, through lava-dl netx (chains with a `
 and through Lava's own processes (any graph), in one process and sharded over workers.
 Nets come from tests/test_loihi_emulator.py (built directly, not by the compiler)."""
 import importlib.util
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
@@ -229,3 +230,29 @@ def test_convs_with_over_127_groups_equal_in_lava(tmp_path, channels, groups, la
     emu, got = run_both(tmp_path, net, x, layers, f"g{groups}")
     assert emu.spikes["a"].sum() > 0
     assert_same(emu, got, (channels, groups))
+
+
+@lava
+def test_split_connections_with_weight_exp_equal_in_lava(tmp_path):
+    """Connections with a weight exponent (deploy.compile --weight-bits: an int8 part with
+    weight_exp 3 and one with 0 into the same group), dense and conv (which runs as a Lava Dense:
+    Lava's Conv ignores weight_exp), equal in Lava on every spike, u and v."""
+    rng = np.random.default_rng(3)
+    parts = [conv(rng, "input", "c", 2, 3), conv(rng, "input", "c", 2, 3, lo=-4, hi=5),
+             dense(rng, "c", "d", 75, 4), dense(rng, "c", "d", 75, 4, lo=-4, hi=5)]
+    for s, suffix, e in zip(parts, ("hi", "lo", "hi", "lo"), (3, 0, 3, 0)):
+        s.name, s.exp = f"{s.name}.{suffix}", e
+    net = Net(in_shape=(2, 5, 5), neurons=[group(rng, "c", (3, 5, 5), vth=600),
+                                           group(rng, "d", (4,), vth=300)],
+              synapses=parts, readout="spikes").check()
+    x = inputs(net, 0, samples=2, steps=8, rate=0.3)
+    emu, got = run_both(tmp_path, net, x, True, "split")
+    assert lively(emu) and all(int(s.sum()) > 0 for s in emu.spikes.values())
+    assert_same(emu, got, "split")
+    emulator = Emulator(net)  # exp 3 is 8 times the connection's current without it
+    spk = {"input": torch.from_numpy(x[:, 0]), "c": emu.spikes["c"][:, 1].long()}
+    for s in parts[::2]:
+        plain = Emulator(Net(in_shape=net.in_shape, neurons=net.neurons,
+                             synapses=[replace(p, exp=0) for p in parts]))
+        assert torch.equal(emulator.synapse(s, spk[s.src]),
+                           8 * plain.synapse(replace(s, exp=0), spk[s.src])), s.name

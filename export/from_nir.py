@@ -369,8 +369,7 @@ def float_model(graph_or_path, dt=None) -> nn.Module:
         if not math.isclose(step, own, rel_tol=1e-9):
             raise NIRError(f"--dt {step:g} differs from dt = {own:g} that export.to_nir wrote "
                            f"(the student's decays are fixed by it)")
-        model = student_from_nir(graph)
-    else:
-        model = NIRFloatModel(graph, step).eval()
+        return student_from_nir(graph)  # compiles the graph itself (build_net)
+    model = NIRFloatModel(graph, step).eval()
     build_net(graph, dt)  # accept exactly what Loihi runs: CompileError (a NIRError) otherwise
     return model

@@ -268,6 +268,12 @@ def _own_modules(graph, dt) -> dict:
     return modules
 
 
+def _graph(graph_or_path) -> nir.NIRGraph:
+    """A NIRGraph (its portable readout's integrator put back) or a NIR file (`read_graph`)."""
+    return integrator_readout(graph_or_path) if isinstance(graph_or_path, nir.NIRGraph) \
+        else read_graph(graph_or_path)
+
+
 def student_from_nir(graph_or_path, dt=None) -> nn.Module:
     """NIRGraph or NIR file -> its Loihi-exact student (eval mode): a SpikingCNN when export.to_nir
     wrote the graph from one, else a NIRStudent (export.nir_student) of every graph
@@ -276,8 +282,7 @@ def student_from_nir(graph_or_path, dt=None) -> nn.Module:
     compiler gives the graph at time step dt (default: the graph's, resolve_dt; DtError names
     --dt when the graph does not pin it)."""
     from deploy.compile import build_net
-    graph = integrator_readout(graph_or_path) if isinstance(graph_or_path, nir.NIRGraph) \
-        else read_graph(graph_or_path)
+    graph = _graph(graph_or_path)
     dt = resolve_dt(graph, dt)[0]
     build_net(graph, dt)  # refuse exactly what Loihi cannot run (CompileError names the node)
     from .to_nir import PRODUCER
@@ -361,8 +366,7 @@ def float_model(graph_or_path, dt=None) -> nn.Module:
     exactly what the compiler accepts."""
     from deploy.compile import build_net
     from .to_nir import PRODUCER
-    graph = integrator_readout(graph_or_path) if isinstance(graph_or_path, nir.NIRGraph) \
-        else read_graph(graph_or_path)
+    graph = _graph(graph_or_path)
     step, source = resolve_dt(graph, dt)
     if (graph.metadata or {}).get("producer") == PRODUCER:
         own = graph_dt(graph)

@@ -78,14 +78,10 @@ def _params(node) -> dict:
             if f.init and f.name != "metadata"}
 
 
-def _out_shape(node):
-    shape = (node.output_type or {}).get("output")
-    return None if shape is None or np.size(shape) == 0 else tuple(int(v) for v in
-                                                                  np.asarray(shape).reshape(-1))
-
-
-def _in_shape(node):
-    shape = (node.input_type or {}).get("input")
+def _type_shape(node, key="output"):
+    """node.output_type["output"] (key "input": input_type["input"]) as a tuple; None when the
+    node declares none."""
+    shape = ((node.output_type if key == "output" else node.input_type) or {}).get(key)
     return None if shape is None or np.size(shape) == 0 else tuple(int(v) for v in
                                                                   np.asarray(shape).reshape(-1))
 
@@ -113,7 +109,7 @@ def tolerate(graph, prefix="") -> list:
             sizes = {k: v.size for k, v in params.items()}
             big = max(params.values(), key=np.size)
             shape = big.shape if big.size > 1 else next(
-                (s for s in (_out_shape(graph.nodes[p]) for p in preds.get(name, [])
+                (s for s in (_type_shape(graph.nodes[p]) for p in preds.get(name, [])
                              if not isinstance(graph.nodes[p], nir.NIRGraph)) if s), None)
             if shape is None or all(v.shape == tuple(shape) for v in params.values()):
                 continue
@@ -126,11 +122,12 @@ def tolerate(graph, prefix="") -> list:
             fixes.append(f"{where}: scalar {', '.join(small)} broadcast to shape {tuple(shape)}")
         elif isinstance(node, (nir.Input, nir.Output)):
             inp = isinstance(node, nir.Input)
-            shape = _in_shape(node) if inp else _out_shape(node)
+            key = "input" if inp else "output"
+            shape = _type_shape(node, key)
             if shape is None or len(shape) < 2 or shape[0] != 1:
                 continue
             near = [graph.nodes[n] for n in (succs if inp else preds).get(name, [])]
-            want = {(_in_shape(n) if inp else _out_shape(n)) for n in near
+            want = {_type_shape(n, key) for n in near
                     if not isinstance(n, nir.NIRGraph)} - {None}
             lead = 1  # Rockpool writes (1, 1, K): every leading 1 the neighbour lacks
             while want and lead < len(shape) - 1 and shape[lead] == 1 and \

@@ -32,7 +32,6 @@ GAIN_RTOL = 1e-6    # an Euler input gain this close to 1 is float32 round-off o
 GRID_RTOL = 1e-6    # a Loihi integer (decay, threshold in steps) read back from float parameters
 
 
-
 class NIRError(ValueError):
     """A NIR file or graph that cannot be read or simulated; the message names the file or node."""
 
@@ -556,7 +555,7 @@ def _conv2d(node, dtype=torch.float32):
     return Stateless(lambda x: F.conv2d(x, w, b, stride, padding, dilation, groups))
 
 
-def _flatten(node, dtype=None):
+def _flatten(node):
     """Merge dims start_dim..end_dim (counted without the batch)."""
     start, end = int(node.start_dim), int(node.end_dim)
     start, end = start + 1 if start >= 0 else start, end + 1 if end >= 0 else end
@@ -575,19 +574,19 @@ def _threshold(node, dtype=torch.float32):
     return Stateless(lambda x: (x > th).to(dtype))
 
 
-def _sum_pool2d(node, dtype=None):
+def _sum_pool2d(node):
     """y = sum of x over each kernel window."""
     k, s, p = _pair(node.kernel_size), _pair(node.stride), _pair(node.padding)
     return Stateless(lambda x: F.avg_pool2d(x, k, s, p, divisor_override=1))
 
 
-def _avg_pool2d(node, dtype=None):
+def _avg_pool2d(node):
     """y = mean of x over each kernel window (zero padding counted)."""
     k, s, p = _pair(node.kernel_size), _pair(node.stride), _pair(node.padding)
     return Stateless(lambda x: F.avg_pool2d(x, k, s, p))
 
 
-def _identity(node, dtype=None):
+def _identity(node):
     return Stateless(lambda x: x)
 
 

@@ -317,13 +317,14 @@ def probe_dense(graph, ops, in_shape, out_shape):
         raise CompileError(f"node {ops[-1]!r}: the path from a {tuple(in_shape)} source needs a "
                            f"dense connection of {n_out} x {n_in} weights (more than "
                            f"{DENSE_MAX}); no convolution equals it")
-    zero = _run_path(graph, ops, torch.zeros(1, *in_shape, dtype=torch.float64))
+    run = _path(graph, ops)
+    zero = run(torch.zeros(1, *in_shape, dtype=torch.float64))
     cols = []
     for start in range(0, n_in, 1024):
         rows = torch.arange(start, min(start + 1024, n_in))
         eye = torch.zeros(len(rows), n_in, dtype=torch.float64)
         eye[torch.arange(len(rows)), rows] = 1.0  # rows start.. of the identity, not all of it
-        cols.append((_run_path(graph, ops, eye.reshape(-1, *in_shape)) - zero).reshape(
+        cols.append((run(eye.reshape(-1, *in_shape)) - zero).reshape(
             len(rows), -1))
     return torch.cat(cols).t().numpy()
 
@@ -334,11 +335,20 @@ def _path_bias(graph, ops, in_shape, out_shape):
     return b.reshape(out_shape) if np.any(b) else None
 
 
+def _path(graph, ops):
+    """The path's stateless nodes as one function of x (float64), with the interpreter's node
+    functions (built once, for every probe)."""
+    sims = [node_simulator(op, graph.nodes[op], 1.0, dtype=torch.float64) for op in ops]
+
+    def run(x):
+        for sim in sims:
+            x = sim.step(x)
+        return x
+    return run
+
+
 def _run_path(graph, ops, x):
-    """The path's stateless nodes on x (float64), with the interpreter's node functions."""
-    for op in ops:
-        x = node_simulator(op, graph.nodes[op], 1.0, dtype=torch.float64).step(x)
-    return x
+    return _path(graph, ops)(x)
 
 
 def _identity(in_shape, out_shape, scale):

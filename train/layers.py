@@ -23,6 +23,13 @@ class QuantMixin:
         integers below 2^24) whatever the step."""
         return weight_steps(self.weight, self.weight_step)
 
+    def forward(self, x):
+        return self.with_weight(x, self.quantized_weight())
+
+    def forward_steps(self, x):
+        """The input current in weight steps (`step_weight`)."""
+        return self.with_weight(x, self.step_weight())
+
 
 class QuantConv2d(QuantMixin, nn.Conv2d):
     """Conv2d without bias whose weights are `step * k`, k an int8 (Loihi has no synaptic bias)."""
@@ -33,14 +40,8 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
                          dilation=dilation, groups=groups, bias=False)
         self.weight_step = float(weight_step)
 
-    def forward(self, x):
-        return F.conv2d(x, self.quantized_weight(), None, self.stride, self.padding,
-                        self.dilation, self.groups)
-
-    def forward_steps(self, x):
-        """The input current in weight steps (`step_weight`)."""
-        return F.conv2d(x, self.step_weight(), None, self.stride, self.padding, self.dilation,
-                        self.groups)
+    def with_weight(self, x, w):
+        return F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
 
 
 class QuantLinear(QuantMixin, nn.Linear):
@@ -50,9 +51,5 @@ class QuantLinear(QuantMixin, nn.Linear):
         super().__init__(fin, fout, bias=False)
         self.weight_step = float(weight_step)
 
-    def forward(self, x):
-        return F.linear(x, self.quantized_weight())
-
-    def forward_steps(self, x):
-        """The input current in weight steps (`step_weight`)."""
-        return F.linear(x, self.step_weight())
+    def with_weight(self, x, w):
+        return F.linear(x, w)

@@ -19,7 +19,8 @@ import torch
 from common.loihi import BIAS_MAX, DECAY_UNITY, VTH_MAX, WEIGHT_MAX, WEIGHT_MIN
 from hwmodels.loihi import conv_out_size
 
-from .interpreter import (SPIKING, NIRError, loihi_neuron, node_simulator, role, types_of)
+from .interpreter import (SPIKING, NIRError, _array, loihi_neuron, node_simulator, role,
+                          types_of)
 
 GRID_RTOL = 1e-4                     # how far W/s may sit from an integer and still be on the grid
 SYNAPSES = types_of("synapse")      # export.interpreter.NODE_TYPES: one entry per node type
@@ -29,10 +30,6 @@ BIAS_LATE = "bias.late"              # the one that spikes from step 1 on
 
 class CompileError(NIRError):
     """A graph (or node) that Loihi cannot run; the message names the node."""
-
-
-def _array(x):
-    return np.asarray(x, dtype=np.float64)
 
 
 def _uniform(value, name, field_name):

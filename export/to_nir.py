@@ -27,7 +27,8 @@ from train.neurons import LoihiCUBA
 
 from .checked import run_export, write_checked
 from .from_nir import read_graph
-from .interpreter import DEFAULT_DT, NIRError, nir_neuron, run_graph
+from .interpreter import DEFAULT_DT, NIRError, nir_neuron, resolve_dt, run_graph
+from .nir_student import nir_student_graph
 from .readout import INTEGRATOR, MARKER, READOUTS, portable_readout
 
 PRODUCER = "snn-kd-loihi export.to_nir"
@@ -177,8 +178,6 @@ def student_to_nir(model, ckpt=None, dt=None, readout="integrator") -> nir.NIRGr
 def _student_graph(model, ckpt, dt):
     if ckpt is not None and ckpt.get("arch", {}).get("name") == "nir":
         from train.from_nir import read_graph_bytes
-        from .interpreter import resolve_dt
-        from .nir_student import nir_student_graph
         original = read_graph_bytes(ckpt["arch"]["config"]["nir"])
         return nir_student_graph(model, original, resolve_dt(original, dt)[0],
                                  {"producer": PRODUCER, **_meta(ckpt)})

@@ -445,14 +445,18 @@ def scale_rows(infos, c, shape, name):
 def conv_dense(w, conv, src_shape, name):
     """The (out, in) dense matrix of a convolution on a src_shape input."""
     n_in = int(np.prod(src_shape))
-    x = torch.eye(n_in, dtype=torch.float64).reshape(n_in, *src_shape)
-    y = torch.nn.functional.conv2d(x, torch.from_numpy(np.asarray(w, dtype=np.float64)), None,
-                                   conv.get("stride", 1), conv.get("padding", 0),
-                                   conv.get("dilation", 1), conv.get("groups", 1))
-    if y[0].numel() * n_in > DENSE_MAX:
+    w = torch.from_numpy(np.asarray(w, dtype=np.float64))
+
+    def run(x):
+        return torch.nn.functional.conv2d(x, w, None, conv.get("stride", 1),
+                                          conv.get("padding", 0), conv.get("dilation", 1),
+                                          conv.get("groups", 1))
+    n_out = run(torch.zeros(1, *src_shape, dtype=torch.float64))[0].numel()
+    if n_out * n_in > DENSE_MAX:  # refused before the n_in x n_in identity is built
         raise CompileError(f"node {name!r}: per-position parameters need the convolution as a "
-                           f"dense matrix of {y[0].numel()} x {n_in} weights (more than "
+                           f"dense matrix of {n_out} x {n_in} weights (more than "
                            f"{DENSE_MAX})")
+    y = run(torch.eye(n_in, dtype=torch.float64).reshape(n_in, *src_shape))
     return y.reshape(n_in, -1).t().numpy()
 
 
@@ -508,7 +512,6 @@ def integer_threshold(theta, step, name):
         raise CompileError(f"node {name!r}: threshold {theta:g} = {q:.4g} weight steps does not "
                            f"fit 17 bits [0, {VTH_MAX}] (step {step:g}; is dt right?)")
     return vth, note
-
 
 
 def group_plan(graph, name, dt, preds, recurrent, sources, input_name, in_shape) -> dict:

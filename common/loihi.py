@@ -25,6 +25,6 @@ def wrap24(u):
                        torch.where(u <= -STATE_MAX, u + 2 * STATE_MAX, u))
 
 
-def clip24(v):
-    """Lava's clip of v to [-(2^23 - 1), 2^23 - 1]."""
-    return torch.clamp(v, -STATE_MAX + 1, STATE_MAX - 1)
+def clip24(v, out=None):
+    """Lava's clip of v to [-(2^23 - 1), 2^23 - 1] (into `out`, e.g. v itself, when given)."""
+    return torch.clamp(v, -STATE_MAX + 1, STATE_MAX - 1, out=out)

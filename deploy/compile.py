@@ -51,7 +51,7 @@ from common.loihi import DECAY_UNITY, STATE_MAX, WEIGHT_BITS, WEIGHT_MAX, WEIGHT
 from export.from_nir import NIRError, read_graph
 from export.interpreter import (NEURONS, SPIKING, DtError, flatten_graph, recurrent_edges,
                                 resolve_dt, role)
-from export.paths import (BIAS_LATE, BIAS_SOURCE, GRID_RTOL, CompileError, _array, _identity,
+from export.paths import (BIAS_LATE, BIAS_SOURCE, CompileError, _array, _identity,
                           _named, choose_step, conv_dense, group_plan, input_shape, integer_bias,
                           integer_threshold, rel_error, to_int)
 from export.readout import integrator_readout
@@ -245,7 +245,7 @@ def build_net(graph, dt=None, timesteps=8, weight_bits=WEIGHT_BITS):
 def compile_group(graph, name, dt, preds, recurrent, sources, input_name, in_shape, timesteps,
                   weight_bits=WEIGHT_BITS):
     """One neuron node -> (Neurons, incoming Synapses, fit row, per-neuron (iDecay, vDecay)
-    arrays when they differ, else None: `split_groups` then splits the group)."""
+    arrays when they differ, else None: `split_group` then splits the group)."""
     p = group_plan(graph, name, dt, preds, recurrent, sources, input_name, in_shape)
     shape, i_decay, v_decay, theta, scale, infos, bias, step, exact = (
         p[k] for k in ("shape", "i_decay", "v_decay", "theta", "scale", "infos", "bias", "step",
@@ -286,13 +286,13 @@ def split_max(exp):
 
 
 def on_grid(infos, step):
-    """Whether every incoming weight is already an int8 multiple of `step` (no split needed)."""
-    for info in infos:
-        q = np.asarray(info["w"], dtype=np.float64) / step
-        k = np.rint(q)
-        if q.size and (float(np.abs(q - k).max()) > GRID_RTOL * max(1.0, float(np.abs(q).max()))
-                       or k.max() > WEIGHT_MAX or k.min() < WEIGHT_MIN):
-            return False
+    """Whether every incoming weight is already an int8 multiple of `step` (no split needed):
+    `to_int`'s exact check."""
+    try:
+        for info in infos:
+            to_int(info["w"], step, "", "weights", WEIGHT_MIN, WEIGHT_MAX, exact=True)
+    except CompileError:
+        return False
     return True
 
 

@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -422,14 +423,9 @@ def _end_workers(procs, grace=15.0):
         p.join(1.0)
 
 
-class _quiet:
+def _quiet():
     """Ignore ProcessLookupError / PermissionError (a process that is already gone)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, *rest):
-        return kind is not None and issubclass(kind, (ProcessLookupError, PermissionError))
+    return suppress(ProcessLookupError, PermissionError)
 
 
 def clean_stale_worker_dirs(root=None) -> list:

@@ -508,7 +508,7 @@ class Emulator:
             if bias is not None:
                 v.add_(bias)
             if plan.clip:
-                v = clip24(v)
+                clip24(v, out=v)  # in place: this loop runs once per step
             if g.spiking:  # s = [v > vth] = clamp(v - vth, 0, 1) on integers; v = 0 where s
                 torch.sub(v, vth, out=s).clamp_(0, 1)
                 v.addcmul_(v, s, value=-1)

@@ -174,9 +174,10 @@ def data_key(setting):
     return h.hexdigest()[:16]
 
 
-def distil(args, setting, method, seed, out):
+def distil(args, setting, key, method, seed, out):
     """One seed of one method: train.distill --from-nir, export.to_nir, the exported graph on the
-    emulator; returns its row (reused from eval.json when the command is the same)."""
+    emulator; returns its row (reused from eval.json when the command and `key`, data_key of the
+    setting, are the same)."""
     from export.to_nir import main as export_main
     from train.distill import main as distill_main
     run = out / "runs" / f"{method}_{seed}"
@@ -184,7 +185,6 @@ def distil(args, setting, method, seed, out):
             "--epochs", str(args.epochs), "--lr", args.lr, "--batch-size", args.batch_size,
             "--holdout", str(args.holdout), "--seed", str(seed), "--device", args.device,
             "--run", str(run), "--resume", "--quiet"]
-    key = data_key(setting)
     done = run / "eval.json"
     if done.is_file():
         row = json.loads(done.read_text())
@@ -299,10 +299,11 @@ def bench(args):
           f"{as_is['agreement']:.4f}" + ("" if as_is["accuracy"] is None else
                                          f", accuracy {as_is['accuracy']:.4f} (the tool's "
                                          f"{setting['tool_accuracy']:.4f})"), file=sys.stderr)
+    key = data_key(setting)  # once: it reads the graph and the input files
     rows = {m: [] for m in args.methods}
     for seed in args.seeds:
         for m in args.methods:
-            rows[m].append(distil(args, setting, m, seed, out))
+            rows[m].append(distil(args, setting, key, m, seed, out))
             r = rows[m][-1]
             print(f"{m} seed {seed}: agreement {r['agreement']:.4f}"
                   + ("" if r["accuracy"] is None else f" accuracy {r['accuracy']:.4f}")

@@ -41,19 +41,13 @@ import torch
 
 from common.cli import positive_int
 from common.files import atomic_write
+from train.from_nir import fraction
 
 TARGET_POINTS, TARGET_AGREEMENT = 0.01, 0.97
 
 
 class BenchError(RuntimeError):
     """A run that failed: names the method, seed and its log."""
-
-
-def _fraction(text):
-    v = float(text)
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text!r}")
-    return v
 
 
 def parse_args(argv=None):
@@ -66,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--random-spikes", action="store_true",
                    help="with --graph: seeded random input spikes, subtract-reset teacher")
     p.add_argument("--steps", type=positive_int, default=256, help="--random-spikes: T")
-    p.add_argument("--rate", type=_fraction, default=0.2, help="--random-spikes: P(spike)")
+    p.add_argument("--rate", type=fraction, default=0.2, help="--random-spikes: P(spike)")
     p.add_argument("--distill-samples", type=positive_int, default=1000)
     p.add_argument("--heldout-samples", type=positive_int, default=200)
     p.add_argument("--methods", default="kd,none,tser")
@@ -74,7 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=positive_int, default=15)
     p.add_argument("--lr", default="2e-3")
     p.add_argument("--batch-size", default="64")
-    p.add_argument("--holdout", type=_fraction, default=0.1,
+    p.add_argument("--holdout", type=fraction, default=0.1,
                    help="train.distill --holdout (its own split of the distillation inputs)")
     p.add_argument("--export-samples", type=positive_int, default=32,
                    help="export.to_nir --samples (its float-vs-file check)")

@@ -67,11 +67,12 @@ def add_args(p):
                    help="--from-nir: the graph's time step, for a file that does not pin it "
                         "(deploy.verify's --dt; docs/producers.md); written into the student's "
                         "graph")
-    g.add_argument("--holdout", type=_fraction, default=0.2, metavar="F",
+    g.add_argument("--holdout", type=fraction, default=0.2, metavar="F",
                    help="--from-nir: fraction of the samples held out (split seed 0)")
 
 
-def _fraction(text):
+def fraction(text):
+    """A number in (0, 1) (--holdout; bench.from_nir_fixtures' --rate and --holdout)."""
     import argparse
     try:
         v = float(text)

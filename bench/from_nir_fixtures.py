@@ -41,19 +41,13 @@ import torch
 
 from common.cli import positive_int
 from common.files import atomic_write
+from train.from_nir import fraction
 
 TARGET_POINTS, TARGET_AGREEMENT = 0.01, 0.97
 
 
 class BenchError(RuntimeError):
     """A run that failed: names the method, seed and its log."""
-
-
-def _fraction(text):
-    v = float(text)
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text!r}")
-    return v
 
 
 def parse_args(argv=None):
@@ -66,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--random-spikes", action="store_true",
                    help="with --graph: seeded random input spikes, subtract-reset teacher")
     p.add_argument("--steps", type=positive_int, default=256, help="--random-spikes: T")
-    p.add_argument("--rate", type=_fraction, default=0.2, help="--random-spikes: P(spike)")
+    p.add_argument("--rate", type=fraction, default=0.2, help="--random-spikes: P(spike)")
     p.add_argument("--distill-samples", type=positive_int, default=1000)
     p.add_argument("--heldout-samples", type=positive_int, default=200)
     p.add_argument("--methods", default="kd,none,tser")
@@ -74,7 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=positive_int, default=15)
     p.add_argument("--lr", default="2e-3")
     p.add_argument("--batch-size", default="64")
-    p.add_argument("--holdout", type=_fraction, default=0.1,
+    p.add_argument("--holdout", type=fraction, default=0.1,
                    help="train.distill --holdout (its own split of the distillation inputs)")
     p.add_argument("--export-samples", type=positive_int, default=32,
                    help="export.to_nir --samples (its float-vs-file check)")
@@ -174,9 +168,10 @@ def data_key(setting):
     return h.hexdigest()[:16]
 
 
-def distil(args, setting, method, seed, out):
+def distil(args, setting, key, method, seed, out):
     """One seed of one method: train.distill --from-nir, export.to_nir, the exported graph on the
-    emulator; returns its row (reused from eval.json when the command is the same)."""
+    emulator; returns its row (reused from eval.json when the command and `key`, data_key of the
+    setting, are the same)."""
     from export.to_nir import main as export_main
     from train.distill import main as distill_main
     run = out / "runs" / f"{method}_{seed}"
@@ -184,7 +179,6 @@ def distil(args, setting, method, seed, out):
             "--epochs", str(args.epochs), "--lr", args.lr, "--batch-size", args.batch_size,
             "--holdout", str(args.holdout), "--seed", str(seed), "--device", args.device,
             "--run", str(run), "--resume", "--quiet"]
-    key = data_key(setting)
     done = run / "eval.json"
     if done.is_file():
         row = json.loads(done.read_text())
@@ -299,10 +293,11 @@ def bench(args):
           f"{as_is['agreement']:.4f}" + ("" if as_is["accuracy"] is None else
                                          f", accuracy {as_is['accuracy']:.4f} (the tool's "
                                          f"{setting['tool_accuracy']:.4f})"), file=sys.stderr)
+    key = data_key(setting)  # once: it reads the graph and the input files
     rows = {m: [] for m in args.methods}
     for seed in args.seeds:
         for m in args.methods:
-            rows[m].append(distil(args, setting, m, seed, out))
+            rows[m].append(distil(args, setting, key, m, seed, out))
             r = rows[m][-1]
             print(f"{m} seed {seed}: agreement {r['agreement']:.4f}"
                   + ("" if r["accuracy"] is None else f" accuracy {r['accuracy']:.4f}")

@@ -98,12 +98,12 @@ def distil(out, name, seed, epochs):
     return json.loads((run / "train_metrics.json").read_text())
 
 
-def interval(d):
-    """Mean and 95 % t-interval of paired differences, in points."""
-    from scipy import stats
-    d = 100 * np.asarray(d, dtype=float)
-    h = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
-    return [float(d.mean()), float(d.mean() - h), float(d.mean() + h)]
+def interval(a, b):
+    """[mean, low, high] of the paired differences a - b and their 95 % t-interval, in points
+    (train.ablate.paired; low and high None for one seed)."""
+    from train.ablate import paired
+    p = paired([100 * v for v in a], [100 * v for v in b])
+    return [p["mean"], *(p["ci95"] or [None, None])]
 
 
 def main(argv=None):
@@ -137,11 +137,12 @@ def main(argv=None):
     for a, b in (("kd", "none"), ("kd-nolabels", "none"), ("kd-nolabels", "kd")):
         for what in ("accuracy", "agreement"):
             if all(v is not None for v in report["methods"][a][what]):
-                report[f"{a} - {b} {what}"] = interval(
-                    np.subtract(report["methods"][a][what], report["methods"][b][what]))
+                report[f"{a} - {b} {what}"] = interval(report["methods"][a][what],
+                                                       report["methods"][b][what])
     for name in RUNS:
+        agreement = report["methods"][name]["agreement"]
         report[f"{name} - as written agreement"] = interval(
-            np.subtract(report["methods"][name]["agreement"], first["as_is_loihi_agreement"]))
+            agreement, [first["as_is_loihi_agreement"]] * len(agreement))
     report["time_s"] = time.time() - t0
     atomic_write(out / "summary.json",
                  lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))

@@ -20,27 +20,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.producers_gap import ROOT, float_counts
 from common.files import atomic_write
 from deploy.compile import build_net, write
-from export.from_nir import float_model, read_graph
+from export.from_nir import read_graph
 from hwmodels.energy import Tally
 from hwmodels.energy_report import build_report
 from hwmodels.loihi import Emulator
 from hwmodels.profiles import PROFILES
-
-ROOT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "producers"
 
 
 def wilson(k, n, z=1.96):
     p = k / n
     mid, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return (mid - half) / (1 + z * z / n), (mid + half) / (1 + z * z / n)
-
-
-def float_predictions(graph, dt, x):
-    with torch.no_grad():
-        out = float_model(graph, dt=dt)(torch.from_numpy(x).float().transpose(0, 1))
-    return out.logits_t.sum(0).argmax(-1).numpy()
 
 
 def lava_equal(net, x):
@@ -61,7 +54,7 @@ def study(name, dt, bits, lava):
     sets = {"x": data["x"]}
     if "x_distill" in data.files:
         sets["x_distill"] = data["x_distill"]
-    floats = {k: float_predictions(graph, dt, x) for k, x in sets.items()}
+    floats = {k: float_counts(graph, dt, x).argmax(-1) for k, x in sets.items()}
     rows = []
     for b in bits:
         net, fit = build_net(graph, dt=dt, timesteps=data["x"].shape[1], weight_bits=b)

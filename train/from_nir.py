@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Subset, TensorDataset
 
 import nir
 from common.cli import UsageError, check_writable_dir, load_npy
 from common.files import atomic_write, new_folder
 
-from .data import DataError, DatasetInfo
+from .data import DataError, DatasetInfo, Indexed
 from .losses import METHODS, TeacherOutput, build_loss
 from .models import StudentOutput
 
@@ -67,11 +67,12 @@ def add_args(p):
                    help="--from-nir: the graph's time step, for a file that does not pin it "
                         "(deploy.verify's --dt; docs/producers.md); written into the student's "
                         "graph")
-    g.add_argument("--holdout", type=_fraction, default=0.2, metavar="F",
+    g.add_argument("--holdout", type=fraction, default=0.2, metavar="F",
                    help="--from-nir: fraction of the samples held out (split seed 0)")
 
 
-def _fraction(text):
+def fraction(text):
+    """A number in (0, 1) (--holdout; bench.from_nir_fixtures' --rate and --holdout)."""
     import argparse
     try:
         v = float(text)
@@ -262,19 +263,6 @@ def teacher_output(scores, scores_t, idx):
     return TeacherOutput(scores[idx], [], None, scores_t[idx].transpose(0, 1) * scores_t.shape[1])
 
 
-class Samples(Dataset):
-    """(x (T, ...), y, index) of the loaded arrays."""
-
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.y[i]), i
-
-
 def write_heldout(path, x, y, teacher_pred, labelled):
     def write(tmp):
         with open(tmp, "wb") as f:
@@ -378,7 +366,7 @@ def run(args):
                  as_is_loihi_accuracy=_rates(as_is_loihi, y_test) if labels is not None else None)
     loss_fn = build_loss(args.method, args, student, None).to(device)
     opt = torch.optim.Adam(list(student.parameters()) + list(loss_fn.parameters()), lr=args.lr)
-    ds = Samples(x, y)
+    ds = Indexed(TensorDataset(x, y))  # (x (T, ...), y, index)
     train_dl = loader(Subset(ds, train_idx.tolist()), args.batch_size, True, args.seed, 1)
     sched = lr_schedule(opt, args.epochs, len(train_dl))
     first, history = 0, []

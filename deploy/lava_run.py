@@ -185,7 +185,10 @@ def _build_procs(net, steps):
         built.out[g.name] = built.lif[g.name].s_out
     for s in net.synapses:
         src_shape, dst_shape = net.shape_of(s.src), net.shape_of(s.dst)
-        dense = s.kind == "dense" or s.exp != 0  # Conv ignores weight_exp (conv_as_dense)
+        # Conv ignores weight_exp (conv_as_dense), and a recurrent connection needs a_buff,
+        # which only Dense has (cleared between samples; a self-connection of
+        # export.subtract_reset is a recurrent 1x1 conv)
+        dense = s.kind == "dense" or s.exp != 0 or s.recurrent
         if not dense:
             weight, groups = lava_conv_groups(s.weight, s.groups)
             w = weight[:, :, ::-1, ::-1].transpose(0, 3, 2, 1)

@@ -1,0 +1,145 @@
+"""Reset by subtraction on Loihi: the user's graph rewritten so that Loihi's neuron, which resets
+to zero, computes its tool's reset by subtraction exactly (docs/nir.md "Reset by subtraction on
+Loihi").
+
+    python -m export.subtract_reset G.nir OUT.nir --reset subtract-next   # snnTorch's Leaky
+    python -m export.subtract_reset G.nir OUT.nir --reset subtract        # sinabs' IAF / LIF
+
+NIR has no reset mode: snnTorch and sinabs write v_reset = 0 for networks they trained with
+reset by subtraction, and the file compiled as written loses accuracy on Loihi. For a neuron
+without current dynamics (LIF, IF, or a CubaLIF whose current is its input each step) with
+decay beta = 1 - dt/tau, input gain g, threshold theta:
+
+    tool ("subtract-next", snnTorch): v[t] = beta v[t-1] + g x[t] - theta s[t-1]
+    tool ("subtract", sinabs):        v[t] = beta v[t-1] + g x[t] - beta theta s[t-1]
+                                      s[t] = v[t] > theta
+
+Loihi's CUBA neuron keeps its current u through a spike and zeroes only v. So let u hold the
+membrane: current decay beta, v without memory (v[t] = u[t], tau_mem = dt), and a recurrent
+self-connection of weight -c theta (c = 1, or beta for "subtract") that reaches u one step
+later, as every recurrent connection does. Then u[t] = beta u[t-1] + g x[t] - c theta s[t-1] and
+s[t] = u[t] > theta: the tool's equations, with Loihi's reset to zero acting only on the
+memoryless v. Each such neuron becomes CubaLIF(tau_syn = dt / (1 - beta), w_in = tau_syn / dt,
+tau_mem = dt, r = 1, v_threshold = theta / g) (input gain 1; IF: tau_syn = w_in = inf) and gets
+a self-synapse "<neuron>.self": an Affine with the diagonal -c theta / g, or for a (C, H, W)
+neuron a 1x1 Conv2d with -c theta / g on its channel diagonal. Everything else is kept.
+
+Refused (NIRError naming the node): a CubaLIF whose current decays (its membrane and its
+current are two states; Loihi's one compartment has no room for a third), v_leak != 0, and a
+(C, H, W) neuron whose threshold / gain differs inside a channel. The rewritten graph has the
+same dt (pinned in its metadata) and compiles like any other (deploy.compile); its float model
+with reset to zero equals the original one with `reset` on every spike (tests/test_subtract_reset).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import nir
+import numpy as np
+
+from common.cli import positive_float
+from common.files import atomic_write
+
+from .checked import run_export
+from .interpreter import SPIKING, NIRError, _array, flatten_graph, loihi_neuron, resolve_dt
+
+RESETS = ("subtract", "subtract-next")   # the same names as train.distill --teacher-reset
+SELF = ".self"
+
+
+def _shape(graph, name, node):
+    """The neuron's shape: its declared input type, else its parameters' common shape."""
+    from .from_nir import _type_shape
+    shape = _type_shape(node, "input")
+    if shape is None:
+        shape = np.broadcast_shapes(*(np.shape(_array(getattr(node, f)))
+                                      for f in ("v_threshold", "r")))
+    if shape == ():
+        raise NIRError(f"node {name!r}: scalar parameters and no input type; its shape is unknown")
+    return tuple(shape)
+
+
+def _self_synapse(w, shape, name):
+    """The self-connection with per-neuron weights w (broadcast to `shape`)."""
+    w = np.broadcast_to(w, shape)
+    if len(shape) == 3:
+        per = w[:, :1, :1]
+        if not np.allclose(w, per, rtol=1e-12, atol=0):
+            raise NIRError(f"node {name!r}: threshold / input gain differs inside a channel; its "
+                           f"self-connection has no 1x1 convolution form")
+        k = np.zeros((shape[0], shape[0], 1, 1))
+        k[np.arange(shape[0]), np.arange(shape[0]), 0, 0] = per.reshape(-1)
+        return nir.Conv2d(input_shape=np.array(shape[1:]), weight=k, stride=1, padding=0,
+                          dilation=1, groups=1, bias=np.zeros(shape[0]))
+    return nir.Affine(weight=np.diag(w.reshape(-1)), bias=np.zeros(w.size))
+
+
+def subtract_reset(graph: nir.NIRGraph, reset: str, dt=None) -> nir.NIRGraph:
+    """`graph` (its neurons read with reset by subtraction, form `reset`) -> the graph whose
+    neurons, reset to zero, compute the same (module docstring); dt: as resolve_dt."""
+    if reset not in RESETS:
+        raise ValueError(f"reset {reset!r}: expected one of {RESETS}")
+    g = flatten_graph(graph)
+    dt = resolve_dt(g, dt)[0]
+    nodes, edges = dict(g.nodes), list(g.edges)
+    for name, node in g.nodes.items():
+        if not isinstance(node, SPIKING):
+            continue
+        if name + SELF in nodes:
+            raise NIRError(f"node {name!r}: {name + SELF!r} exists already (rewritten twice?)")
+        m = loihi_neuron(node, dt)
+        if not np.all(m["i"] == 1.0):
+            raise NIRError(f"node {name!r}: a {type(node).__name__} whose current decays has no "
+                           f"reset-by-subtraction form on Loihi (membrane and current need both "
+                           f"of Loihi's states)")
+        if np.any(_array(getattr(node, "v_leak", 0.0)) != 0.0):
+            raise NIRError(f"node {name!r}: v_leak != 0 is not supported with reset by "
+                           f"subtraction")
+        shape = _shape(g, name, node)
+        lost = np.broadcast_to(m["v"], shape)                  # dt/tau: 1 - beta
+        theta = np.broadcast_to(_array(node.v_threshold) / m["gain"], shape)
+        c = 1.0 if reset == "subtract-next" else 1.0 - lost
+        with np.errstate(divide="ignore"):
+            tau_syn = np.where(lost == 0.0, np.inf, dt / np.where(lost == 0.0, 1.0, lost))
+        nodes[name] = nir.CubaLIF(
+            tau_syn=tau_syn, w_in=tau_syn / dt, tau_mem=np.full(shape, dt), r=np.ones(shape),
+            v_leak=np.zeros(shape), v_threshold=theta.copy(), v_reset=np.zeros(shape),
+            metadata={**(node.metadata or {}), "reset_rewritten": reset})
+        nodes[name + SELF] = _self_synapse(-c * theta, shape, name)
+        edges += [(name, name + SELF), (name + SELF, name)]
+    metadata = {**(g.metadata or {}), "dt": float(dt), "reset": "zero",
+                "reset_rewritten": reset}
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata, type_check=False)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m export.subtract_reset",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("graph", help="the user's NIR graph (its neurons trained with reset by "
+                                 "subtraction)")
+    p.add_argument("out", help="the rewritten NIR graph to write")
+    p.add_argument("--reset", choices=RESETS, required=True,
+                   help="subtract-next: the threshold taken off at the next step, undecayed "
+                        "(snnTorch's Leaky); subtract: in the step of the spike (sinabs)")
+    p.add_argument("--dt", type=positive_float, default=None,
+                   help="the graph's time step, as deploy.compile --dt")
+    args = p.parse_args(argv)
+
+    def work():
+        from .from_nir import read_graph
+        from .to_nir import write_nir
+        try:
+            graph = subtract_reset(read_graph(args.graph), args.reset, args.dt)
+        except NIRError as e:
+            raise NIRError(f"{args.graph}: {str(e).splitlines()[0]}") from None
+        atomic_write(Path(args.out), lambda tmp: write_nir(tmp, graph))
+        done = [n[:-len(SELF)] for n in graph.nodes if n.endswith(SELF)]
+        print(f"wrote {args.out}: {len(done)} neuron(s) reset by subtraction ({args.reset}) on "
+              f"Loihi: {', '.join(done)}")
+
+    run_export(args.out, "OUT", work, errors=(NIRError,))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

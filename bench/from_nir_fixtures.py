@@ -72,6 +72,9 @@ def parse_args(argv=None):
                    help="train.distill --holdout (its own split of the distillation inputs)")
     p.add_argument("--export-samples", type=positive_int, default=32,
                    help="export.to_nir --samples (its float-vs-file check)")
+    p.add_argument("--student-reset", choices=("zero", "subtract", "subtract-next"),
+                   default="zero", help="train.distill --student-reset (the reset the tool "
+                                        "trained with: export.subtract_reset)")
     p.add_argument("--device", default="cpu", help="train.distill --device and the emulator's")
     args = p.parse_args(argv)
     if args.graph and not args.random_spikes:
@@ -97,7 +100,7 @@ def prepare(args, data):
         meta = json.loads((fixture / "meta.json").read_text())
         with np.load(fixture / "data.npz") as f:
             d = {k: f[k] for k in ("x_distill", "labels_distill", "tool_out_distill", "x",
-                                   "labels", "tool_pred")}
+                                   "labels", "tool_pred", "tool_out")}
         for k in ("x_distill", "labels_distill", "tool_out_distill"):
             save_npy(data / f"{k}.npy", d[k])
         flags = ["--inputs", str(data / "x_distill.npy"), "--labels",
@@ -105,6 +108,7 @@ def prepare(args, data):
                  str(data / "tool_out_distill.npy")]
         labels, tool_pred = d["labels"], d["tool_pred"]
         return {"graph": fixture / "graph.nir", "flags": flags, "x": d["x"], "labels": labels,
+                "tool_scores": d["tool_out"].sum(1),
                 "classes": int(d["tool_out_distill"].shape[-1]), "tool_pred": tool_pred,
                 "tool_accuracy": float((tool_pred == labels).mean()),
                 "source": f"fixture {fixture.name} ({meta.get('tool')} {meta.get('version')}): "
@@ -125,6 +129,7 @@ def prepare(args, data):
     return {"graph": Path(args.graph), "flags": ["--inputs", str(data / "x_distill.npy"),
                                                  "--teacher-reset", "subtract"],
             "x": held, "labels": None, "classes": classes, "tool_pred": teacher.argmax(1).numpy(),
+            "tool_scores": teacher.numpy(),
             "tool_accuracy": None,
             "source": f"{Path(args.graph).name} on random spikes (rate {args.rate}, T "
                       f"{args.steps}, seed 0): {args.distill_samples} to distil on, "
@@ -147,6 +152,25 @@ def rates(pred, setting):
     labels = setting["labels"]
     return {"accuracy": None if labels is None else float((pred == labels).mean()),
             "agreement": float((pred == setting["tool_pred"]).mean())}
+
+
+def margins(setting):
+    """The tool's own margin per held-out sample: its top score minus its second (spike counts:
+    0 is a tie that the first class wins, 1 is one spike)."""
+    top = np.sort(np.asarray(setting["tool_scores"], dtype=np.float64), axis=1)
+    return top[:, -1] - top[:, -2]
+
+
+def by_margin(preds, setting):
+    """Agreement with the tool on the samples where its margin is <= 1 and where it is >= 2
+    (mean over `preds`, a list of (N,) predictions); where the disagreements fall."""
+    m, ref = margins(setting), setting["tool_pred"]
+    out = {}
+    for name, mask in (("margin_le_1", m <= 1), ("margin_ge_2", m > 1)):
+        agree = [float((np.asarray(p)[mask] == ref[mask]).mean()) for p in preds]
+        out[name] = {"samples": int(mask.sum()),
+                     "agreement": statistics.fmean(agree) if mask.any() else None}
+    return out
 
 
 def _exit_code(fn, argv):
@@ -179,6 +203,8 @@ def distil(args, setting, key, method, seed, out):
             "--epochs", str(args.epochs), "--lr", args.lr, "--batch-size", args.batch_size,
             "--holdout", str(args.holdout), "--seed", str(seed), "--device", args.device,
             "--run", str(run), "--resume", "--quiet"]
+    if args.student_reset != "zero":
+        argv += ["--student-reset", args.student_reset]
     done = run / "eval.json"
     if done.is_file():
         row = json.loads(done.read_text())
@@ -198,7 +224,7 @@ def distil(args, setting, key, method, seed, out):
         raise BenchError(f"{method} seed {seed}: exit {code} ({log}): {last}")
     metrics = json.loads((run / "train_metrics.json").read_text())
     pred = emulate(run / "student.nir", setting["x"], args.device)
-    row = {"method": method, "seed": seed, **rates(pred, setting),
+    row = {"method": method, "seed": seed, **rates(pred, setting), "pred": pred.tolist(),
            "distill_split_agreement": metrics["student_agreement"],
            "train_time_s": metrics["train_time_s"], "epochs": len(metrics["history"]),
            "time_s": time.time() - t0, "export_and_emulate_s": time.time() - t1, "argv": argv,
@@ -207,7 +233,7 @@ def distil(args, setting, key, method, seed, out):
     return row
 
 
-def summarize(args, setting, as_is, rows):
+def summarize(args, setting, as_is, rows, start=None):
     from train.ablate import paired
     counts = np.bincount(setting["tool_pred"], minlength=setting["classes"])
     report = {"source": setting["source"], "graph": str(setting["graph"]),
@@ -217,7 +243,8 @@ def summarize(args, setting, as_is, rows):
               "tool": {"accuracy": setting["tool_accuracy"], "agreement": 1.0,
                        "predicted_classes": counts.tolist(),
                        "constant_agreement": float(counts.max() / counts.sum())},
-              "as_is": as_is, "per_method": {}, "paired": {}, "vs_as_is": {},
+              "as_is": as_is, "student_reset": args.student_reset, "start": start,
+              "per_method": {}, "paired": {}, "vs_as_is": {}, "vs_start": {},
               "target": {"accuracy_within_points": 100 * TARGET_POINTS,
                          "agreement_at_least": TARGET_AGREEMENT}}
     if setting.get("meta_tool_accuracy") is not None:
@@ -238,6 +265,14 @@ def summarize(args, setting, as_is, rows):
         report["per_method"][m] = entry
         report["vs_as_is"][m] = {w: paired(entry[w]["per_seed"], [as_is[w]] * len(r))
                                  for w in what}
+        if start is not None:
+            report["vs_start"][m] = {w: paired(entry[w]["per_seed"], [start[w]] * len(r))
+                                     for w in what}
+        if all("pred" in row for row in r):
+            entry["by_margin"] = by_margin([row["pred"] for row in r], setting)
+    for row in (as_is, start):
+        if row is not None and "pred" in row:
+            row["by_margin"] = by_margin([row.pop("pred")], setting)
     for a, b in (("kd", "none"), ("tser", "none"), ("tser", "kd")):
         if a in rows and b in rows:
             report["paired"][f"{a} - {b}"] = {w: paired(report["per_method"][a][w]["per_seed"],
@@ -262,15 +297,34 @@ def markdown(report):
              f"| the tool | {pct(report['tool']['accuracy'])} | 100 | |",
              f"| the file as it is | {pct(report['as_is']['accuracy'])} | "
              f"{pct(report['as_is']['agreement'])} | |"]
+    if report.get("start"):
+        lines.append(f"| the file with reset {report['student_reset']} on Loihi "
+                     f"(export.subtract_reset; the students' start) | "
+                     f"{pct(report['start']['accuracy'])} | "
+                     f"{pct(report['start']['agreement'])} | |")
     for m, e in report["per_method"].items():
         lines.append(f"| `--method {m}` | {cell(e, 'accuracy')} | {cell(e, 'agreement')} | "
                      f"{'yes' if e['target_met'] else 'no'} |")
     lines += ["", "| paired difference (points, 95 % t-interval) | accuracy | agreement |",
               "|---|---|---|"]
     diffs = [(k, v) for k, v in report["paired"].items()] + \
-        [(f"{m} - as is", v) for m, v in report["vs_as_is"].items()]
+        [(f"{m} - as is", v) for m, v in report["vs_as_is"].items()] + \
+        [(f"{m} - start", v) for m, v in report.get("vs_start", {}).items()]
     for name, d in diffs:
         lines.append(f"| {name} | {_diff(d.get('accuracy'))} | {_diff(d.get('agreement'))} |")
+    split = [(label, e["by_margin"]) for label, e in
+             [("the file as it is", report["as_is"]), ("the students' start", report.get("start"))]
+             + [(f"`--method {m}`", e) for m, e in report["per_method"].items()]
+             if e and "by_margin" in e]
+    if split:
+        first = split[0][1]
+        lines += ["", f"Where the disagreements fall: agreement with the tool on the held-out "
+                      f"samples whose top two tool scores differ by <= 1 "
+                      f"({first['margin_le_1']['samples']} samples) and by >= 2 "
+                      f"({first['margin_ge_2']['samples']})", "",
+                  "| | margin <= 1 | margin >= 2 |", "|---|---|---|"]
+        lines += [f"| {label} | {pct(b['margin_le_1']['agreement'])} | "
+                  f"{pct(b['margin_ge_2']['agreement'])} |" for label, b in split]
     return "\n".join(lines) + "\n"
 
 
@@ -288,7 +342,20 @@ def bench(args):
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     setting = prepare(args, out / "data")
-    as_is = rates(emulate(setting["graph"], setting["x"], args.device), setting)
+    pred = emulate(setting["graph"], setting["x"], args.device)
+    as_is = {**rates(pred, setting), "pred": pred.tolist()}
+    start = None
+    if args.student_reset != "zero":  # the students' start: the file with the tool's reset
+        from export.from_nir import read_graph
+        from export.subtract_reset import subtract_reset
+        from export.to_nir import write_nir
+        rewritten = out / "data" / f"graph_{args.student_reset}.nir"
+        graph = subtract_reset(read_graph(setting["graph"]), args.student_reset)
+        atomic_write(rewritten, lambda tmp: write_nir(tmp, graph))
+        pred = emulate(rewritten, setting["x"], args.device)
+        start = {**rates(pred, setting), "pred": pred.tolist()}
+        print(f"the file with reset {args.student_reset} on Loihi: agreement "
+              f"{start['agreement']:.4f}", file=sys.stderr)
     print(f"{setting['source']}\nthe file as it is, on the emulator: agreement with the tool "
           f"{as_is['agreement']:.4f}" + ("" if as_is["accuracy"] is None else
                                          f", accuracy {as_is['accuracy']:.4f} (the tool's "
@@ -302,7 +369,7 @@ def bench(args):
             print(f"{m} seed {seed}: agreement {r['agreement']:.4f}"
                   + ("" if r["accuracy"] is None else f" accuracy {r['accuracy']:.4f}")
                   + f" ({r['time_s']:.0f} s)", file=sys.stderr)
-    report = summarize(args, setting, as_is, rows)
+    report = summarize(args, setting, as_is, rows, start)
     report["time_s"] = time.time() - t0
     table = markdown(report)
     atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(report,

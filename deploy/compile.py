@@ -265,7 +265,8 @@ def compile_group(graph, name, dt, preds, recurrent, sources, input_name, in_sha
     group = Neurons(name=name, shape=shape, i_decay=int(i_decay.min()),
                     v_decay=int(v_decay.min()), vth=vth, bias=bias_int,
                     role="neuron" if theta is not None else "readout", nodes=[name])
-    row = fit_row(group, syns, step, errors, exact, note, timesteps)
+    parts = split_weights(syns, exp) if exp else syns  # what Lava gets (fit_row checks it)
+    row = fit_row(group, parts, step, errors, exact, note, timesteps)
     if exp:
         row.update(weight_bits=int(weight_bits), weight_min=int(min(s.weight.min() for s in syns)),
                    weight_max=int(max(s.weight.max() for s in syns)))
@@ -276,7 +277,7 @@ def compile_group(graph, name, dt, preds, recurrent, sources, input_name, in_sha
         row["notes"].append(f"per-neuron thresholds folded into the incoming weights (x"
                             f"{scale.min():.4g}..x{scale.max():.4g}); worst neuron's weight "
                             f"error {row['threshold_fold']['neuron_weight_rel_error_max']:.2%}")
-    return group, split_weights(syns, exp) if exp else syns, row, split
+    return group, parts, row, split
 
 
 def split_max(exp):

@@ -385,8 +385,9 @@ def nir_neuron(i, v, theta, dt, metadata=None):
         else                                               CubaLIF(tau_syn = dt/i, w_in =
                                                              tau_syn/dt, tau_mem = dt/v, r =
                                                              tau_mem/dt)
-    i of a spiking neuron lies in (0, 1], v in [0, 1]; v = 0 (no leak, snnTorch's beta = 1) is
-    tau_mem = r = inf, whose gain euler_gain takes as 1. The Euler step of either is
+    i and v of a spiking neuron lie in [0, 1]; 0 (no decay: snnTorch's beta = 1, or the current
+    of an IF reset by subtraction, export.subtract_reset) is tau = inf with its gain factor
+    (r, w_in) inf, which euler_gain takes as 1. The Euler step of either is
     I = (1 - i) I + x, V = (1 - v) V + I (docs/nir.md)."""
     i, v = (np.asarray(a, dtype=np.float64) for a in np.broadcast_arrays(i, v))
     meta = dict(metadata or {})
@@ -396,9 +397,9 @@ def nir_neuron(i, v, theta, dt, metadata=None):
                            "(iDecay 0, vDecay 4096)")
         return nir.I(r=np.full(v.shape, 1.0 / dt), metadata=meta)
     i, v, theta = (np.asarray(a, dtype=np.float64) for a in np.broadcast_arrays(i, v, theta))
-    for label, ratio, low in (("dt/tau_syn", i, "(0"), ("dt/tau_mem", v, "[0")):
-        if np.any(ratio < 0.0) or np.any(ratio > 1.0) or (low == "(0" and np.any(ratio == 0.0)):
-            raise NIRError(f"{label} must lie in {low}, 1] for a NIR time constant "
+    for label, ratio in (("dt/tau_syn", i), ("dt/tau_mem", v)):
+        if np.any(ratio < 0.0) or np.any(ratio > 1.0):
+            raise NIRError(f"{label} must lie in [0, 1] for a NIR time constant "
                            f"(got {ratio.min():g}..{ratio.max():g})")
     zero = np.zeros(v.shape)
     if np.all(i == 1.0) and np.all(v == 0.0):
@@ -409,7 +410,8 @@ def nir_neuron(i, v, theta, dt, metadata=None):
     if np.all(i == 1.0):
         return nir.LIF(tau=tau_mem, r=tau_mem / dt, v_leak=zero, v_threshold=theta,
                        v_reset=zero.copy(), metadata=meta)
-    tau_syn = dt / i
+    with np.errstate(divide="ignore"):
+        tau_syn = np.where(i == 0.0, np.inf, dt / np.where(i == 0.0, 1.0, i))
     return nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau_mem, r=tau_mem / dt, v_leak=zero,
                        v_threshold=theta, v_reset=zero.copy(), w_in=tau_syn / dt, metadata=meta)
 

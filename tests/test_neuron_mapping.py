@@ -68,9 +68,20 @@ def test_the_integrator_and_what_has_no_inverse():
         and np.all(m["gain"] == 1.0)
     with pytest.raises(NIRError, match="only as the integrator"):
         nir_neuron(np.zeros(4), np.full(4, 0.5), None, 1e-4)
-    with pytest.raises(NIRError, match=r"dt/tau_syn must lie in \(0, 1\]"):
-        nir_neuron(np.zeros(4), np.ones(4), np.ones(4), 1e-4)  # iDecay 0: the current never decays
+    with pytest.raises(NIRError, match=r"dt/tau_syn must lie in \[0, 1\]"):
+        nir_neuron(np.full(4, -0.5), np.ones(4), np.ones(4), 1e-4)
     with pytest.raises(NIRError, match=r"dt/tau_mem must lie in \[0, 1\]"):
         nir_neuron(np.ones(4), np.full(4, 1.5), np.ones(4), 1e-4)
-    with pytest.raises(ExportError, match="layer 'x': dt/tau_syn"):
-        neuron_node("x", layer((4,), np.zeros(4), np.full(4, 4096), np.ones(4)), (4,), 1e-4)
+
+
+def test_a_spiking_neuron_whose_current_never_decays():
+    """iDecay 0 with vDecay 4096 (an IF reset by subtraction, export.subtract_reset): CubaLIF
+    with tau_syn = w_in = inf and tau_mem = dt, read back as the same decays and gain 1."""
+    node = neuron_node("x", layer((4,), np.zeros(4), np.full(4, 4096), np.ones(4)), (4,), 1e-4)
+    assert isinstance(node, nir.CubaLIF)
+    assert np.all(np.isinf(node.tau_syn)) and np.all(np.isinf(node.w_in))
+    assert np.allclose(node.tau_mem, 1e-4)
+    m = loihi_neuron(node, 1e-4)
+    assert np.all(m["i"] == 0) and np.all(m["v"] == 1) and np.all(m["gain"] == 1.0)
+    i_c, v_c, gain, _, _ = neuron_params("x", node, 1e-4, (4,))  # the compiler's reading
+    assert np.all(i_c == 0) and np.all(v_c == DECAY_UNITY) and np.all(gain == 1.0)

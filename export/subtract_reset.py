@@ -24,6 +24,13 @@ tau_mem = dt, r = 1, v_threshold = theta / g) (input gain 1; IF: tau_syn = w_in 
 a self-synapse "<neuron>.self": an Affine with the diagonal -c theta / g, or for a (C, H, W)
 neuron a 1x1 Conv2d with -c theta / g on its channel diagonal. Everything else is kept.
 
+Loihi stores int8 weights on one step per neuron group (deploy.compile), and theta is a whole
+number of steps. A self-weight of -theta would be the group's largest weight and set the step to
+theta / 127, coarser than the incoming weights need. So the self-connection is split into k equal
+parallel synapses ("<neuron>.self", "<neuron>.self.1", ...), k the fewest for which one part is
+no larger than the largest incoming weight as the compiler folds it (pooling, input gain); the
+compiler then chooses the step as for any group (`self_parts`).
+
 Refused (NIRError naming the node): a CubaLIF whose current decays (its membrane and its
 current are two states; Loihi's one compartment has no room for a third), v_leak != 0, and a
 (C, H, W) neuron whose threshold / gain differs inside a channel. The rewritten graph has the
@@ -31,6 +38,7 @@ same dt (pinned in its metadata) and compiles like any other (deploy.compile); i
 with reset to zero equals the original one with `reset` on every spike (tests/test_subtract_reset).
 """
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -74,6 +82,44 @@ def _self_synapse(w, shape, name):
     return nir.Affine(weight=np.diag(w.reshape(-1)), bias=np.zeros(w.size))
 
 
+def self_parts(graph: nir.NIRGraph, dt) -> dict:
+    """{neuron: k} for the rewritten graph with one self-synapse per neuron (module docstring):
+    k = ceil(largest |self-weight| / largest |incoming weight|), both as export.paths folds them
+    for the compiler."""
+    from .interpreter import NEURONS, recurrent_edges
+    from .paths import group_plan, input_shape
+    preds = {}
+    for a, b in graph.edges:
+        preds.setdefault(b, []).append(a)
+    rec = recurrent_edges(graph)
+    input_name, in_shape = input_shape(graph)
+    sources = {n for n, node in graph.nodes.items() if isinstance(node, NEURONS)} | {input_name}
+    parts = {}
+    for name in graph.nodes:
+        if not name.endswith(SELF) or name[:-len(SELF)] not in graph.nodes:
+            continue
+        owner = name[:-len(SELF)]
+        plan = group_plan(graph, owner, dt, preds, rec, sources, input_name, in_shape)
+        peak = {own: max([float(np.abs(i["w"]).max()) for i in plan["infos"]
+                          if (i["src"] == owner) == own] + [0.0]) for own in (True, False)}
+        parts[owner] = 1 if peak[False] == 0.0 else max(1, int(np.ceil(peak[True] / peak[False]
+                                                                       * (1 - 1e-12))))
+    return parts
+
+
+def _split(graph, parts):
+    nodes, edges = dict(graph.nodes), list(graph.edges)
+    for owner, k in parts.items():
+        name = owner + SELF
+        node = nodes[name]
+        part = dataclasses.replace(node, weight=node.weight / k)
+        nodes[name] = part
+        for j in range(1, k):
+            nodes[f"{name}.{j}"] = part
+            edges += [(owner, f"{name}.{j}"), (f"{name}.{j}", owner)]
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=graph.metadata, type_check=False)
+
+
 def subtract_reset(graph: nir.NIRGraph, reset: str, dt=None) -> nir.NIRGraph:
     """`graph` (its neurons read with reset by subtraction, form `reset`) -> the graph whose
     neurons, reset to zero, compute the same (module docstring); dt: as resolve_dt."""
@@ -109,7 +155,8 @@ def subtract_reset(graph: nir.NIRGraph, reset: str, dt=None) -> nir.NIRGraph:
         edges += [(name, name + SELF), (name + SELF, name)]
     metadata = {**(g.metadata or {}), "dt": float(dt), "reset": "zero",
                 "reset_rewritten": reset}
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata, type_check=False)
+    one = nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata, type_check=False)
+    return _split(one, self_parts(one, dt))
 
 
 def main(argv=None):

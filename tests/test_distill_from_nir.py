@@ -148,6 +148,10 @@ def test_student_reset_by_subtraction_starts_closer_and_deploys_bit_exact(tool, 
     assert rep["bit_exact"]["float_vs_emulator"]["mismatched_spikes"] == 0
     if HAS_LAVA:
         assert rep["bit_exact"]["n"] == 2 and rep["bit_exact"]["mismatched_samples"] == 0
+    from hwmodels import energy
+    assert energy.main(["--run", str(run)]) == 0
+    names = {c["name"] for c in json.loads((run / "energy.json").read_text())["connections"]}
+    assert "1.self" in names  # the self-connections' SynOps are counted
 
 
 def test_subtract_reset_teacher_and_resume(tool, tmp_path, capsys):

@@ -119,7 +119,8 @@ def test_distillation_beats_the_graph_as_written_and_deploys_bit_exact(tool, tmp
     assert json.loads((run / "energy.json").read_text())["samples"] == 539
 
 
-def test_student_reset_by_subtraction_starts_closer_and_deploys_bit_exact(tool, tmp_path):
+def test_student_reset_by_subtraction_starts_closer_and_deploys_bit_exact(tool, tmp_path,
+                                                                         capsys):
     """--student-reset subtract-next (snnTorch's reset, export.subtract_reset): the student
     starts from the rewritten graph, which agrees with the tool on more held-out samples than
     the graph as written (same split), and its run folder passes export.to_nir and deploy.verify
@@ -132,7 +133,12 @@ def test_student_reset_by_subtraction_starts_closer_and_deploys_bit_exact(tool, 
         assert distill.main(distill_args(tool, runs[reset], "--teacher-scores",
                                          str(tool / "s.npy"), "--method", "kd", "--epochs", "1",
                                          "--lr", "1e-4", "--student-reset", reset)) == 0
+    out = capsys.readouterr().out
     start = {r: json.loads((p / "train_metrics.json").read_text()) for r, p in runs.items()}
+    fell = [r for r, m in start.items() if m["student_agreement"] < m["as_is_loihi_agreement"]]
+    assert out.count("note: training lowered held-out agreement") == len(fell)
+    if "subtract-next" in fell:
+        assert "python -m export.subtract_reset" in out
     assert start["subtract-next"]["student_reset"] == "subtract-next"
     assert start["subtract-next"]["as_is_loihi_agreement"] > \
         start["zero"]["as_is_loihi_agreement"] + 0.01  # measured: 98.5 % against 97.0 %

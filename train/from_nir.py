@@ -456,4 +456,10 @@ def run(args):
             plot_curves(run_dir / "curves.png", history, args.method)
         print(f"done: held-out agreement with the teacher {start['as_is_loihi_agreement']:.4f} "
               f"at the start -> {last.get('agreement', float('nan')):.4f} -> {run_dir}")
+        if history and last["agreement"] < start["as_is_loihi_agreement"]:
+            begin = "the graph itself" if args.student_reset == "zero" else \
+                f"python -m export.subtract_reset {args.from_nir} OUT.nir --reset " \
+                f"{args.student_reset}"
+            print(f"note: training lowered held-out agreement below the start; the start, "
+                  f"deployable as it is, is {begin} (docs/kd.md)")
     return metrics

@@ -55,7 +55,7 @@ RESETS = ("subtract", "subtract-next")   # the same names as train.distill --tea
 SELF = ".self"
 
 
-def _shape(graph, name, node):
+def _shape(name, node):
     """The neuron's shape: its declared input type, else its parameters' common shape."""
     from .from_nir import _type_shape
     shape = _type_shape(node, "input")
@@ -141,7 +141,7 @@ def subtract_reset(graph: nir.NIRGraph, reset: str, dt=None) -> nir.NIRGraph:
         if np.any(_array(getattr(node, "v_leak", 0.0)) != 0.0):
             raise NIRError(f"node {name!r}: v_leak != 0 is not supported with reset by "
                            f"subtraction")
-        shape = _shape(g, name, node)
+        shape = _shape(name, node)
         lost = np.broadcast_to(m["v"], shape)                  # dt/tau: 1 - beta
         theta = np.broadcast_to(_array(node.v_threshold) / m["gain"], shape)
         c = 1.0 if reset == "subtract-next" else 1.0 - lost

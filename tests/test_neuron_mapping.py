@@ -8,7 +8,7 @@ import nir
 from common.loihi import DECAY_UNITY
 from export.paths import neuron_params
 from export.interpreter import GRID_RTOL, NIRError, loihi_neuron, nir_neuron
-from export.to_nir import ExportError, neuron_node
+from export.to_nir import neuron_node
 from train.neurons import LoihiCUBA
 
 STEP = 1 / 64

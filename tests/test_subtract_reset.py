@@ -48,7 +48,8 @@ def dense_lif(beta=0.875, kind="lif", hidden=12, seed=0):
         return nir.LIF(tau=tau, r=tau / DT, v_leak=np.zeros(n), v_threshold=theta,
                        v_reset=np.zeros(n))
     nodes = {"input": nir.Input(input_type=np.array([6])),
-             "fc1": nir.Affine(weight=rng.normal(0, 0.8, (hidden, 6)), bias=rng.normal(0, .1, hidden)),
+             "fc1": nir.Affine(weight=rng.normal(0, 0.8, (hidden, 6)),
+                               bias=rng.normal(0, 0.1, hidden)),
              "n1": neuron(hidden),
              "fc2": nir.Linear(weight=rng.normal(0, 0.8, (4, hidden))), "n2": neuron(4),
              "output": nir.Output(output_type=np.array([4]))}
@@ -63,8 +64,9 @@ def conv_lif(theta_inside=None):
     tau = np.full(shape, DT / 0.1)
     theta = np.full(shape, 1.0) if theta_inside is None else theta_inside
     nodes = {"input": nir.Input(input_type=np.array([1, 6, 6])),
-             "conv": nir.Conv2d(input_shape=np.array([6, 6]), weight=rng.normal(0, 0.7, (3, 1, 3, 3)),
-                                stride=1, padding=1, dilation=1, groups=1, bias=np.zeros(3)),
+             "conv": nir.Conv2d(input_shape=np.array([6, 6]),
+                                weight=rng.normal(0, 0.7, (3, 1, 3, 3)), stride=1, padding=1,
+                                dilation=1, groups=1, bias=np.zeros(3)),
              "lif": nir.LIF(tau=tau, r=tau / DT, v_leak=np.zeros(shape), v_threshold=theta,
                             v_reset=np.zeros(shape)),
              "flat": nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0),

@@ -212,7 +212,8 @@ def test_subtractive_reset_is_refused():
 @pytest.mark.parametrize("alpha, kind", [(0.5, nir.CubaLIF), (0.0, nir.IF)])
 def test_no_leak_is_an_infinite_time_constant_or_if(alpha, kind, mnist_spikes, tmp_path):
     """beta = 1 (vDecay 0) is tau_mem = r = inf, and an IF node when alpha = 0 too; the file
-    reproduces every spike; a current that never decays (alpha = 1) is still refused."""
+    reproduces every spike; so does a current that never decays (alpha = 1, iDecay 0: tau_syn =
+    w_in = inf, as export.subtract_reset writes an IF reset by subtraction)."""
     torch.manual_seed(3)
     model = spiking(SpikingCNN(alpha=alpha, beta=1.0), gain=2.0)
     graph = write_read(student_to_nir(model), tmp_path / "noleak.nir")
@@ -225,8 +226,13 @@ def test_no_leak_is_an_infinite_time_constant_or_if(alpha, kind, mnist_spikes, t
     assert_all_layers_spike(out)
     assert compare(graph, out, x)["ok"]
     model.layers["lif1"].alpha.fill_(1.0)
-    with pytest.raises(ExportError, match="'lif1'.*alpha"):
-        student_to_nir(model)
+    graph = write_read(student_to_nir(model), tmp_path / "nodecay.nir")
+    assert isinstance(graph.nodes["lif1"], nir.CubaLIF)
+    assert np.all(np.isinf(graph.nodes["lif1"].tau_syn))
+    with torch.no_grad():
+        out = model(x)
+    assert_all_layers_spike(out)
+    assert compare(graph, out, x)["ok"]
 
 
 def test_foreign_model_is_refused():

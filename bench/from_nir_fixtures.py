@@ -258,7 +258,7 @@ def summarize(args, setting, as_is, rows, start=None):
     sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
     for m in args.methods:
         r = rows[m]
-        entry = {"runs": r}
+        entry = {"runs": [{k: v for k, v in row.items() if k != "pred"} for row in r]}
         for w in what:
             v = [row[w] for row in r]
             entry[w] = {"per_seed": v, "mean": statistics.fmean(v), "sd": sd(v)}

@@ -402,6 +402,27 @@ def test_bench_from_nir_fixtures(tool, tmp_path):
     assert "| `--method kd` |" in (out / "summary.md").read_text()
     assert bench_main(argv) == 0  # every run reused from its eval.json
     assert json.loads((out / "summary.json").read_text())["per_method"]["kd"] == kd
+    # --student-reset: the rewritten file measured as the start; agreement split by the tool's
+    # own margin (the fixture now has the tool's held-out spikes)
+    np.savez(fixture / "data.npz", x_distill=x[:300], labels_distill=y[:300],
+             tool_out_distill=s_t[:300], x=x[held], labels=y[held], tool_pred=tool_pred,
+             tool_out=s_t[held])
+    out = tmp_path / "sub"
+    assert bench_main([str(out), "--fixture", str(fixture), "--methods", "kd", "--seeds", "0",
+                       "--epochs", "1", "--export-samples", "4", "--student-reset",
+                       "subtract-next"]) == 0
+    rep = json.loads((out / "summary.json").read_text())
+    assert rep["student_reset"] == "subtract-next" and 0 < rep["start"]["agreement"] <= 1
+    assert "--student-reset" in rep["per_method"]["kd"]["runs"][0]["argv"]
+    for row in (rep["as_is"], rep["start"], rep["per_method"]["kd"]):
+        b = row["by_margin"]
+        agreement = row["agreement"]["mean"] if isinstance(row["agreement"], dict) else \
+            row["agreement"]
+        assert b["margin_le_1"]["samples"] + b["margin_ge_2"]["samples"] == 60
+        assert b["margin_le_1"]["samples"] * b["margin_le_1"]["agreement"] + \
+            b["margin_ge_2"]["samples"] * b["margin_ge_2"]["agreement"] == \
+            pytest.approx(60 * agreement)
+    assert "the students' start" in (out / "summary.md").read_text()
     out = tmp_path / "random"
     assert bench_main([str(out), "--graph", str(tool / "g.nir"), "--random-spikes", "--steps",
                        "8", "--distill-samples", "100", "--heldout-samples", "30", "--methods",

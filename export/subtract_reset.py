@@ -175,8 +175,9 @@ def main(argv=None):
     def work():
         from .from_nir import read_graph
         from .to_nir import write_nir
+        graph = read_graph(args.graph)  # its errors name the file
         try:
-            graph = subtract_reset(read_graph(args.graph), args.reset, args.dt)
+            graph = subtract_reset(graph, args.reset, args.dt)
         except NIRError as e:
             raise NIRError(f"{args.graph}: {str(e).splitlines()[0]}") from None
         atomic_write(Path(args.out), lambda tmp: write_nir(tmp, graph))

@@ -49,11 +49,10 @@ import numpy as np
 
 from common.loihi import DECAY_UNITY, STATE_MAX, WEIGHT_BITS, WEIGHT_MAX, WEIGHT_MIN
 from export.from_nir import NIRError, read_graph
-from export.interpreter import (NEURONS, SPIKING, DtError, flatten_graph, recurrent_edges,
-                                resolve_dt, role)
+from export.interpreter import NEURONS, SPIKING, DtError, flatten_graph, resolve_dt, role
 from export.paths import (BIAS_LATE, BIAS_SOURCE, CompileError, _array, _identity,
-                          _named, choose_step, conv_dense, group_plan, input_shape, integer_bias,
-                          integer_threshold, rel_error, to_int)
+                          _named, choose_step, conv_dense, group_plan, integer_bias,
+                          integer_threshold, plan_context, rel_error, to_int)
 from export.readout import integrator_readout
 from hwmodels import netfile
 from hwmodels.loihi import (NEVER_SPIKES, WEIGHT_EXP_MAX, Net, NetxError, Neurons, Synapses,
@@ -199,13 +198,8 @@ def build_net(graph, dt=None, timesteps=8, weight_bits=WEIGHT_BITS):
         dt, dt_source = resolve_dt(graph, dt)
     except DtError as e:
         raise CompileError(str(e)) from None
-    input_name, in_shape = input_shape(graph)
-    recurrent = recurrent_edges(graph)
-    preds = {}
-    for src, dst in graph.edges:
-        preds.setdefault(dst, []).append(src)
+    preds, recurrent, sources, input_name, in_shape = plan_context(graph)
     neurons = [n for n, node in graph.nodes.items() if isinstance(node, NEURONS)]
-    sources = set(neurons) | {input_name}
     groups, synapses, report = [], [], []
     splits = {}
     for name in neurons:

@@ -36,10 +36,9 @@ from train.layers import QuantConv2d, QuantLinear
 from train.models import StudentOutput
 from train.neurons import LoihiCUBA
 
-from .interpreter import (NEURONS, NIRError, flatten_graph, recurrent_edges, resolve_dt, role,
-                          topological_order)
-from .paths import (BIAS_LATE, BIAS_SOURCE, conv_dense, group_plan, input_shape, integer_bias,
-                    integer_threshold, to_int)
+from .interpreter import NEURONS, NIRError, flatten_graph, resolve_dt, role, topological_order
+from .paths import (BIAS_LATE, BIAS_SOURCE, conv_dense, group_plan, integer_bias,
+                    integer_threshold, plan_context, to_int)
 
 
 @dataclass
@@ -81,12 +80,8 @@ class NIRStudent(nn.Module):
         super().__init__()
         g = flatten_graph(graph)
         self.dt = resolve_dt(g, dt)[0]
-        self.input_name, self.in_shape = input_shape(g)
+        preds, rec, sources, self.input_name, self.in_shape = plan_context(g)
         outputs = [n for n, node in g.nodes.items() if isinstance(node, nir.Output)]
-        rec = recurrent_edges(g)
-        preds = {}
-        for a, b in g.edges:
-            preds.setdefault(b, []).append(a)
         self.order = [n for n in topological_order(g, skip=rec) if isinstance(g.nodes[n], NEURONS)]
         if len(outputs) != 1 or len(preds.get(outputs[0], [])) != 1 \
                 or preds[outputs[0]][0] not in self.order:
@@ -96,7 +91,6 @@ class NIRStudent(nn.Module):
         self.shapes, self.paths, self.recurrent, self.flat = {}, {}, {}, set()
         self.integrator = None
         taken = set(self.order) | {self.input_name, self.output_name}
-        sources = set(self.order) | {self.input_name}
         for name in self.order:
             plan = group_plan(g, name, self.dt, preds, rec, sources, self.input_name,
                               self.in_shape)

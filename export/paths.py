@@ -16,11 +16,11 @@ import nir
 import numpy as np
 import torch
 
-from common.loihi import BIAS_MAX, DECAY_UNITY, VTH_MAX, WEIGHT_MAX, WEIGHT_MIN
+from common.loihi import BIAS_MAX, DECAY_UNITY, VTH_MAX, WEIGHT_MAX
 from hwmodels.loihi import conv_out_size
 
-from .interpreter import (SPIKING, NIRError, _array, loihi_neuron, node_simulator, role,
-                          types_of)
+from .interpreter import (NEURONS, SPIKING, NIRError, _array, loihi_neuron, node_simulator,
+                          recurrent_edges, role, types_of)
 
 GRID_RTOL = 1e-4                     # how far W/s may sit from an integer and still be on the grid
 SYNAPSES = types_of("synapse")      # export.interpreter.NODE_TYPES: one entry per node type
@@ -512,6 +512,18 @@ def integer_threshold(theta, step, name):
         raise CompileError(f"node {name!r}: threshold {theta:g} = {q:.4g} weight steps does not "
                            f"fit 17 bits [0, {VTH_MAX}] (step {step:g}; is dt right?)")
     return vth, note
+
+
+def plan_context(graph) -> tuple:
+    """What `group_plan` takes besides the node, for a flat graph: (preds: each node's
+    predecessors in edge order, the recurrent edges, sources: the neuron nodes and the Input,
+    where a path starts, the Input's name, its shape)."""
+    preds = {}
+    for src, dst in graph.edges:
+        preds.setdefault(dst, []).append(src)
+    input_name, in_shape = input_shape(graph)
+    sources = {n for n, node in graph.nodes.items() if isinstance(node, NEURONS)} | {input_name}
+    return preds, recurrent_edges(graph), sources, input_name, in_shape
 
 
 def group_plan(graph, name, dt, preds, recurrent, sources, input_name, in_shape) -> dict:

@@ -50,21 +50,11 @@ from common.files import atomic_write
 
 from .checked import run_export
 from .interpreter import SPIKING, NIRError, _array, flatten_graph, loihi_neuron, resolve_dt
+from .paths import _shape as node_shape
+from .paths import group_plan, plan_context
 
 RESETS = ("subtract", "subtract-next")   # the same names as train.distill --teacher-reset
 SELF = ".self"
-
-
-def _shape(name, node):
-    """The neuron's shape: its declared input type, else its parameters' common shape."""
-    from .from_nir import _type_shape
-    shape = _type_shape(node, "input")
-    if shape is None:
-        shape = np.broadcast_shapes(*(np.shape(_array(getattr(node, f)))
-                                      for f in ("v_threshold", "r")))
-    if shape == ():
-        raise NIRError(f"node {name!r}: scalar parameters and no input type; its shape is unknown")
-    return tuple(shape)
 
 
 def _self_synapse(w, shape, name):
@@ -86,20 +76,13 @@ def self_parts(graph: nir.NIRGraph, dt) -> dict:
     """{neuron: k} for the rewritten graph with one self-synapse per neuron (module docstring):
     k = ceil(largest |self-weight| / largest |incoming weight|), both as export.paths folds them
     for the compiler."""
-    from .interpreter import NEURONS, recurrent_edges
-    from .paths import group_plan, input_shape
-    preds = {}
-    for a, b in graph.edges:
-        preds.setdefault(b, []).append(a)
-    rec = recurrent_edges(graph)
-    input_name, in_shape = input_shape(graph)
-    sources = {n for n, node in graph.nodes.items() if isinstance(node, NEURONS)} | {input_name}
+    context = plan_context(graph)
     parts = {}
     for name in graph.nodes:
         if not name.endswith(SELF) or name[:-len(SELF)] not in graph.nodes:
             continue
         owner = name[:-len(SELF)]
-        plan = group_plan(graph, owner, dt, preds, rec, sources, input_name, in_shape)
+        plan = group_plan(graph, owner, dt, *context)
         peak = {own: max([float(np.abs(i["w"]).max()) for i in plan["infos"]
                           if (i["src"] == owner) == own] + [0.0]) for own in (True, False)}
         parts[owner] = 1 if peak[False] == 0.0 else max(1, int(np.ceil(peak[True] / peak[False]
@@ -141,7 +124,9 @@ def subtract_reset(graph: nir.NIRGraph, reset: str, dt=None) -> nir.NIRGraph:
         if np.any(_array(getattr(node, "v_leak", 0.0)) != 0.0):
             raise NIRError(f"node {name!r}: v_leak != 0 is not supported with reset by "
                            f"subtraction")
-        shape = _shape(name, node)
+        shape = node_shape(node)  # the compiler's: the node's output type
+        if shape == ():
+            raise NIRError(f"node {name!r}: scalar parameters and no type; its shape is unknown")
         lost = np.broadcast_to(m["v"], shape)                  # dt/tau: 1 - beta
         theta = np.broadcast_to(_array(node.v_threshold) / m["gain"], shape)
         c = 1.0 if reset == "subtract-next" else 1.0 - lost
@@ -159,6 +144,20 @@ def subtract_reset(graph: nir.NIRGraph, reset: str, dt=None) -> nir.NIRGraph:
     return _split(one, self_parts(one, dt))
 
 
+def rewrite_file(src, out, reset, dt=None) -> list:
+    """Read `src` (export.from_nir.read_graph, whose errors name the file), write its rewritten
+    graph to `out` atomically; returns the rewritten neurons. NIRError names `src` and the node."""
+    from .from_nir import read_graph
+    from .to_nir import write_nir
+    graph = read_graph(src)
+    try:
+        graph = subtract_reset(graph, reset, dt)
+    except NIRError as e:
+        raise NIRError(f"{src}: {str(e).splitlines()[0]}") from None
+    atomic_write(Path(out), lambda tmp: write_nir(tmp, graph))
+    return [n[:-len(SELF)] for n in graph.nodes if n.endswith(SELF)]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m export.subtract_reset",
                                 description=__doc__.splitlines()[0])
@@ -173,15 +172,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     def work():
-        from .from_nir import read_graph
-        from .to_nir import write_nir
-        graph = read_graph(args.graph)  # its errors name the file
-        try:
-            graph = subtract_reset(graph, args.reset, args.dt)
-        except NIRError as e:
-            raise NIRError(f"{args.graph}: {str(e).splitlines()[0]}") from None
-        atomic_write(Path(args.out), lambda tmp: write_nir(tmp, graph))
-        done = [n[:-len(SELF)] for n in graph.nodes if n.endswith(SELF)]
+        done = rewrite_file(args.graph, args.out, args.reset, args.dt)
         print(f"wrote {args.out}: {len(done)} neuron(s) reset by subtraction ({args.reset}) on "
               f"Loihi: {', '.join(done)}")
 

@@ -159,17 +159,25 @@ def rates(pred, setting):
             "agreement": float((pred == setting["tool_pred"]).mean())}
 
 
-def margins(setting):
-    """The tool's own margin per held-out sample: its top score minus its second (spike counts:
-    0 is a tie that the first class wins, 1 is one spike)."""
-    top = np.sort(np.asarray(setting["tool_scores"], dtype=np.float64), axis=1)
+def measured(pred, setting):
+    """rates of one prediction (N,) and, where the tool's scores are known, by_margin."""
+    row = rates(pred, setting)
+    if setting["tool_scores"] is not None:
+        row["by_margin"] = by_margin([pred], setting)
+    return row
+
+
+def margins(scores):
+    """A teacher's own margin per sample: its top score minus its second, scores (N, K) (spike
+    counts: 0 is a tie that the first class wins, 1 is one spike)."""
+    top = np.sort(np.asarray(scores, dtype=np.float64), axis=1)
     return top[:, -1] - top[:, -2]
 
 
 def by_margin(preds, setting):
     """Agreement with the tool on the samples where its margin is <= 1 and where it is >= 2
     (mean over `preds`, a list of (N,) predictions); where the disagreements fall."""
-    m, ref = margins(setting), setting["tool_pred"]
+    m, ref = margins(setting["tool_scores"]), setting["tool_pred"]
     out = {}
     for name, mask in (("margin_le_1", m <= 1), ("margin_ge_2", m > 1)):
         agree = [float((np.asarray(p)[mask] == ref[mask]).mean()) for p in preds]
@@ -280,9 +288,6 @@ def summarize(args, setting, as_is, rows, start=None):
             row["target_met"] = bool(row["agreement"] >= TARGET_AGREEMENT and (
                 row["accuracy"] is None
                 or row["accuracy"] >= setting["tool_accuracy"] - TARGET_POINTS))
-        pred = None if row is None else row.pop("pred", None)
-        if pred is not None and setting["tool_scores"] is not None:
-            row["by_margin"] = by_margin([pred], setting)
     for a, b in (("kd", "none"), ("tser", "none"), ("tser", "kd")):
         if a in rows and b in rows:
             report["paired"][f"{a} - {b}"] = {w: paired(report["per_method"][a][w]["per_seed"],
@@ -354,18 +359,13 @@ def bench(args):
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     setting = prepare(args, out / "data")
-    pred = emulate(setting["graph"], setting["x"], args.device)
-    as_is = {**rates(pred, setting), "pred": pred.tolist()}
+    as_is = measured(emulate(setting["graph"], setting["x"], args.device), setting)
     start = None
     if args.student_reset != "zero":  # the students' start: the file with the tool's reset
-        from export.from_nir import read_graph
-        from export.subtract_reset import subtract_reset
-        from export.to_nir import write_nir
+        from export.subtract_reset import rewrite_file
         rewritten = out / "data" / f"graph_{args.student_reset}.nir"
-        graph = subtract_reset(read_graph(setting["graph"]), args.student_reset)
-        atomic_write(rewritten, lambda tmp: write_nir(tmp, graph))
-        pred = emulate(rewritten, setting["x"], args.device)
-        start = {**rates(pred, setting), "pred": pred.tolist()}
+        rewrite_file(setting["graph"], rewritten, args.student_reset)
+        start = measured(emulate(rewritten, setting["x"], args.device), setting)
         print(f"the file with reset {args.student_reset} on Loihi: agreement "
               f"{start['agreement']:.4f}", file=sys.stderr)
     print(f"{setting['source']}\nthe file as it is, on the emulator: agreement with the tool "

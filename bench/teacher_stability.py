@@ -37,11 +37,11 @@ def settings():
 
 
 def stability(graph, reset, x, flips, draws):
+    from bench.from_nir_fixtures import margins
     from train.from_nir import graph_scores, load_graph
     _, _, _, floating = load_graph(graph)
     scores = graph_scores(floating, torch.from_numpy(x), reset).numpy()
-    top = np.sort(scores, 1)
-    margin = top[:, -1] - top[:, -2]
+    margin = margins(scores)
     row = {"samples": len(x), "reset": reset, "tie": float(np.mean(margin == 0)),
            "within_2": float(np.mean(margin <= 2)), "flips": {}}
     for p in flips:

@@ -94,7 +94,7 @@ def check_args(args):
     own = ("inputs", "labels", "teacher_scores", "teacher_reset", "dt")
     if args.from_nir is None:
         given = [n for n in own if getattr(args, n) is not None]
-        if getattr(args, "student_reset", "zero") != "zero":
+        if args.student_reset != "zero":
             given.append("student_reset")
         if given:
             raise UsageError(f"--{given[0].replace('_', '-')} needs --from-nir")
@@ -159,10 +159,8 @@ def load_graph(path, dt=None, student_reset="zero"):
                 raise FromNIRError(f"--from-nir {str(e).splitlines()[0]}") from None
             if dt is not None:
                 graph.metadata = {**(graph.metadata or {}), "dt": resolve_dt(graph, dt)[0]}
-                data = _graph_bytes(graph)
-            source = graph
-            if student_reset != "zero":
-                source = subtract_reset(graph, student_reset)
+            source = graph if student_reset == "zero" else subtract_reset(graph, student_reset)
+            if source is not graph or dt is not None:  # the bytes of the student's graph
                 data = _graph_bytes(source)
             student = student_from_nir(source)
         for w in caught:  # read_graph's repairs name the file already
